@@ -1,0 +1,242 @@
+//! The `secretum` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use secretum_engine::ingest::{self, Format, IngestOptions, Progress};
+use secretum_engine::{Error, Result, Warehouse, synth};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "secretum",
+    version,
+    about = "Sovereign research data warehouse for health data: pseudonymized at ingest, answered only through differential privacy"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The warehouse's data directory.
+    #[arg(long, global = true, env = "SECRETUM_DATA_DIR", default_value = "secretum-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a warehouse: data directory, catalog, table policies and a new pseudonymization key.
+    Init {
+        /// Where to write the 256-bit key (mode 0600); default: <data-dir>/pseudonymization.key.
+        /// Keep it on the steward's own volume: whoever holds it can re-identify pseudonyms.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Table policies to use instead of the bundled OMOP CDM v5.4 subset.
+        #[arg(long)]
+        schemas: Option<PathBuf>,
+    },
+    /// Write deterministic synthetic raw extracts (one CSV per table, with direct identifiers).
+    Generate {
+        #[arg(long, default_value_t = 10_000)]
+        patients: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Validate, pseudonymize and load one extract into a table, all or nothing.
+    Ingest {
+        #[arg(long)]
+        table: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// csv, parquet or ndjson; default: from the file's extension.
+        #[arg(long)]
+        format: Option<String>,
+        /// The pseudonymization key; default: the path recorded at init.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Load a file whose exact content was already ingested into this table.
+        #[arg(long)]
+        allow_duplicate: bool,
+    },
+    /// List tables with their files, rows and bytes (the steward's local view).
+    Tables,
+    /// The whole job on a temporary warehouse: generate, init, ingest every table, summarize.
+    Demo {
+        #[arg(long, default_value_t = 20_000)]
+        patients: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Keep the demo's directory instead of deleting it at the end.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+/// Parse the command line, run, and turn errors into a message and an exit code.
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SECRETUM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let data_dir = cli.global.data_dir;
+    match cli.command {
+        Command::Init { key_file, schemas } => {
+            let report = Warehouse::init(&data_dir, key_file.as_deref(), schemas.as_deref())?;
+            println!("initialized warehouse {}", report.data_dir.display());
+            println!(
+                "pseudonymization key: {} (mode 0600; keep it safe, it is never stored in the warehouse's data)",
+                report.key_file.display()
+            );
+            println!("tables: {}", report.tables.join(", "));
+            Ok(())
+        }
+        Command::Generate { patients, seed, out } => generate(patients, seed, &out),
+        Command::Ingest { table, file, format, key_file, allow_duplicate } => {
+            let format = match format {
+                Some(f) => {
+                    Some(Format::parse(&f).ok_or_else(|| Error::Usage(format!("unknown format `{f}`: expected csv, parquet or ndjson")))?)
+                }
+                None => None,
+            };
+            let mut wh = Warehouse::open(&data_dir)?;
+            let key = wh.key(key_file.as_deref())?;
+            ingest_one(&mut wh, &key, &table, &file, format, allow_duplicate)
+        }
+        Command::Tables => {
+            let wh = Warehouse::open(&data_dir)?;
+            print_tables(&wh)
+        }
+        Command::Demo { patients, seed, keep } => demo(patients, seed, keep),
+    }
+}
+
+fn generate(patients: u64, seed: u64, out: &Path) -> Result<()> {
+    let started = Instant::now();
+    let bar = ProgressBar::new(patients).with_style(
+        ProgressStyle::with_template("generating {bar:30} {pos}/{len} patients ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = synth::generate(patients, seed, out, Some(&|done| bar.set_position(done)))?;
+    bar.finish_and_clear();
+    println!("generated {patients} synthetic patients (seed {seed}) in {:.1}s:", started.elapsed().as_secs_f64());
+    for (table, path, rows) in &report.files {
+        println!("  {table:<22} {rows:>10} rows  {}", path.display());
+    }
+    Ok(())
+}
+
+fn ingest_one(
+    wh: &mut Warehouse,
+    key: &secretum_engine::pseudonym::Key,
+    table: &str,
+    file: &Path,
+    format: Option<Format>,
+    allow_duplicate: bool,
+) -> Result<()> {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("ingesting {msg:<20} {bar:30} {bytes}/{total_bytes} ({binary_bytes_per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(table.to_owned());
+    let on_progress = |p: Progress| {
+        bar.set_length(p.bytes_total);
+        bar.set_position(p.bytes_read);
+    };
+    let user = std::env::var("USER").unwrap_or_else(|_| "steward".into());
+    let mut opts = IngestOptions::new(table, file);
+    opts.format = format;
+    opts.allow_duplicate = allow_duplicate;
+    opts.progress = Some(&on_progress);
+    opts.actor = &user;
+    let result = ingest::ingest(wh, key, &opts);
+    bar.finish_and_clear();
+    let report = result?;
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "ingested {} rows into {} ({} file{}, {}) in {:.2}s, {:.0} rows/s",
+        report.rows,
+        report.table,
+        report.files.len(),
+        if report.files.len() == 1 { "" } else { "s" },
+        human_bytes(report.bytes),
+        secs,
+        report.rows as f64 / secs
+    );
+    Ok(())
+}
+
+fn print_tables(wh: &Warehouse) -> Result<()> {
+    let summary = wh.catalog.summary(wh.schemas.tables.keys().cloned())?;
+    println!("{:<22} {:>6} {:>12} {:>12}", "table", "files", "rows", "bytes");
+    for s in &summary {
+        println!("{:<22} {:>6} {:>12} {:>12}", s.table, s.files, s.rows, human_bytes(s.bytes));
+    }
+    let (files, rows, bytes) = summary.iter().fold((0, 0, 0), |a, s| (a.0 + s.files, a.1 + s.rows, a.2 + s.bytes));
+    println!("{:<22} {:>6} {:>12} {:>12}", "total", files, rows, human_bytes(bytes));
+    Ok(())
+}
+
+fn demo(patients: u64, seed: u64, keep: bool) -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("secretum-demo-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let root = dir.path().to_owned();
+    println!("== secretum demo in {}", root.display());
+    println!("\n== 1. generate synthetic raw extracts (with direct identifiers: NIR, names, birth dates, postcodes)");
+    let raw = root.join("raw");
+    generate(patients, seed, &raw)?;
+    println!("\n== 2. init a warehouse (catalog, OMOP table policies, new pseudonymization key)");
+    let data = root.join("data");
+    let key_file = root.join("steward.key");
+    let report = Warehouse::init(&data, Some(&key_file), None)?;
+    println!("warehouse {}, key {}", report.data_dir.display(), report.key_file.display());
+    println!("\n== 3. ingest every table: validate, pseudonymize, generalize, write Parquet, commit");
+    let mut wh = Warehouse::open(&data)?;
+    let key = wh.key(None)?;
+    for table in synth::TABLES {
+        let file = raw.join(format!("{table}.csv"));
+        ingest_one(&mut wh, &key, table, &file, None, false)?;
+    }
+    println!("\n== 4. what is stored");
+    print_tables(&wh)?;
+    let person = wh.schemas.get("person")?;
+    let stored: Vec<&str> = person.stored_columns().map(|c| c.name.as_str()).collect();
+    let dropped: Vec<&str> = person.columns.iter().filter(|c| !c.is_stored()).map(|c| c.name.as_str()).collect();
+    println!("\nperson keeps {}; never stored: {}", stored.join(", "), dropped.join(", "));
+    if keep {
+        let kept = dir.keep();
+        println!("\nkept {}", kept.display());
+    }
+    Ok(())
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}

@@ -1,0 +1,3 @@
+//! secretum's command line (and, later, its HTTP service).
+
+pub mod cli;

@@ -1,0 +1,478 @@
+//! Row validation and conversion: raw fields in, stored Arrow columns out.
+//!
+//! Each stored column is computed by one [`Op`] from one raw field: parse and check the type,
+//! the domain and the bounds; pseudonymize identifiers; generalize quasi-identifiers. Raw
+//! identifiers are read only here and never leave this module except as pseudonyms.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Date32Builder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::error::{Result, RowProblem};
+use crate::pseudonym::{Key, Pseudonymizer, nir_is_valid};
+use crate::schema::{Check, ColumnPolicy, ColumnType, Domain, Generalize, OutOfBounds, Role, TablePolicy};
+
+/// Access to the raw fields of one input row, by raw-column index (`None`: absent or null).
+pub trait RowFields {
+    fn get(&self, raw: usize) -> Option<&[u8]>;
+}
+
+/// How many invalid rows are described in full; the rest are counted.
+pub const SHOWN_PROBLEMS: usize = 20;
+
+struct Checked {
+    nullable: bool,
+    /// Identifier values are never echoed in error messages.
+    secret: bool,
+}
+
+enum Op {
+    /// A dropped identifier: validated, never stored.
+    Drop {
+        src: usize,
+        ty: ColumnType,
+        check: Option<Check>,
+        c: Checked,
+    },
+    /// The privacy unit, or an identifier pseudonymized in place.
+    Pseudonym {
+        src: usize,
+        ty: ColumnType,
+        check: Option<Check>,
+        p: Pseudonymizer,
+        c: Checked,
+        out: Int64Builder,
+    },
+    Int {
+        src: usize,
+        domain: Option<Domain>,
+        bounds: Option<(f64, f64)>,
+        reject: bool,
+        c: Checked,
+        out: Int64Builder,
+    },
+    Float {
+        src: usize,
+        bounds: Option<(f64, f64)>,
+        reject: bool,
+        c: Checked,
+        out: Float64Builder,
+    },
+    Str {
+        src: usize,
+        max_len: Option<usize>,
+        domain: Option<Domain>,
+        c: Checked,
+        out: StringBuilder,
+    },
+    Date {
+        src: usize,
+        bounds: Option<(f64, f64)>,
+        reject: bool,
+        shift: Option<(i64, Pseudonymizer, usize)>,
+        c: Checked,
+        out: Date32Builder,
+    },
+    Datetime {
+        src: usize,
+        c: Checked,
+        out: TimestampMicrosecondBuilder,
+    },
+    /// A date (or datetime) generalized to its year.
+    Year {
+        src: usize,
+        src_ty: ColumnType,
+        bounds: Option<(f64, f64)>,
+        domain: Option<Domain>,
+        c: Checked,
+        out: Int64Builder,
+    },
+    /// A string generalized to its first `n` characters.
+    Prefix {
+        src: usize,
+        n: usize,
+        domain: Option<Domain>,
+        c: Checked,
+        out: StringBuilder,
+    },
+}
+
+/// Converts raw rows of one table into stored record batches.
+pub struct Converter {
+    schema: SchemaRef,
+    /// Raw column names, in the order `RowFields::get` indexes them.
+    pub raw_names: Vec<String>,
+    /// Raw columns that may be absent from an extract (nullable ones).
+    pub nullable_raw: Vec<String>,
+    ops: Vec<(String, Op)>,
+    rows: usize,
+    file: String,
+    pub shown: Vec<RowProblem>,
+    pub more: u64,
+}
+
+impl Converter {
+    pub fn new(policy: &TablePolicy, key: &Key, file: &str) -> Converter {
+        let raw: Vec<&ColumnPolicy> = policy.raw_columns().collect();
+        let raw_names: Vec<String> = raw.iter().map(|c| c.name.clone()).collect();
+        let nullable_raw: Vec<String> = raw.iter().filter(|c| c.nullable).map(|c| c.name.clone()).collect();
+        let idx = |name: &str| raw_names.iter().position(|n| n == name).unwrap_or(0);
+        let unit = policy.privacy_unit();
+        let unit_src = idx(unit.source.as_deref().unwrap_or(&unit.name));
+        let shift_key = key.derive("date shift");
+        let mut ops = Vec::new();
+        for c in &policy.columns {
+            let checked = Checked { nullable: c.nullable, secret: c.role == Role::Identifier || c.role == Role::PrivacyUnit };
+            let reject = c.on_out_of_bounds == OutOfBounds::Reject;
+            let op = match (c.role, &c.source, &c.generalize) {
+                (Role::PrivacyUnit, Some(src), _) => {
+                    let s = policy.column(src).map(|s| (s.ty, s.check)).unwrap_or((ColumnType::Varchar(None), None));
+                    // Every table's privacy unit shares one pseudonym space, so tables join.
+                    Op::Pseudonym {
+                        src: idx(src),
+                        ty: s.0,
+                        check: s.1,
+                        p: Pseudonymizer::new(key, "privacy_unit"),
+                        c: checked,
+                        out: Int64Builder::new(),
+                    }
+                }
+                (Role::Identifier, _, _) if c.pseudonymize => Op::Pseudonym {
+                    src: idx(&c.name),
+                    ty: c.ty,
+                    check: c.check,
+                    p: Pseudonymizer::new(key, &c.name),
+                    c: checked,
+                    out: Int64Builder::new(),
+                },
+                (Role::Identifier, _, _) => {
+                    // A source of a derived column is validated by the op that derives from it.
+                    if policy.columns.iter().any(|o| o.source.as_deref() == Some(&c.name)) {
+                        continue;
+                    }
+                    Op::Drop { src: idx(&c.name), ty: c.ty, check: c.check, c: checked }
+                }
+                (_, Some(src), Some(Generalize::Year)) => {
+                    let src_col = policy.column(src);
+                    let nullable = src_col.is_some_and(|s| s.nullable) || c.nullable;
+                    Op::Year {
+                        src: idx(src),
+                        src_ty: src_col.map(|s| s.ty).unwrap_or(ColumnType::Date),
+                        bounds: c.bounds,
+                        domain: c.domain.clone(),
+                        c: Checked { nullable, secret: true },
+                        out: Int64Builder::new(),
+                    }
+                }
+                (_, Some(src), Some(Generalize::Prefix(n))) => {
+                    let nullable = policy.column(src).is_some_and(|s| s.nullable) || c.nullable;
+                    Op::Prefix {
+                        src: idx(src),
+                        n: *n,
+                        domain: c.domain.clone(),
+                        c: Checked { nullable, secret: true },
+                        out: StringBuilder::new(),
+                    }
+                }
+                (_, _, shift) => {
+                    let src = idx(&c.name);
+                    match c.ty {
+                        ColumnType::Integer => {
+                            Op::Int { src, domain: c.domain.clone(), bounds: c.bounds, reject, c: checked, out: Int64Builder::new() }
+                        }
+                        ColumnType::Float => Op::Float { src, bounds: c.bounds, reject, c: checked, out: Float64Builder::new() },
+                        ColumnType::Varchar(max_len) => {
+                            Op::Str { src, max_len, domain: c.domain.clone(), c: checked, out: StringBuilder::new() }
+                        }
+                        ColumnType::Date => {
+                            let shift = match shift {
+                                Some(Generalize::ShiftDays(d)) => Some((*d as i64, Pseudonymizer::new(&shift_key, "date shift"), unit_src)),
+                                _ => None,
+                            };
+                            Op::Date { src, bounds: c.bounds, reject, shift, c: checked, out: Date32Builder::new() }
+                        }
+                        ColumnType::Datetime => Op::Datetime { src, c: checked, out: TimestampMicrosecondBuilder::new() },
+                    }
+                }
+            };
+            ops.push((c.name.clone(), op));
+        }
+        Converter {
+            schema: policy.stored_schema(),
+            raw_names,
+            nullable_raw,
+            ops,
+            rows: 0,
+            file: file.to_owned(),
+            shown: Vec::new(),
+            more: 0,
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        !self.shown.is_empty()
+    }
+
+    pub fn rows_buffered(&self) -> usize {
+        self.rows
+    }
+
+    /// Record a problem with the row at `line` (not tied to a column, e.g. a wrong field count).
+    pub fn row_problem(&mut self, line: u64, column: Option<&str>, reason: String) {
+        if self.shown.len() < SHOWN_PROBLEMS {
+            self.shown.push(RowProblem { file: self.file.clone(), line, column: column.map(str::to_owned), reason });
+        } else {
+            self.more += 1;
+        }
+    }
+
+    /// Validate and convert one row. Every op appends exactly one value (null on error) so the
+    /// builders stay aligned; a failed ingest never writes its batches anyway.
+    pub fn push_row(&mut self, row: &dyn RowFields, line: u64) {
+        self.rows += 1;
+        let mut problems: Vec<(String, String)> = Vec::new();
+        for (name, op) in &mut self.ops {
+            if let Err(reason) = apply(op, row) {
+                problems.push((name.clone(), reason));
+            }
+        }
+        for (column, reason) in problems {
+            self.row_problem(line, Some(&column), reason);
+        }
+    }
+
+    /// The rows pushed since the last call, as one stored batch.
+    pub fn finish_batch(&mut self) -> Result<RecordBatch> {
+        let columns: Vec<ArrayRef> = self
+            .ops
+            .iter_mut()
+            .filter_map(|(_, op)| -> Option<ArrayRef> {
+                Some(match op {
+                    Op::Drop { .. } => return None,
+                    Op::Pseudonym { out, .. } | Op::Int { out, .. } | Op::Year { out, .. } => Arc::new(out.finish()),
+                    Op::Float { out, .. } => Arc::new(out.finish()),
+                    Op::Str { out, .. } | Op::Prefix { out, .. } => Arc::new(out.finish()),
+                    Op::Date { out, .. } => Arc::new(out.finish()),
+                    Op::Datetime { out, .. } => Arc::new(out.finish()),
+                })
+            })
+            .collect();
+        self.rows = 0;
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+/// Shown in an error: the value for ordinary columns, nothing for identifiers.
+fn shown(value: &[u8], c: &Checked) -> String {
+    if c.secret {
+        "value".into()
+    } else {
+        let s = String::from_utf8_lossy(value);
+        let s: String = s.chars().take(40).collect();
+        format!("`{s}`")
+    }
+}
+
+fn text<'a>(value: &'a [u8]) -> Result<&'a str, String> {
+    std::str::from_utf8(value).map_err(|_| "invalid UTF-8".to_string())
+}
+
+/// Fetch a field; `Ok(None)` for an allowed null.
+fn field<'a>(row: &'a dyn RowFields, src: usize, c: &Checked) -> Result<Option<&'a [u8]>, String> {
+    match row.get(src).filter(|v| !v.is_empty()) {
+        Some(v) => Ok(Some(v)),
+        None if c.nullable => Ok(None),
+        None => Err("missing required value".into()),
+    }
+}
+
+fn check_bounds(v: f64, bounds: Option<(f64, f64)>, reject: bool, what: impl Fn() -> String) -> Result<(), String> {
+    match bounds {
+        Some((lo, hi)) if reject && !(lo..=hi).contains(&v) => Err(format!("{} is outside the bounds [{lo}, {hi}]", what())),
+        _ => Ok(()),
+    }
+}
+
+fn parse_int(v: &[u8], c: &Checked) -> Result<i64, String> {
+    text(v)?.parse::<i64>().map_err(|_| format!("{} is not an integer", shown(v, c)))
+}
+
+/// `YYYY-MM-DD` (optionally followed by a time, which is ignored) → days since the epoch.
+fn parse_date(v: &[u8], c: &Checked) -> Result<i32, String> {
+    let bad = || format!("{} is not a date (YYYY-MM-DD)", shown(v, c));
+    if v.len() < 10 || (v.len() > 10 && v[10] != b' ' && v[10] != b'T') {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        v[r].iter().try_fold(0u32, |acc, b| b.is_ascii_digit().then(|| acc * 10 + (b - b'0') as u32))
+    };
+    if v[4] != b'-' || v[7] != b'-' {
+        return Err(bad());
+    }
+    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else { return Err(bad()) };
+    let date = chrono::NaiveDate::from_ymd_opt(y as i32, m, d).ok_or_else(bad)?;
+    Ok(date.signed_duration_since(chrono::NaiveDate::default()).num_days() as i32)
+}
+
+fn parse_datetime(v: &[u8], c: &Checked) -> Result<i64, String> {
+    let s = text(v)?;
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
+            return Ok(t.and_utc().timestamp_micros());
+        }
+    }
+    Err(format!("{} is not a datetime (YYYY-MM-DD HH:MM:SS)", shown(v, c)))
+}
+
+fn check_identifier(v: &[u8], ty: ColumnType, check: Option<Check>) -> Result<(), String> {
+    let s = text(v)?;
+    if let ColumnType::Varchar(Some(n)) = ty {
+        if s.chars().count() > n {
+            return Err(format!("identifier longer than {n} characters"));
+        }
+    }
+    match check {
+        Some(Check::Nir) if !nir_is_valid(s) => Err("not a valid NIR (15 characters ending with its control key)".into()),
+        _ => Ok(()),
+    }
+}
+
+fn apply(op: &mut Op, row: &dyn RowFields) -> Result<(), String> {
+    match op {
+        Op::Drop { src, ty, check, c } => {
+            if let Some(v) = field(row, *src, c)? {
+                check_identifier(v, *ty, *check)?;
+            }
+            Ok(())
+        }
+        Op::Pseudonym { src, ty, check, p, c, out } => {
+            let r = (|| {
+                let Some(v) = field(row, *src, c)? else { return Ok(None) };
+                check_identifier(v, *ty, *check)?;
+                Ok(Some(p.pseudonymize(v)))
+            })();
+            out.append_option(r.clone().ok().flatten());
+            r.map(|_| ())
+        }
+        Op::Int { src, domain, bounds, reject, c, out } => {
+            let r = (|| {
+                let Some(v) = field(row, *src, c)? else { return Ok(None) };
+                let i = parse_int(v, c)?;
+                if let Some(d) = domain {
+                    if !d.contains_int(i) {
+                        return Err(format!("{} is not in the column's declared domain", shown(v, c)));
+                    }
+                }
+                check_bounds(i as f64, *bounds, *reject, || shown(v, c))?;
+                Ok(Some(i))
+            })();
+            out.append_option(r.clone().ok().flatten());
+            r.map(|_| ())
+        }
+        Op::Float { src, bounds, reject, c, out } => {
+            let r = (|| {
+                let Some(v) = field(row, *src, c)? else { return Ok(None) };
+                let f = text(v)?
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .ok_or_else(|| format!("{} is not a finite number", shown(v, c)))?;
+                check_bounds(f, *bounds, *reject, || shown(v, c))?;
+                Ok(Some(f))
+            })();
+            out.append_option(r.clone().ok().flatten());
+            r.map(|_| ())
+        }
+        Op::Str { src, max_len, domain, c, out } => {
+            let r = (|| {
+                let Some(v) = field(row, *src, c)? else { return Ok(None) };
+                let s = text(v)?;
+                if let Some(n) = max_len {
+                    if s.len() > *n && s.chars().count() > *n {
+                        return Err(format!("longer than {n} characters"));
+                    }
+                }
+                if let Some(d) = domain {
+                    if !d.contains_str(s) {
+                        return Err(format!("{} is not in the column's declared domain", shown(v, c)));
+                    }
+                }
+                Ok(Some(s))
+            })();
+            match &r {
+                Ok(Some(s)) => out.append_value(s),
+                _ => out.append_null(),
+            }
+            r.map(|_| ())
+        }
+        Op::Date { src, bounds, reject, shift, c, out } => {
+            let r = (|| {
+                let Some(v) = field(row, *src, c)? else { return Ok(None) };
+                let mut d = parse_date(v, c)?;
+                check_bounds(d as f64, *bounds, *reject, || shown(v, c))?;
+                if let Some((days, p, unit_src)) = shift {
+                    // Offset in [-days, +days], the same for every date of one patient.
+                    let unit = row.get(*unit_src).unwrap_or_default();
+                    let span = 2 * *days + 1;
+                    d += (p.pseudonymize(unit) % span - *days) as i32;
+                }
+                Ok(Some(d))
+            })();
+            out.append_option(r.clone().ok().flatten());
+            r.map(|_| ())
+        }
+        Op::Datetime { src, c, out } => {
+            let r = (|| {
+                let Some(v) = field(row, *src, c)? else { return Ok(None) };
+                Ok(Some(parse_datetime(v, c)?))
+            })();
+            out.append_option(r.clone().ok().flatten());
+            r.map(|_| ())
+        }
+        Op::Year { src, src_ty, bounds, domain, c, out } => {
+            let r = (|| {
+                let Some(v) = field(row, *src, c)? else { return Ok(None) };
+                let year = match src_ty {
+                    ColumnType::Datetime => {
+                        let micros = parse_datetime(v, c)?;
+                        chrono::DateTime::from_timestamp_micros(micros).map(|t| chrono::Datelike::year(&t) as i64).unwrap_or(0)
+                    }
+                    _ => {
+                        let days = parse_date(v, c)?;
+                        let date = chrono::NaiveDate::default() + chrono::Duration::days(days as i64);
+                        chrono::Datelike::year(&date) as i64
+                    }
+                };
+                if domain.as_ref().is_some_and(|d| !d.contains_int(year)) {
+                    return Err("year outside the column's declared domain".into());
+                }
+                check_bounds(year as f64, *bounds, true, || "year".into())?;
+                Ok(Some(year))
+            })();
+            out.append_option(r.clone().ok().flatten());
+            r.map(|_| ())
+        }
+        Op::Prefix { src, n, domain, c, out } => {
+            let r = (|| {
+                let Some(v) = field(row, *src, c)? else { return Ok(None) };
+                let s = text(v)?;
+                let end = s.char_indices().nth(*n).map(|(i, _)| i).unwrap_or(s.len());
+                if s[..end].chars().count() < *n {
+                    return Err(format!("too short to keep its first {n} characters"));
+                }
+                let prefix = &s[..end];
+                if domain.as_ref().is_some_and(|d| !d.contains_str(prefix)) {
+                    return Err(format!("first {n} characters are not in the column's declared domain"));
+                }
+                Ok(Some(prefix.to_owned()))
+            })();
+            match &r {
+                Ok(Some(s)) => out.append_value(s),
+                _ => out.append_null(),
+            }
+            r.map(|_| ())
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! Ingest: stream a raw extract, validate every row, pseudonymize, generalize, write zstd
+//! Parquet into a staging directory, then commit all files in one catalog transaction.
+//!
+//! Nothing is visible before the commit: queries read only the files the catalog lists. On any
+//! invalid row the staging directory is removed and nothing is committed. A crash (kill -9)
+//! leaves a staging directory behind, which the next ingest sweeps (see [`sweep_staging`]).
+
+pub mod convert;
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{FileEntry, NewIngest};
+use crate::error::{Error, IoContext, Result};
+use crate::pseudonym::Key;
+use crate::warehouse::Warehouse;
+use convert::{Converter, RowFields};
+
+/// Rows per Arrow batch handed from the validating thread to the Parquet writer.
+pub const BATCH_ROWS: usize = 64 * 1024;
+/// Rows per Parquet row group: large enough for good compression and scan speed, small enough
+/// that one row group of a wide table stays within tens of MiB in memory.
+pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
+/// Rows per Parquet file before the writer starts another one.
+pub const FILE_ROWS: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Parquet,
+    Ndjson,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s.to_ascii_lowercase().as_str() {
+            "csv" => Some(Format::Csv),
+            "parquet" => Some(Format::Parquet),
+            "ndjson" | "jsonl" | "json" => Some(Format::Ndjson),
+            _ => None,
+        }
+    }
+
+    /// Guess from the file name's extension.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        Format::parse(path.extension()?.to_str()?)
+    }
+}
+
+/// Progress of a running ingest.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub bytes_read: u64,
+    pub bytes_total: u64,
+    pub rows: u64,
+}
+
+pub struct IngestOptions<'a> {
+    pub table: &'a str,
+    pub file: &'a Path,
+    pub format: Option<Format>,
+    pub allow_duplicate: bool,
+    pub actor: &'a str,
+    pub progress: Option<&'a dyn Fn(Progress)>,
+    /// Test hook: fail after this many batches were written, as a crash or a full disk would.
+    pub fail_after_batches: Option<usize>,
+}
+
+impl<'a> IngestOptions<'a> {
+    pub fn new(table: &'a str, file: &'a Path) -> Self {
+        IngestOptions { table, file, format: None, allow_duplicate: false, actor: "steward", progress: None, fail_after_batches: None }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestReport {
+    pub id: String,
+    pub table: String,
+    pub rows: u64,
+    pub files: Vec<FileEntry>,
+    pub bytes: u64,
+    pub source_sha256: String,
+    pub elapsed: Duration,
+}
+
+/// Ingest one raw extract into one table.
+pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result<IngestReport> {
+    let started = Instant::now();
+    let policy = wh.schemas.get(opts.table)?.clone();
+    let format = match opts.format.or_else(|| Format::from_path(opts.file)) {
+        Some(f) => f,
+        None => {
+            return Err(Error::Usage(format!(
+                "{}: cannot tell the format from the name; pass --format csv|parquet|ndjson",
+                opts.file.display()
+            )));
+        }
+    };
+    let bytes_total = std::fs::metadata(opts.file).at(opts.file)?.len();
+    sweep_staging(wh)?;
+
+    let id = new_ingest_id();
+    let staging = wh.layout.staging().join(&id);
+    std::fs::create_dir_all(&staging).at(&staging)?;
+    std::fs::write(staging.join("pid"), std::process::id().to_string()).at(&staging)?;
+
+    let shown_name = opts.file.display().to_string();
+    let mut conv = Converter::new(&policy, key, &shown_name);
+    let result = (|| -> Result<(String, Vec<(PathBuf, u64, u64)>)> {
+        let (tx, rx) = sync_channel::<RecordBatch>(2);
+        let writer_dir = staging.clone();
+        let prefix = id.clone();
+        let fail_after = opts.fail_after_batches;
+        let writer = std::thread::Builder::new()
+            .name("parquet-writer".into())
+            .spawn(move || write_parquet(rx, &writer_dir, &prefix, fail_after))
+            .map_err(|e| Error::io(&staging, e))?;
+        let mut sink = BatchSink { tx: Some(tx), rows: 0 };
+        let read = match format {
+            Format::Csv => read_csv(opts, bytes_total, &mut conv, &mut sink),
+            Format::Ndjson => read_ndjson(opts, bytes_total, &mut conv, &mut sink),
+            Format::Parquet => read_parquet(opts, bytes_total, &mut conv, &mut sink),
+        };
+        drop(sink.tx.take());
+        let written = writer.join().map_err(|_| Error::Usage("the Parquet writer thread panicked".into()))?;
+        let sha = read?;
+        if conv.failed() {
+            return Err(Error::InvalidInput { shown: std::mem::take(&mut conv.shown), more: conv.more });
+        }
+        Ok((sha, written?))
+    })();
+    let (sha, written) = match result {
+        Ok(ok) => ok,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+
+    // Move the files next to the table's other files, then make them visible in one transaction.
+    let commit = (|| -> Result<Vec<FileEntry>> {
+        if !opts.allow_duplicate {
+            if let Some(prev) = wh.catalog.find_duplicate(opts.table, &sha)? {
+                return Err(crate::catalog::duplicate_error(opts.table, &prev.id, &prev.committed_at));
+            }
+        }
+        let table_dir = wh.layout.table_dir(opts.table);
+        std::fs::create_dir_all(&table_dir).at(&table_dir)?;
+        let mut files = Vec::new();
+        for (path, rows, bytes) in &written {
+            let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+            let dest = table_dir.join(&name);
+            std::fs::rename(path, &dest).at(&dest)?;
+            let rel = Path::new("tables").join(opts.table).join(&name);
+            files.push(FileEntry { path: rel.to_string_lossy().into_owned(), ingest_id: id.clone(), rows: *rows, bytes: *bytes });
+        }
+        File::open(&table_dir).and_then(|d| d.sync_all()).at(&table_dir)?;
+        wh.catalog.commit_ingest(&NewIngest {
+            id: &id,
+            table: opts.table,
+            source_path: &shown_name,
+            source_sha256: &sha,
+            actor: opts.actor,
+            allow_duplicate: opts.allow_duplicate,
+            files: &files,
+        })?;
+        Ok(files)
+    })();
+    match commit {
+        Ok(files) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(IngestReport {
+                id,
+                table: opts.table.to_owned(),
+                rows: files.iter().map(|f| f.rows).sum(),
+                bytes: files.iter().map(|f| f.bytes).sum(),
+                files,
+                source_sha256: sha,
+                elapsed: started.elapsed(),
+            })
+        }
+        Err(e) => {
+            remove_uncommitted(wh, &id, &staging);
+            Err(e)
+        }
+    }
+}
+
+/// Remove what an ingest that did not commit left behind: its staging directory, and any of its
+/// files already moved into a table directory but not named by the catalog.
+fn remove_uncommitted(wh: &Warehouse, id: &str, staging: &Path) {
+    if let Ok(tables) = std::fs::read_dir(wh.layout.tables()) {
+        for table in tables.flatten() {
+            for file in std::fs::read_dir(table.path()).into_iter().flatten().flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                if name.starts_with(id) {
+                    let rel = Path::new("tables").join(table.file_name()).join(&name);
+                    if !wh.catalog.is_referenced(&rel.to_string_lossy()).unwrap_or(true) {
+                        let _ = std::fs::remove_file(file.path());
+                    }
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(staging);
+}
+
+/// Clean up after ingests that died (kill -9, power loss): a staging directory whose process is
+/// gone. Ingests still running (their pid is alive) are left alone.
+pub fn sweep_staging(wh: &Warehouse) -> Result<usize> {
+    let dir = wh.layout.staging();
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(0) };
+    let mut swept = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let pid = std::fs::read_to_string(path.join("pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            remove_uncommitted(wh, &entry.file_name().to_string_lossy(), &path);
+            swept += 1;
+        }
+    }
+    Ok(swept)
+}
+
+fn new_ingest_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), hex::encode(b))
+}
+
+/// Hands full batches to the writer thread.
+struct BatchSink {
+    tx: Option<std::sync::mpsc::SyncSender<RecordBatch>>,
+    rows: u64,
+}
+
+impl BatchSink {
+    fn flush(&mut self, conv: &mut Converter) -> Result<()> {
+        if conv.rows_buffered() == 0 {
+            return Ok(());
+        }
+        let batch = conv.finish_batch()?;
+        self.rows += batch.num_rows() as u64;
+        // Once a row is invalid nothing will be committed: stop writing, keep validating.
+        if !conv.failed() {
+            if let Some(tx) = &self.tx {
+                if tx.send(batch).is_err() {
+                    // The writer stopped on an error; it is reported when the writer is joined.
+                    self.tx = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_flush(&mut self, conv: &mut Converter) -> Result<()> {
+        if conv.rows_buffered() >= BATCH_ROWS { self.flush(conv) } else { Ok(()) }
+    }
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by("secretum".into())
+        .build()
+}
+
+/// The writer thread: batches in, fsynced Parquet files out (path, rows, bytes).
+fn write_parquet(rx: Receiver<RecordBatch>, dir: &Path, prefix: &str, fail_after: Option<usize>) -> Result<Vec<(PathBuf, u64, u64)>> {
+    let mut done = Vec::new();
+    let mut current: Option<(PathBuf, ArrowWriter<File>, u64)> = None;
+    let mut n = 0usize;
+    let close = |(path, w, rows): (PathBuf, ArrowWriter<File>, u64), done: &mut Vec<(PathBuf, u64, u64)>| -> Result<()> {
+        let file = w.into_inner()?;
+        file.sync_all().at(&path)?;
+        let bytes = file.metadata().at(&path)?.len();
+        done.push((path, rows, bytes));
+        Ok(())
+    };
+    for batch in rx {
+        if fail_after.is_some_and(|k| n >= k) {
+            return Err(Error::io(dir, std::io::Error::other("injected failure while writing (test hook)")));
+        }
+        n += 1;
+        if current.as_ref().is_some_and(|(_, _, rows)| *rows >= FILE_ROWS) {
+            close(current.take().expect("checked above"), &mut done)?;
+        }
+        if current.is_none() {
+            let path = dir.join(format!("{prefix}-{:05}.parquet", done.len()));
+            let file = File::create(&path).at(&path)?;
+            let writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties()))?;
+            current = Some((path, writer, 0));
+        }
+        let (_, writer, rows) = current.as_mut().expect("opened above");
+        writer.write(&batch)?;
+        *rows += batch.num_rows() as u64;
+    }
+    if let Some(c) = current.take() {
+        close(c, &mut done)?;
+    }
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
+    Ok(done)
+}
+
+/// A reader that hashes and counts what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    read: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// How the header of the input maps onto the schema's raw columns.
+fn map_header(header: &[String], conv: &Converter, table: &str) -> Result<Vec<Option<usize>>> {
+    let mut problems = Vec::new();
+    for (i, h) in header.iter().enumerate() {
+        if !conv.raw_names.iter().any(|n| n == h) {
+            problems.push(format!(
+                "column `{h}` is not in the schema of `{table}`: declare it (with its privacy role) or remove it from the extract"
+            ));
+        }
+        if header[..i].contains(h) {
+            problems.push(format!("column `{h}` appears twice in the header"));
+        }
+    }
+    let map: Vec<Option<usize>> = conv.raw_names.iter().map(|n| header.iter().position(|h| h == n)).collect();
+    for (name, pos) in conv.raw_names.iter().zip(&map) {
+        if pos.is_none() && !conv.nullable_raw.contains(name) {
+            problems.push(format!("required column `{name}` is missing from the header"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(map)
+    } else {
+        Err(Error::Usage(format!(
+            "the extract does not match the schema of `{table}`; nothing was committed:\n  {}",
+            problems.join("\n  ")
+        )))
+    }
+}
+
+struct CsvRow<'a> {
+    record: &'a csv::ByteRecord,
+    map: &'a [Option<usize>],
+}
+
+impl RowFields for CsvRow<'_> {
+    fn get(&self, raw: usize) -> Option<&[u8]> {
+        self.record.get(self.map[raw]?)
+    }
+}
+
+fn read_csv(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter, sink: &mut BatchSink) -> Result<String> {
+    let file = File::open(opts.file).at(opts.file)?;
+    let hashing = Hashing { inner: file, hasher: Sha256::new(), read: 0 };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .buffer_capacity(1 << 20)
+        .from_reader(BufReader::with_capacity(1 << 20, hashing));
+    let header: Vec<String> = reader
+        .byte_headers()
+        .map_err(|e| Error::Usage(format!("{}: cannot read the CSV header: {e}", opts.file.display())))?
+        .iter()
+        .map(|h| String::from_utf8_lossy(h).trim().to_owned())
+        .collect();
+    let map = map_header(&header, conv, opts.table)?;
+    let mut record = csv::ByteRecord::new();
+    let mut rows = 0u64;
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                conv.row_problem(line, None, format!("malformed CSV: {}", e.kind_summary()));
+                break;
+            }
+        }
+        let line = record.position().map(|p| p.line()).unwrap_or(rows + 2);
+        rows += 1;
+        if record.len() != header.len() {
+            conv.row_problem(line, None, format!("wrong number of columns: expected {}, found {}", header.len(), record.len()));
+            continue;
+        }
+        conv.push_row(&CsvRow { record: &record, map: &map }, line);
+        if conv.rows_buffered() >= BATCH_ROWS {
+            sink.flush(conv)?;
+            if let Some(p) = opts.progress {
+                p(Progress { bytes_read: reader.get_ref().get_ref().read, bytes_total, rows });
+            }
+        }
+    }
+    sink.flush(conv)?;
+    let inner = reader.into_inner().into_inner();
+    if let Some(p) = opts.progress {
+        p(Progress { bytes_read: inner.read, bytes_total, rows });
+    }
+    Ok(hex::encode(inner.hasher.finalize()))
+}
+
+trait CsvErrorSummary {
+    fn kind_summary(&self) -> String;
+}
+
+impl CsvErrorSummary for csv::Error {
+    fn kind_summary(&self) -> String {
+        match self.kind() {
+            csv::ErrorKind::Io(e) => format!("read error: {e}"),
+            csv::ErrorKind::Utf8 { .. } => "invalid UTF-8".into(),
+            _ => "unreadable record".into(),
+        }
+    }
+}
+
+/// Rows of an Arrow batch whose raw columns were cast to strings.
+struct ArrowRow<'a> {
+    columns: &'a [Option<StringArray>],
+    row: usize,
+}
+
+impl RowFields for ArrowRow<'_> {
+    fn get(&self, raw: usize) -> Option<&[u8]> {
+        let col = self.columns[raw].as_ref()?;
+        if col.is_null(self.row) { None } else { Some(col.value(self.row).as_bytes()) }
+    }
+}
+
+/// Feed one Arrow batch (columns named as in the extract) to the converter.
+fn push_arrow_batch(batch: &RecordBatch, map: &[Option<usize>], conv: &mut Converter, first_line: u64) -> Result<()> {
+    let columns: Vec<Option<StringArray>> = map
+        .iter()
+        .map(|pos| -> Result<Option<StringArray>> {
+            let Some(pos) = pos else { return Ok(None) };
+            let col = arrow::compute::cast(batch.column(*pos), &DataType::Utf8)?;
+            Ok(col.as_any().downcast_ref::<StringArray>().cloned())
+        })
+        .collect::<Result<_>>()?;
+    for row in 0..batch.num_rows() {
+        conv.push_row(&ArrowRow { columns: &columns, row }, first_line + row as u64);
+    }
+    Ok(())
+}
+
+fn read_ndjson(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter, sink: &mut BatchSink) -> Result<String> {
+    let file = File::open(opts.file).at(opts.file)?;
+    let hashing = Hashing { inner: file, hasher: Sha256::new(), read: 0 };
+    let fields: Vec<Field> = conv.raw_names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
+    let map: Vec<Option<usize>> = (0..conv.raw_names.len()).map(Some).collect();
+    let mut reader = arrow::json::ReaderBuilder::new(Arc::new(Schema::new(fields)))
+        .with_coerce_primitive(true)
+        .with_strict_mode(true)
+        .with_batch_size(BATCH_ROWS)
+        .build(BufReader::with_capacity(1 << 20, hashing))?;
+    let mut line = 1u64;
+    let mut rows = 0u64;
+    for batch in reader.by_ref() {
+        let batch = batch.map_err(|e| Error::Usage(format!("{}: around line {line}: {e}; nothing was committed", opts.file.display())))?;
+        push_arrow_batch(&batch, &map, conv, line)?;
+        line += batch.num_rows() as u64;
+        rows += batch.num_rows() as u64;
+        sink.maybe_flush(conv)?;
+        if let Some(p) = opts.progress {
+            p(Progress { bytes_read: 0, bytes_total, rows });
+        }
+    }
+    sink.flush(conv)?;
+    // Required keys absent from an object show up as missing values of that row.
+    // The JSON decoder owns the reader; hash the file again for the duplicate check.
+    hash_file(opts.file)
+}
+
+fn read_parquet(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter, sink: &mut BatchSink) -> Result<String> {
+    let sha = hash_file(opts.file)?;
+    let file = File::open(opts.file).at(opts.file)?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::Usage(format!("{}: not a readable Parquet file: {e}", opts.file.display())))?
+        .with_batch_size(BATCH_ROWS);
+    let header: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let map = map_header(&header, conv, opts.table)?;
+    let mut row = 1u64;
+    for batch in builder.build()? {
+        let batch = batch?;
+        push_arrow_batch(&batch, &map, conv, row)?;
+        row += batch.num_rows() as u64;
+        sink.maybe_flush(conv)?;
+        if let Some(p) = opts.progress {
+            p(Progress { bytes_read: 0, bytes_total, rows: row - 1 });
+        }
+    }
+    sink.flush(conv)?;
+    Ok(sha)
+}
+
+fn hash_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).at(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).at(path)?;
+    Ok(hex::encode(hasher.finalize()))
+}
