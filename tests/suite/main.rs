@@ -1,1 +1,4 @@
+//! End-to-end tests: real files, real SQLite, real Parquet, the real `secretum` binary.
 
+mod common;
+mod ingest;

@@ -1,0 +1,96 @@
+//! Shared fixtures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use secretum_engine::Warehouse;
+use secretum_engine::pseudonym::Key;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_secretum");
+
+/// Run the binary; returns its output.
+pub fn secretum(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env_remove("SECRETUM_DATA_DIR").output().expect("run secretum")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A new warehouse and raw extracts of `patients` synthetic patients.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub raw: PathBuf,
+    pub data: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl Fixture {
+    pub fn new(patients: u64, seed: u64) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raw = dir.path().join("raw");
+        let data = dir.path().join("data");
+        let key_file = dir.path().join("steward.key");
+        secretum_engine::synth::generate(patients, seed, &raw, None).expect("generate");
+        Warehouse::init(&data, Some(&key_file), None).expect("init");
+        Fixture { dir, raw, data, key_file }
+    }
+
+    pub fn raw(&self, table: &str) -> PathBuf {
+        self.raw.join(format!("{table}.csv"))
+    }
+
+    pub fn open(&self) -> Warehouse {
+        Warehouse::open(&self.data).expect("open warehouse")
+    }
+
+    pub fn key(&self) -> Key {
+        Key::load(&self.key_file).expect("key")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect()
+}
+
+/// Read a stored table (all its committed files) into record batches.
+pub fn read_table(wh: &Warehouse, table: &str) -> Vec<arrow::record_batch::RecordBatch> {
+    let mut out = Vec::new();
+    for f in wh.catalog.files(table).expect("files") {
+        let file = std::fs::File::open(wh.layout.root.join(&f.path)).expect("open parquet");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
+        out.extend(reader.map(|b| b.expect("batch")));
+    }
+    out
+}
+
+/// Read a CSV file into header + records.
+pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).expect("csv");
+    let header = r.headers().expect("header").iter().map(str::to_owned).collect();
+    let rows = r.records().map(|r| r.expect("record").iter().map(str::to_owned).collect()).collect();
+    (header, rows)
+}
