@@ -81,7 +81,8 @@ pub fn read_table(wh: &Warehouse, table: &str) -> Vec<arrow::record_batch::Recor
     let mut out = Vec::new();
     for f in wh.catalog.files(table).expect("files") {
         let file = std::fs::File::open(wh.layout.root.join(&f.path)).expect("open parquet");
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
         out.extend(reader.map(|b| b.expect("batch")));
     }
     out

@@ -95,7 +95,9 @@ fn raw_identifiers_appear_nowhere_in_the_data_directory() {
         let bytes = std::fs::read(&f).unwrap();
         // Uncompressed identifiers would show as plain bytes; zstd would not hide a stored
         // column either, so also check the decoded string columns below.
-        for s in &secrets {
+        // Short values (5-digit postcodes) are checked in the decoded columns only: as raw bytes
+        // they turn up by chance inside hashes and timestamps.
+        for s in secrets.iter().filter(|s| s.len() >= 6) {
             assert!(!bytes.windows(s.len()).any(|w| w == s.as_bytes()), "{} found in {}", s, f.display());
         }
     }
@@ -153,7 +155,9 @@ fn quasi_identifiers_are_generalized() {
     let col = |n: &str| header.iter().position(|h| h == n).unwrap();
     let expected: HashMap<i64, (i64, String)> = rows
         .iter()
-        .map(|r| (p.pseudonymize(r[col("nir")].as_bytes()), (r[col("birth_date")][..4].parse().unwrap(), r[col("postcode")][..2].to_owned())))
+        .map(|r| {
+            (p.pseudonymize(r[col("nir")].as_bytes()), (r[col("birth_date")][..4].parse().unwrap(), r[col("postcode")][..2].to_owned()))
+        })
         .collect();
     let ids = int_column(&wh, "person", "person_id");
     let years = int_column(&wh, "person", "year_of_birth");
@@ -251,9 +255,9 @@ fn every_kind_of_bad_row_is_reported_with_file_line_and_column_and_nothing_is_co
         (person_row(&fx, "gender_concept_id", "male"), "gender_concept_id: `male` is not an integer"),
         (person_row(&fx, "gender_concept_id", ""), "gender_concept_id: missing required value"),
         (person_row(&fx, "gender_concept_id", "8551"), "gender_concept_id: `8551` is not in the column's declared domain"),
-        (person_row(&fx, "birth_date", "1960-13-45"), "year_of_birth: value is not a date"),
+        (person_row(&fx, "birth_date", "1960-13-45"), "birth_date: value is not a date"),
         (person_row(&fx, "nir", "123456789012345"), "nir: not a valid NIR"),
-        (person_row(&fx, "postcode", "ZZ100"), "department: first 2 characters are not in the column's declared domain"),
+        (person_row(&fx, "postcode", "ZZ100"), "postcode: first 2 characters are not in the column's declared domain"),
         ("x,not,a,valid,row".to_owned(), "wrong number of columns: expected 10, found 5"),
     ];
     for (row, expected) in cases {
@@ -487,12 +491,14 @@ fn ndjson_and_parquet_extracts_load_like_csv() {
     assert_eq!(report.rows, rows.len() as u64);
 
     // Parquet with string columns.
-    let fields: Vec<arrow::datatypes::Field> = header.iter().map(|h| arrow::datatypes::Field::new(h, arrow::datatypes::DataType::Utf8, true)).collect();
+    let fields: Vec<arrow::datatypes::Field> =
+        header.iter().map(|h| arrow::datatypes::Field::new(h, arrow::datatypes::DataType::Utf8, true)).collect();
     let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
     let columns: Vec<arrow::array::ArrayRef> = (0..header.len())
         .map(|i| {
-            std::sync::Arc::new(arrow::array::StringArray::from(rows.iter().map(|r| (!r[i].is_empty()).then(|| r[i].clone())).collect::<Vec<_>>()))
-                as arrow::array::ArrayRef
+            std::sync::Arc::new(arrow::array::StringArray::from(
+                rows.iter().map(|r| (!r[i].is_empty()).then(|| r[i].clone())).collect::<Vec<_>>(),
+            )) as arrow::array::ArrayRef
         })
         .collect();
     let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), columns).unwrap();

@@ -197,7 +197,8 @@ impl Converter {
                     }
                 }
             };
-            ops.push((c.name.clone(), op));
+            // Problems are reported under the column the extract has: the source of a derived one.
+            ops.push((c.source.clone().unwrap_or_else(|| c.name.clone()), op));
         }
         Converter {
             schema: policy.stored_schema(),
@@ -243,8 +244,9 @@ impl Converter {
         }
     }
 
-    /// The rows pushed since the last call, as one stored batch.
-    pub fn finish_batch(&mut self) -> Result<RecordBatch> {
+    /// The rows pushed since the last call, as one stored batch; `None` once any row was
+    /// invalid (nothing will be written, the builders are just emptied).
+    pub fn finish_batch(&mut self) -> Result<Option<RecordBatch>> {
         let columns: Vec<ArrayRef> = self
             .ops
             .iter_mut()
@@ -260,7 +262,10 @@ impl Converter {
             })
             .collect();
         self.rows = 0;
-        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+        if self.failed() {
+            return Ok(None);
+        }
+        Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
     }
 }
 

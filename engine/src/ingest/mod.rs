@@ -253,10 +253,9 @@ impl BatchSink {
         if conv.rows_buffered() == 0 {
             return Ok(());
         }
-        let batch = conv.finish_batch()?;
-        self.rows += batch.num_rows() as u64;
         // Once a row is invalid nothing will be committed: stop writing, keep validating.
-        if !conv.failed() {
+        if let Some(batch) = conv.finish_batch()? {
+            self.rows += batch.num_rows() as u64;
             if let Some(tx) = &self.tx {
                 if tx.send(batch).is_err() {
                     // The writer stopped on an error; it is reported when the writer is joined.
