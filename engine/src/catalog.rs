@@ -173,11 +173,6 @@ impl Catalog {
             .collect()
     }
 
-    /// The ingest that already loaded this exact content into this table, if any.
-    pub fn find_duplicate(&self, table: &str, sha256: &str) -> Result<Option<IngestEntry>> {
-        Ok(self.ingests()?.into_iter().find(|i| i.table == table && i.source_sha256 == sha256))
-    }
-
     /// Commit one ingest and all its files in one transaction. The duplicate check runs inside
     /// the transaction, so two concurrent ingests of the same file cannot both commit.
     pub fn commit_ingest(&mut self, ingest: &NewIngest<'_>) -> Result<()> {
@@ -221,7 +216,7 @@ impl Catalog {
     }
 }
 
-pub(crate) fn duplicate_error(table: &str, id: &str, at: &str) -> Error {
+fn duplicate_error(table: &str, id: &str, at: &str) -> Error {
     Error::Usage(format!(
         "this file's content was already ingested into `{table}` (ingest {id} at {at}); nothing was committed. Pass --allow-duplicate if loading it again is intended"
     ))

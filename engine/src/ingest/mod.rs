@@ -151,11 +151,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
 
     // Move the files next to the table's other files, then make them visible in one transaction.
     let commit = (|| -> Result<Vec<FileEntry>> {
-        if !opts.allow_duplicate {
-            if let Some(prev) = wh.catalog.find_duplicate(opts.table, &sha)? {
-                return Err(crate::catalog::duplicate_error(opts.table, &prev.id, &prev.committed_at));
-            }
-        }
+        // The duplicate check runs inside the commit transaction (see Catalog::commit_ingest).
         let table_dir = wh.layout.table_dir(opts.table);
         std::fs::create_dir_all(&table_dir).at(&table_dir)?;
         let mut files = Vec::new();
