@@ -69,7 +69,15 @@ pub enum Command {
     },
     /// List tables with their files, rows and bytes (the steward's local view).
     Tables,
-    /// The whole job on a temporary warehouse: generate, init, ingest every table, summarize.
+    /// Projects and their privacy budgets (steward).
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Warehouse-wide privacy policy (steward).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Answer one SQL query with differentially-private aggregates, charged to a project.
+    Query(QueryArgs),
+    /// The whole job on a temporary warehouse: generate, init, ingest every table, summarize, query.
     Demo {
         #[arg(long, default_value_t = 20_000)]
         patients: u64,
@@ -79,6 +87,76 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectCommand {
+    /// Create a project with its budget and the tables it may query.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Total ε the project may spend (basic composition over its queries).
+        #[arg(long)]
+        epsilon: f64,
+        /// Total δ the project may spend (only grouping without a public domain spends δ).
+        #[arg(long, default_value_t = 0.0)]
+        delta: f64,
+        /// Comma-separated table names.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tables: Vec<String>,
+    },
+    /// List projects with their budgets spent and left.
+    List,
+    /// One project: grant, spend, and its ledger entries.
+    Show { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Change the policy; only the options given change.
+    Set {
+        /// The total ε any one patient may lose across all projects together.
+        #[arg(long)]
+        patient_epsilon_cap: Option<f64>,
+        /// The largest ε a single query may spend.
+        #[arg(long)]
+        query_epsilon_cap: Option<f64>,
+        /// Noisy counts under this threshold are suppressed (0 disables).
+        #[arg(long)]
+        suppression_threshold: Option<u32>,
+        /// Decimal digits kept in released non-count values.
+        #[arg(long)]
+        round_digits: Option<u32>,
+    },
+    /// Print the policy and the ε spent warehouse-wide.
+    Show,
+}
+
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    /// The project to charge.
+    #[arg(long)]
+    pub project: String,
+    /// ε to spend on this query (split across its aggregates).
+    #[arg(long, default_value_t = 0.1)]
+    pub epsilon: f64,
+    /// δ to spend (needed only to group by a column without a public domain), in (0, 1e-3].
+    #[arg(long)]
+    pub delta: Option<f64>,
+    /// Show the answer's shape and expected accuracy; spends nothing and reads no data.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the ε needed for a 95% interval of ±X on the query's counts and sums (spends nothing).
+    #[arg(long, value_name = "X")]
+    pub target_ci: Option<f64>,
+    /// Tighten the number of groups one patient may contribute to.
+    #[arg(long)]
+    pub max_groups: Option<u32>,
+    /// table, json or csv.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// The SQL text (one SELECT).
+    pub sql: String,
 }
 
 /// Parse the command line, run, and turn errors into a message and an exit code.
@@ -128,6 +206,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let wh = Warehouse::open(&data_dir)?;
             print_tables(&wh)
         }
+        Command::Project(cmd) => crate::local::project(&data_dir, cmd),
+        Command::Policy(cmd) => crate::local::policy(&data_dir, cmd),
+        Command::Query(args) => crate::local::query(&data_dir, &args),
         Command::Demo { patients, seed, keep } => demo(patients, seed, keep),
     }
 }
@@ -223,6 +304,8 @@ fn demo(patients: u64, seed: u64, keep: bool) -> Result<()> {
     let stored: Vec<&str> = person.stored_columns().map(|c| c.name.as_str()).collect();
     let dropped: Vec<&str> = person.columns.iter().filter(|c| !c.is_stored()).map(|c| c.name.as_str()).collect();
     println!("\nperson keeps {}; never stored: {}", stored.join(", "), dropped.join(", "));
+    drop(wh);
+    crate::local::demo_queries(&data)?;
     if keep {
         let kept = dir.keep();
         println!("\nkept {}", kept.display());

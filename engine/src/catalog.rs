@@ -11,7 +11,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::{Error, IoContext, Result};
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -35,7 +36,30 @@ CREATE TABLE files (
     bytes      INTEGER NOT NULL
 );
 CREATE INDEX files_by_table ON files (table_name);
-"#];
+"#,
+    r#"
+CREATE TABLE projects (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    epsilon    REAL NOT NULL,
+    delta      REAL NOT NULL,
+    tables     TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE ledger (
+    id          INTEGER PRIMARY KEY,
+    project_id  INTEGER NOT NULL REFERENCES projects (id),
+    epsilon     REAL NOT NULL,
+    delta       REAL NOT NULL,
+    sql         TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE INDEX ledger_by_project ON ledger (project_id);
+"#,
+];
 
 /// One committed Parquet file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +130,10 @@ impl Catalog {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    pub fn into_connection(self) -> Connection {
+        self.conn
     }
 
     pub fn connection(&self) -> &Connection {

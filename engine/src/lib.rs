@@ -5,7 +5,9 @@
 //! - [`catalog`]: which files make up each table (embedded SQLite).
 //! - [`synth`]: deterministic synthetic raw extracts for demos, tests and benches.
 
+pub mod budget;
 pub mod catalog;
+pub mod dp;
 pub mod error;
 pub mod ingest;
 pub mod pseudonym;

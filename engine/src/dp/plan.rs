@@ -1,0 +1,641 @@
+//! The release plan: which OpenDP mechanism releases each aggregate, with which sensitivity
+//! and which share of the query's ε; then execution and post-processing.
+//!
+//! Notation: K is the number of rows one patient may contribute after bounding
+//! ([`super::rewrite::bounded_relation`]); for a grouped query K is also capped by the
+//! groups-per-patient bound, since K rows fall in at most K groups. Values are clamped into
+//! public bounds [lo, hi]; mid = (lo + hi) / 2 and r = (hi − lo) / 2.
+//!
+//! Neighbouring datasets differ by one patient (add or remove all of their rows). For a vector
+//! of per-group cells, adding a patient changes the cells by at most the L1 sensitivities
+//! below, and the Laplace mechanism with scale Δ₁/ε on every cell is ε-DP for the whole vector
+//! (Dwork & Roth, Theorem 3.6): that is why empty groups are released too (zero-filled) and the
+//! per-group releases cost no more than one. Several aggregates split ε equally (sequential
+//! composition); post-processing is free (Proposition 2.1).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::execution::context::SessionContext;
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, sum};
+use datafusion::logical_expr::{EmptyRelation, Expr, LogicalPlan, LogicalPlanBuilder, Projection, Values, lit};
+use serde::Serialize;
+
+use super::analyze::{AggKind, Analysis, Refusal, refuse};
+use super::mechanisms::{self, Noise};
+use super::rewrite::{self, PID, key_col, value_col};
+use super::{Answer, Budget, Prepared, QueryError, as_f64, collect, scalar_json};
+
+/// What one component computes exactly, before noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum What {
+    /// A count (rows, values or patients): discrete Laplace.
+    Count,
+    /// A sum of clamped (possibly centred, possibly squared) values: Laplace.
+    Sum,
+    /// A quantile: exponential mechanism.
+    Quantile,
+    /// Distinct patients per key, for DP partition selection: noise + threshold.
+    Selection,
+}
+
+#[derive(Debug, Clone)]
+struct Component {
+    agg: Option<usize>,
+    what: What,
+    label: &'static str,
+    /// The exact aggregate over the bounded relation (none for quantiles).
+    expr: Option<Expr>,
+    sensitivity: f64,
+    epsilon: f64,
+    scale: f64,
+}
+
+/// How one aggregate is released (reported with every answer).
+#[derive(Debug, Clone, Serialize)]
+pub struct AggregateReport {
+    pub name: String,
+    pub kind: String,
+    pub mechanism: String,
+    pub epsilon: f64,
+    /// Per component: (what, L1 sensitivity or symmetric distance).
+    pub sensitivity: Vec<(String, f64)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounds: Option<[f64; 2]>,
+    pub rows_per_patient: u32,
+    /// Expected 95% half-width (counts and sums; others depend on the group's size).
+    pub ci95_half_width: Option<f64>,
+}
+
+/// The release plan of one query.
+pub struct Release {
+    components: Vec<Component>,
+    /// K: rows per patient after bounding.
+    bound: u32,
+    /// Public keys, or `None` for partition selection.
+    keys: Option<Vec<Vec<ScalarValue>>>,
+    epsilon: f64,
+}
+
+impl Release {
+    pub fn plan(ctx: &SessionContext, a: &Analysis, epsilon: f64) -> Result<Release, Refusal> {
+        let grouped = !a.keys.is_empty();
+        let bound = if grouped { a.rows_per_unit.min(a.groups_per_unit) } else { a.rows_per_unit };
+        let k = bound as f64;
+        let keys = if a.public_groups() { Some(rewrite::public_keys(ctx, a)?) } else { None };
+        let mut components = Vec::new();
+        let mut push = |agg, what, label, expr: Option<Expr>, sensitivity: f64| {
+            components.push(Component { agg, what, label, expr, sensitivity, epsilon: 0.0, scale: 0.0 })
+        };
+        for (j, spec) in a.aggs.iter().enumerate() {
+            let v = || Expr::Column(Column::from_name(value_col(j)));
+            let (lo, hi) = spec.bounds.unwrap_or((0.0, 0.0));
+            let (mid, r) = ((lo + hi) / 2.0, (hi - lo) / 2.0);
+            let centred = || v() - lit(mid);
+            match spec.kind {
+                // Each retained row adds 1 to one cell: Δ₁ = K.
+                AggKind::CountRows => push(Some(j), What::Count, "count", Some(count(lit(1i64))), k),
+                AggKind::CountValues => push(Some(j), What::Count, "count", Some(count(v())), k),
+                // A patient is counted once per group they have a retained row in: at most one
+                // group ungrouped, at most min(K, #groups) grouped.
+                AggKind::CountPatients => {
+                    let groups = if grouped { keys.as_ref().map_or(k, |ks| k.min(ks.len().max(1) as f64)) } else { 1.0 };
+                    push(Some(j), What::Count, "patients", Some(count_distinct(Expr::Column(Column::from_name(PID)))), groups)
+                }
+                // K clamped values, each of magnitude at most max(|lo|, |hi|).
+                AggKind::Sum => push(Some(j), What::Sum, "sum", Some(sum(v())), k * lo.abs().max(hi.abs())),
+                // Mean = mid + Σ(x − mid) / n: the centred sum has Δ₁ = K·r, the count Δ₁ = K.
+                AggKind::Mean => {
+                    push(Some(j), What::Sum, "centred_sum", Some(sum(centred())), k * r);
+                    push(Some(j), What::Count, "count", Some(count(v())), k);
+                }
+                // Variance from the centred sum (K·r), sum of squares (K·r²) and count (K).
+                AggKind::Variance { .. } | AggKind::Stddev { .. } => {
+                    push(Some(j), What::Sum, "centred_sum", Some(sum(centred())), k * r);
+                    push(Some(j), What::Sum, "centred_sum_of_squares", Some(sum(centred() * centred())), k * r * r);
+                    push(Some(j), What::Count, "count", Some(count(v())), k);
+                }
+                // One patient adds or removes at most K values of the group's multiset.
+                AggKind::Quantile(_) => push(Some(j), What::Quantile, "quantile", None, k),
+            }
+        }
+        if keys.is_none() {
+            // Each patient is in at most K groups and adds 1 to each: ℓ0 = K, ℓ∞ = 1.
+            push(None, What::Selection, "partition_selection", Some(count_distinct(Expr::Column(Column::from_name(PID)))), k);
+        }
+        let mut release = Release { components, bound, keys, epsilon };
+        release.set_epsilon(epsilon)?;
+        Ok(release)
+    }
+
+    /// Split ε equally over the components and calibrate their scales.
+    pub(crate) fn set_epsilon(&mut self, epsilon: f64) -> Result<(), Refusal> {
+        let n = self.components.len() as f64;
+        self.epsilon = epsilon;
+        for c in &mut self.components {
+            c.epsilon = epsilon / n;
+            c.scale = match c.what {
+                What::Count => mechanisms::count_scale(c.sensitivity.round() as i64, c.epsilon),
+                What::Sum => mechanisms::sum_scale(c.sensitivity, c.epsilon),
+                What::Quantile | What::Selection => Ok(0.0),
+            }
+            .map_err(|m| Refusal { rule: "epsilon", message: m })?;
+        }
+        Ok(())
+    }
+
+    /// The ε that gives every count and sum a 95% half-width of `half_width`.
+    pub fn epsilon_for_half_width(&self, half_width: f64) -> Result<f64, Refusal> {
+        if !(half_width.is_finite() && half_width > 0.0) {
+            return refuse("target-ci", "the target half-width must be a positive number");
+        }
+        let mut worst: Option<f64> = None;
+        for c in &self.components {
+            let needed = match c.what {
+                What::Count => mechanisms::epsilon_for_count_accuracy(c.sensitivity, half_width),
+                What::Sum if c.label == "sum" => mechanisms::epsilon_for_sum_accuracy(c.sensitivity, half_width),
+                _ => continue,
+            }
+            .map_err(|m| Refusal { rule: "target-ci", message: m })?;
+            worst = Some(worst.map_or(needed, |w: f64| w.max(needed)));
+        }
+        match worst {
+            Some(w) => Ok(w * self.components.len() as f64),
+            None => refuse(
+                "target-ci",
+                "--target-ci applies to COUNT and SUM aggregates; for means and quantiles compare dry runs at several ε",
+            ),
+        }
+    }
+
+    pub fn summary(&self, a: &Analysis) -> String {
+        let mut s = String::new();
+        let tables: Vec<&str> = a.tables.iter().map(|(_, t)| t.as_str()).collect();
+        s.push_str(&format!("tables: {}\n", tables.join(", ")));
+        s.push_str(&format!("rows per patient: {}\n", self.bound));
+        s.push_str(&format!("groups: {}\n", self.groups_label()));
+        for (j, spec) in a.aggs.iter().enumerate() {
+            let parts: Vec<String> =
+                self.components.iter().filter(|c| c.agg == Some(j)).map(|c| format!("{} Δ={}", c.label, fmt_num(c.sensitivity))).collect();
+            let bounds = spec.bounds.map(|(lo, hi)| format!(" bounds [{}, {}]", fmt_num(lo), fmt_num(hi))).unwrap_or_default();
+            s.push_str(&format!("aggregate {}: {}{bounds}; {}\n", spec.name, spec.kind.label(), parts.join(", ")));
+        }
+        s
+    }
+
+    fn groups_label(&self) -> String {
+        match &self.keys {
+            Some(k) if k.len() == 1 && k[0].is_empty() => "none".into(),
+            Some(k) => format!("public domain ({} keys)", k.len()),
+            None => format!("partition selection (ℓ0 = {})", self.bound),
+        }
+    }
+
+    fn reports(&self, a: &Analysis) -> Vec<AggregateReport> {
+        a.aggs
+            .iter()
+            .enumerate()
+            .map(|(j, spec)| {
+                let comps: Vec<&Component> = self.components.iter().filter(|c| c.agg == Some(j)).collect();
+                let mechanism = match spec.kind {
+                    AggKind::Quantile(_) => "exponential mechanism over candidates (OpenDP make_private_quantile)",
+                    k if k.is_count() => "discrete Laplace (OpenDP make_laplace)",
+                    AggKind::Sum => "Laplace (OpenDP make_laplace)",
+                    _ => "Laplace on a centred sum and discrete Laplace on the count (OpenDP make_laplace)",
+                };
+                let half = match spec.kind {
+                    k if k.is_count() => Some(mechanisms::count_accuracy(comps[0].scale)),
+                    AggKind::Sum => Some(mechanisms::sum_accuracy(comps[0].scale)),
+                    _ => None,
+                };
+                AggregateReport {
+                    name: spec.name.clone(),
+                    kind: spec.kind.label(),
+                    mechanism: mechanism.into(),
+                    epsilon: comps.iter().map(|c| c.epsilon).sum(),
+                    sensitivity: comps.iter().map(|c| (c.label.to_string(), c.sensitivity)).collect(),
+                    bounds: spec.bounds.map(|(lo, hi)| [lo, hi]),
+                    rows_per_patient: self.bound,
+                    ci95_half_width: half,
+                }
+            })
+            .collect()
+    }
+
+    /// The answer's shape with expected accuracy, without reading any data.
+    pub fn dry_run(&self, p: &Prepared) -> Result<Answer, QueryError> {
+        let reports = self.reports(&p.analysis);
+        let outputs = classify_outputs(&p.analysis.plan, &p.analysis);
+        let row = outputs
+            .iter()
+            .map(|o| match o {
+                Output::Agg(j) => serde_json::json!({"value": null, "ci95_half_width": reports[*j].ci95_half_width}),
+                _ => serde_json::Value::Null,
+            })
+            .collect();
+        Ok(Answer {
+            columns: output_names(&p.analysis.plan),
+            rows: vec![row],
+            epsilon_spent: 0.0,
+            delta_spent: 0.0,
+            budget_remaining: Budget { epsilon: p.project.epsilon_remaining(), delta: p.project.delta_remaining() },
+            dry_run: true,
+            aggregates: reports,
+            groups: self.groups_label(),
+            query_id: None,
+            epsilon_needed: None,
+        })
+    }
+
+    /// Read the data (the debit is done), noise, post-process.
+    pub async fn execute(&self, p: &Prepared, noise: Noise) -> Result<Answer, QueryError> {
+        self.execute_inner(p, noise).await.map_err(|e| QueryError::Internal(crate::error::Error::Usage(e)))
+    }
+
+    async fn execute_inner(&self, p: &Prepared, noise: Noise) -> Result<Answer, String> {
+        let a = &p.analysis;
+        let ctx = &p.ctx;
+        let nkeys = a.keys.len();
+        let df = |e: datafusion::error::DataFusionError| e.to_string();
+
+        // Exact aggregates over the bounded relation.
+        let exact_comps: Vec<usize> = (0..self.components.len()).filter(|i| self.components[*i].expr.is_some()).collect();
+        let mut exact: HashMap<Vec<ScalarValue>, Vec<f64>> = HashMap::new();
+        if !exact_comps.is_empty() {
+            let relation = rewrite::bounded_relation(a, &p.schemas, self.bound).map_err(df)?;
+            let group: Vec<Expr> = (0..nkeys).map(|i| Expr::Column(Column::from_name(key_col(i)))).collect();
+            let aggs: Vec<Expr> =
+                exact_comps.iter().map(|i| self.components[*i].expr.clone().expect("exact").alias(format!("__c{i}"))).collect();
+            let plan = LogicalPlanBuilder::from(relation).aggregate(group, aggs).map_err(df)?.build().map_err(df)?;
+            for batch in collect(ctx, plan).await.map_err(df)? {
+                for row in 0..batch.num_rows() {
+                    let key: Vec<ScalarValue> =
+                        (0..nkeys).map(|i| ScalarValue::try_from_array(batch.column(i), row)).collect::<Result<_, _>>().map_err(df)?;
+                    let vals = (0..exact_comps.len()).map(|c| as_f64(batch.column(nkeys + c), row).unwrap_or(0.0)).collect();
+                    exact.insert(key, vals);
+                }
+            }
+        }
+        let exact_index = |comp: usize| exact_comps.iter().position(|c| *c == comp).expect("exact component");
+
+        // The released keys: public, or selected privately.
+        let keys: Vec<Vec<ScalarValue>> = match &self.keys {
+            Some(k) => k.clone(),
+            None => {
+                let (sel, c) = self.components.iter().enumerate().find(|(_, c)| c.what == What::Selection).expect("selection");
+                let idx = exact_index(sel);
+                let mut by_name = HashMap::new();
+                let mut counts = HashMap::new();
+                for (k, v) in &exact {
+                    let name = format!("{k:?}");
+                    counts.insert(name.clone(), v[idx] as i64);
+                    by_name.insert(name, k.clone());
+                }
+                let (kept, _) = mechanisms::select_partitions(counts, self.bound, c.epsilon, p.delta, noise)?;
+                let mut keys: Vec<Vec<ScalarValue>> = kept.keys().map(|n| by_name[n].clone()).collect();
+                keys.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+                keys
+            }
+        };
+
+        // Noise, one vector per component over the released keys.
+        let mut noisy: HashMap<usize, Vec<f64>> = HashMap::new();
+        for (i, c) in self.components.iter().enumerate() {
+            let values = |i: usize| -> Vec<f64> {
+                let idx = exact_index(i);
+                keys.iter().map(|k| exact.get(k).map_or(0.0, |v| v[idx])).collect()
+            };
+            match c.what {
+                What::Count => {
+                    let v: Vec<i64> = values(i).into_iter().map(|x| x as i64).collect();
+                    let (n, _) = mechanisms::laplace_counts(&v, c.sensitivity.round() as i64, c.epsilon, noise)?;
+                    noisy.insert(i, n.into_iter().map(|x| x as f64).collect());
+                }
+                What::Sum => {
+                    let (n, _) = mechanisms::laplace_sums(&values(i), c.sensitivity, c.epsilon, noise)?;
+                    noisy.insert(i, n);
+                }
+                What::Quantile | What::Selection => {}
+            }
+        }
+        // Quantiles, from the bounded rows of each released group.
+        let quantile_comps: Vec<usize> = (0..self.components.len()).filter(|i| self.components[*i].what == What::Quantile).collect();
+        if !quantile_comps.is_empty() {
+            let relation = rewrite::bounded_relation(a, &p.schemas, self.bound).map_err(df)?;
+            for i in quantile_comps {
+                let c = &self.components[i];
+                let j = c.agg.expect("quantile of an aggregate");
+                let spec = &a.aggs[j];
+                let AggKind::Quantile(q) = spec.kind else { unreachable!() };
+                let mut cols: Vec<Expr> = (0..nkeys).map(|k| Expr::Column(Column::from_name(key_col(k)))).collect();
+                cols.push(Expr::Column(Column::from_name(value_col(j))));
+                let plan = LogicalPlanBuilder::from(relation.clone())
+                    .filter(Expr::Column(Column::from_name(value_col(j))).is_not_null())
+                    .map_err(df)?
+                    .project(cols)
+                    .map_err(df)?
+                    .build()
+                    .map_err(df)?;
+                let mut groups: HashMap<Vec<ScalarValue>, Vec<f64>> = HashMap::new();
+                for batch in collect(ctx, plan).await.map_err(df)? {
+                    for row in 0..batch.num_rows() {
+                        let key: Vec<ScalarValue> =
+                            (0..nkeys).map(|k| ScalarValue::try_from_array(batch.column(k), row)).collect::<Result<_, _>>().map_err(df)?;
+                        if let Some(v) = as_f64(batch.column(nkeys), row) {
+                            groups.entry(key).or_default().push(v);
+                        }
+                    }
+                }
+                let candidates = candidates(spec.bounds.expect("bounded"), is_integer(&spec.output_type));
+                let mut out = Vec::with_capacity(keys.len());
+                for k in &keys {
+                    let empty = Vec::new();
+                    let values = groups.get(k).unwrap_or(&empty);
+                    out.push(mechanisms::quantile(values, &candidates, q, self.bound, c.epsilon, noise)?);
+                }
+                noisy.insert(i, out);
+            }
+        }
+
+        // Post-processing: one (value, interval) per aggregate and key.
+        let cells = self.post_process(a, &keys, &noisy, &p.policy);
+
+        // HAVING, ORDER BY, LIMIT and output expressions, evaluated by DataFusion on the noisy table.
+        let (names, rows) = self.finish(ctx, a, &keys, &cells).await?;
+        Ok(Answer {
+            columns: names,
+            rows,
+            epsilon_spent: p.epsilon,
+            delta_spent: p.delta,
+            budget_remaining: Budget { epsilon: p.project.epsilon_remaining(), delta: p.project.delta_remaining() },
+            dry_run: false,
+            aggregates: self.reports(a),
+            groups: self.groups_label(),
+            query_id: None,
+            epsilon_needed: None,
+        })
+    }
+
+    /// Clamp counts at zero, build intervals, round, suppress small cells.
+    fn post_process(
+        &self,
+        a: &Analysis,
+        keys: &[Vec<ScalarValue>],
+        noisy: &HashMap<usize, Vec<f64>>,
+        policy: &crate::budget::Policy,
+    ) -> Vec<Vec<Cell>> {
+        let round = |v: f64| {
+            let f = 10f64.powi(policy.round_digits as i32);
+            (v * f).round() / f
+        };
+        let comps = |j: usize| -> Vec<usize> { (0..self.components.len()).filter(|i| self.components[*i].agg == Some(j)).collect() };
+        let mut out = vec![Vec::with_capacity(a.aggs.len()); keys.len()];
+        for (j, spec) in a.aggs.iter().enumerate() {
+            let cs = comps(j);
+            let (lo, hi) = spec.bounds.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+            let mid = (lo + hi) / 2.0;
+            for (r, row) in out.iter_mut().enumerate() {
+                let get = |n: usize| noisy[&cs[n]][r];
+                let scale = |n: usize| self.components[cs[n]].scale;
+                let cell = match spec.kind {
+                    k if k.is_count() => {
+                        let v = get(0);
+                        let a = mechanisms::count_accuracy(scale(0));
+                        let shown = v.max(0.0);
+                        if policy.suppression_threshold > 0 && shown < policy.suppression_threshold as f64 {
+                            Cell::Suppressed
+                        } else {
+                            Cell::Noisy(shown, Some(((v - a).max(0.0), v + a)))
+                        }
+                    }
+                    AggKind::Sum => {
+                        let a = mechanisms::sum_accuracy(scale(0));
+                        let v = get(0);
+                        Cell::Noisy(round(v), Some((round(v - a), round(v + a))))
+                    }
+                    AggKind::Mean => {
+                        let (s, n) = (get(0), get(1));
+                        if n < 1.0 {
+                            Cell::Noisy(round(mid), Some((lo, hi)))
+                        } else {
+                            let m = (mid + s / n).clamp(lo, hi);
+                            // Delta method: Var(S/n) ≈ (Var S + (S/n)² Var n) / n², with a
+                            // Laplace variance of 2b² for each component.
+                            let (bs, bn) = (scale(0), scale(1));
+                            let sd = ((2.0 * bs * bs + (s / n).powi(2) * 2.0 * bn * bn).sqrt()) / n;
+                            let half = 1.959964 * sd;
+                            Cell::Noisy(round(m), Some((round((m - half).max(lo)), round((m + half).min(hi)))))
+                        }
+                    }
+                    AggKind::Variance { sample } | AggKind::Stddev { sample } => {
+                        let (s, ss, n) = (get(0), get(1), get(2));
+                        let r2 = ((hi - lo) / 2.0).powi(2);
+                        let var = |s: f64, ss: f64, n: f64| -> f64 {
+                            let d = if sample { n - 1.0 } else { n };
+                            if n < 2.0 || d <= 0.0 { r2 } else { ((ss - s * s / n) / d).clamp(0.0, r2) }
+                        };
+                        // A conservative interval: each component within its 1 − α/3 interval
+                        // (union bound), and the variance's range over that box.
+                        let alpha = mechanisms::ALPHA / 3.0;
+                        let (as_, ass, an) = (
+                            mechanisms::sum_accuracy_at(scale(0), alpha),
+                            mechanisms::sum_accuracy_at(scale(1), alpha),
+                            mechanisms::sum_accuracy_at(scale(2), alpha),
+                        );
+                        let mut lo_v = f64::INFINITY;
+                        let mut hi_v = f64::NEG_INFINITY;
+                        let s_points = [s - as_, s + as_, if (s - as_) * (s + as_) < 0.0 { 0.0 } else { s }];
+                        for sv in s_points {
+                            for ssv in [ss - ass, ss + ass] {
+                                for nv in [n - an, n + an, n] {
+                                    let v = var(sv, ssv.max(0.0), nv);
+                                    lo_v = lo_v.min(v);
+                                    hi_v = hi_v.max(v);
+                                }
+                            }
+                        }
+                        let v = var(s, ss.max(0.0), n);
+                        if matches!(spec.kind, AggKind::Stddev { .. }) {
+                            Cell::Noisy(round(v.sqrt()), Some((round(lo_v.sqrt()), round(hi_v.sqrt()))))
+                        } else {
+                            Cell::Noisy(round(v), Some((round(lo_v), round(hi_v))))
+                        }
+                    }
+                    AggKind::Quantile(_) => Cell::Noisy(round(get(0)), None),
+                    _ => unreachable!(),
+                };
+                row.push(cell);
+            }
+        }
+        out
+    }
+
+    /// Evaluate the query's upper part (projection, HAVING, ORDER BY, LIMIT) over the noisy
+    /// aggregate table, carrying a hidden row index to attach each cell's interval.
+    async fn finish(
+        &self,
+        ctx: &SessionContext,
+        a: &Analysis,
+        keys: &[Vec<ScalarValue>],
+        cells: &[Vec<Cell>],
+    ) -> Result<(Vec<String>, Vec<Vec<serde_json::Value>>), String> {
+        let df = |e: datafusion::error::DataFusionError| e.to_string();
+        let agg = a.aggregate();
+        let nkeys = a.keys.len();
+        // The aggregate's schema, every field nullable (suppressed cells), plus the row index.
+        let mut fields: Vec<(Option<datafusion::common::TableReference>, Arc<Field>)> =
+            agg.schema.iter().map(|(q, f)| (q.cloned(), Arc::new(f.as_ref().clone().with_nullable(true)))).collect();
+        fields.push((None, Arc::new(Field::new(ROW, DataType::Int64, false))));
+        let schema = Arc::new(DFSchema::new_with_metadata(fields, HashMap::new()).map_err(df)?);
+        let mut values = Vec::with_capacity(keys.len());
+        for (r, key) in keys.iter().enumerate() {
+            let mut row: Vec<Expr> = key.iter().map(|k| Expr::Literal(k.clone(), None)).collect();
+            for (j, spec) in a.aggs.iter().enumerate() {
+                let ty = agg.schema.field(nkeys + j).data_type();
+                let v = match &cells[r][j] {
+                    Cell::Suppressed => ScalarValue::try_from(ty).map_err(df)?,
+                    Cell::Noisy(v, _) => {
+                        let v = if is_integer(ty) || spec.kind.is_count() { v.round() } else { *v };
+                        ScalarValue::Float64(Some(v)).cast_to(ty).map_err(df)?
+                    }
+                };
+                row.push(Expr::Literal(v, None));
+            }
+            row.push(Expr::Literal(ScalarValue::Int64(Some(r as i64)), None));
+            values.push(row);
+        }
+        let base = if values.is_empty() {
+            LogicalPlan::EmptyRelation(EmptyRelation { produce_one_row: false, schema })
+        } else {
+            LogicalPlan::Values(Values { schema, values })
+        };
+        // Rebuild the nodes above the aggregate over the noisy table, bottom-up.
+        let mut chain = Vec::new();
+        let mut node = &a.plan;
+        while !matches!(node, LogicalPlan::Aggregate(_)) {
+            chain.push(node);
+            node = node.inputs()[0];
+        }
+        let mut plan = base;
+        for n in chain.iter().rev() {
+            plan = match n {
+                LogicalPlan::Projection(p) => {
+                    let mut exprs = p.expr.clone();
+                    exprs.push(Expr::Column(Column::from_name(ROW)));
+                    LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(plan)).map_err(df)?)
+                }
+                other => other.with_new_exprs(other.expressions(), vec![plan]).map_err(df)?,
+            };
+        }
+        let outputs = classify_outputs(&a.plan, a);
+        let names = output_names(&a.plan);
+        let mut rows = Vec::new();
+        for batch in collect(ctx, plan).await.map_err(df)? {
+            let row_col = batch.num_columns() - 1;
+            for i in 0..batch.num_rows() {
+                let r = match ScalarValue::try_from_array(batch.column(row_col), i).map_err(df)? {
+                    ScalarValue::Int64(Some(r)) => r as usize,
+                    _ => return Err("row index lost".into()),
+                };
+                let mut out = Vec::with_capacity(names.len());
+                for (c, o) in outputs.iter().enumerate() {
+                    let v = ScalarValue::try_from_array(batch.column(c), i).map_err(df)?;
+                    out.push(match o {
+                        Output::Key => scalar_json(&v),
+                        _ if v.is_null() => serde_json::Value::Null,
+                        Output::Agg(j) => {
+                            let ci = match &cells[r][*j] {
+                                Cell::Noisy(_, Some((lo, hi))) => serde_json::json!([lo, hi]),
+                                _ => serde_json::Value::Null,
+                            };
+                            serde_json::json!({"value": scalar_json(&v), "ci95": ci})
+                        }
+                        Output::Derived => serde_json::json!({"value": scalar_json(&v), "ci95": null}),
+                    });
+                }
+                rows.push(out);
+            }
+        }
+        Ok((names, rows))
+    }
+}
+
+const ROW: &str = "__row";
+
+#[derive(Debug, Clone)]
+enum Cell {
+    Noisy(f64, Option<(f64, f64)>),
+    Suppressed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Output {
+    Key,
+    Agg(usize),
+    Derived,
+}
+
+fn output_names(plan: &LogicalPlan) -> Vec<String> {
+    plan.schema().fields().iter().map(|f| f.name().clone()).collect()
+}
+
+/// What each output column shows: a group key, an aggregate (with its interval) or an
+/// expression of aggregates (noisy, without an interval).
+fn classify_outputs(plan: &LogicalPlan, a: &Analysis) -> Vec<Output> {
+    let agg = a.aggregate();
+    let nkeys = a.keys.len();
+    let mut node = plan;
+    let projection = loop {
+        match node {
+            LogicalPlan::Projection(p) => break Some(p),
+            LogicalPlan::Aggregate(_) => break None,
+            other => node = other.inputs()[0],
+        }
+    };
+    let by_column = |c: &Column| -> Output {
+        for (i, (q, f)) in agg.schema.iter().enumerate() {
+            if f.name() == &c.name && (c.relation.is_none() || c.relation.as_ref() == q) {
+                return if i < nkeys { Output::Key } else { Output::Agg(i - nkeys) };
+            }
+        }
+        Output::Derived
+    };
+    match projection {
+        Some(p) => p
+            .expr
+            .iter()
+            .map(|e| {
+                let mut e = e;
+                while let Expr::Alias(a) = e {
+                    e = &a.expr;
+                }
+                match e {
+                    Expr::Column(c) => by_column(c),
+                    other if other.column_refs().iter().all(|c| by_column(c) == Output::Key) => Output::Key,
+                    _ => Output::Derived,
+                }
+            })
+            .collect(),
+        None => (0..agg.schema.fields().len()).map(|i| if i < nkeys { Output::Key } else { Output::Agg(i - nkeys) }).collect(),
+    }
+}
+
+fn is_integer(t: &DataType) -> bool {
+    t.is_integer()
+}
+
+/// Quantile candidates: every integer in the bounds when the values are integral and few,
+/// otherwise 1,001 evenly spaced points.
+fn candidates((lo, hi): (f64, f64), integer: bool) -> Vec<f64> {
+    if integer && hi - lo <= 10_000.0 {
+        return (lo.ceil() as i64..=hi.floor() as i64).map(|v| v as f64).collect();
+    }
+    let n = 1000;
+    (0..=n).map(|i| lo + (hi - lo) * i as f64 / n as f64).collect()
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+}

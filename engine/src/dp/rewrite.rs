@@ -1,0 +1,183 @@
+//! The bounded plan: the query's source rewritten so that one patient's contribution is
+//! bounded on the data itself, never trusted.
+//!
+//! - Joins: each table is first truncated to its own `max_rows_per_unit` rows per patient
+//!   (uniformly at random: `ROW_NUMBER() OVER (PARTITION BY unit ORDER BY random())`), so a
+//!   patient with a million rows cannot blow the join up.
+//! - After WHERE and the join, the rows of each patient are truncated again, uniformly at
+//!   random with fresh randomness per query, to the query's bound K. Every release then sees
+//!   at most K rows per patient, which is what each sensitivity below assumes.
+//! - Aggregated values are clamped to their public bounds before anything sums them.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Date32Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, ScalarValue};
+use datafusion::execution::context::SessionContext;
+use datafusion::functions::math::expr_fn::random;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, lit, when};
+
+use super::analyze::{Analysis, KeySpec, MAX_DOMAIN, Refusal, refuse};
+use crate::schema::{ColumnPolicy, ColumnType, Domain, DomainValue, Schemas};
+
+pub const PID: &str = "__pid";
+const RN: &str = "__rn";
+
+pub fn key_col(i: usize) -> String {
+    format!("__k{i}")
+}
+pub fn value_col(i: usize) -> String {
+    format!("__v{i}")
+}
+
+fn column(name: &str) -> Expr {
+    Expr::Column(Column::from_name(name))
+}
+
+/// Keep at most `k` rows per value of `unit`, chosen uniformly at random.
+fn truncate(plan: LogicalPlan, unit: Expr, k: u32) -> datafusion::error::Result<LogicalPlan> {
+    let columns: Vec<Expr> = plan.schema().columns().into_iter().map(Expr::Column).collect();
+    let rn = row_number().partition_by(vec![unit]).order_by(vec![random().sort(true, true)]).build()?.alias(RN);
+    LogicalPlanBuilder::from(plan).window(vec![rn])?.filter(column(RN).lt_eq(lit(k as i64)))?.project(columns)?.build()
+}
+
+/// `CAST(e AS DOUBLE)` clamped into `[lo, hi]`; NULL stays NULL.
+pub fn clamp(e: Expr, (lo, hi): (f64, f64)) -> datafusion::error::Result<Expr> {
+    let x = datafusion::logical_expr::cast(e, DataType::Float64);
+    when(x.clone().lt(lit(lo)), lit(lo)).when(x.clone().gt(lit(hi)), lit(hi)).otherwise(x)
+}
+
+/// The bounded relation: one row per retained source row, with columns `__pid`, `__k{i}` for
+/// each group key and `__v{j}` for each aggregate's clamped value. At most `bound` rows per patient.
+pub fn bounded_relation(analysis: &Analysis, schemas: &Schemas, bound: u32) -> datafusion::error::Result<LogicalPlan> {
+    let agg = analysis.aggregate();
+    let mut source = agg.input.as_ref().clone();
+    if analysis.tables.len() > 1 {
+        source = source
+            .transform_up(|node| match &node {
+                LogicalPlan::TableScan(scan) => {
+                    let table = scan.table_name.table();
+                    let policy = &schemas.tables[table];
+                    let unit = Expr::Column(Column::new(Some(scan.table_name.clone()), policy.privacy_unit().name.clone()));
+                    Ok(Transformed::yes(truncate(node.clone(), unit, policy.max_rows_per_unit)?))
+                }
+                _ => Ok(Transformed::no(node)),
+            })?
+            .data;
+    }
+    let mut exprs = vec![Expr::Column(analysis.unit.clone()).alias(PID)];
+    for (i, k) in analysis.keys.iter().enumerate() {
+        exprs.push(k.expr.clone().alias(key_col(i)));
+    }
+    for (j, a) in analysis.aggs.iter().enumerate() {
+        if let Some(v) = &a.value {
+            let e = match a.bounds {
+                Some(b) => clamp(v.clone(), b)?,
+                None => v.clone(),
+            };
+            exprs.push(e.alias(value_col(j)));
+        }
+    }
+    let projected = LogicalPlanBuilder::from(source).project(exprs)?.build()?;
+    truncate(projected, column(PID), bound)
+}
+
+/// Every value of a column's public domain, as an array of the column's stored type.
+fn domain_array(p: &ColumnPolicy) -> Option<ArrayRef> {
+    let n = super::analyze::public_domain_size(p)?;
+    let ty = p.stored_type();
+    let array: ArrayRef = match (&p.domain, ty) {
+        (Some(Domain::Values(set)), _) => {
+            if set.iter().all(|v| matches!(v, DomainValue::Int(_))) {
+                Arc::new(Int64Array::from_iter_values(set.iter().map(|v| if let DomainValue::Int(i) = v { *i } else { 0 })))
+            } else {
+                Arc::new(StringArray::from_iter_values(set.iter().map(|v| v.to_string())))
+            }
+        }
+        (Some(Domain::Range(lo, hi)), _) => Arc::new(Int64Array::from_iter_values(*lo..=*hi)),
+        (None, ColumnType::Date) => {
+            let (lo, _) = p.bounds?;
+            Arc::new(Date32Array::from_iter_values((0..n as i32).map(|d| lo.ceil() as i32 + d)))
+        }
+        (None, _) => {
+            let (lo, _) = p.bounds?;
+            Arc::new(Int64Array::from_iter_values((0..n as i64).map(|d| lo.ceil() as i64 + d)))
+        }
+    };
+    cast(&array, &ty.arrow()).ok()
+}
+
+/// The public keys of one group key: its expression evaluated over the cross product of the
+/// public domains of the columns it reads. Computed from the schema alone.
+fn key_values(ctx: &SessionContext, key: &KeySpec, out_type: &DataType) -> Result<Vec<ScalarValue>, Refusal> {
+    let mut columns: Vec<(Column, ColumnPolicy)> = Vec::new();
+    for (c, p) in &key.columns {
+        if !columns.iter().any(|(x, _)| x == c) {
+            columns.push((c.clone(), p.clone()));
+        }
+    }
+    let domains: Vec<ArrayRef> = columns.iter().map(|(_, p)| domain_array(p).expect("public")).collect();
+    let rows: usize = domains.iter().map(|d| d.len()).product();
+    if rows > 10 * MAX_DOMAIN {
+        return refuse(
+            "too-many-groups",
+            format!("the group key {} spans {rows} public values; the limit is {}", key.name, 10 * MAX_DOMAIN),
+        );
+    }
+    // Cross product, as take() indices per column.
+    let mut arrays = Vec::new();
+    let mut stride = 1usize;
+    for d in &domains {
+        let idx = datafusion::arrow::array::UInt32Array::from_iter_values((0..rows).map(|r| ((r / stride) % d.len()) as u32));
+        arrays.push(datafusion::arrow::compute::take(d.as_ref(), &idx, None).map_err(|e| internal(e.into()))?);
+        stride *= d.len();
+    }
+    let fields: Vec<(Option<datafusion::common::TableReference>, Arc<Field>)> = columns
+        .iter()
+        .zip(&domains)
+        .map(|((c, _), d)| (c.relation.clone(), Arc::new(Field::new(&c.name, d.data_type().clone(), true))))
+        .collect();
+    let schema = Arc::new(Schema::new(fields.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>()));
+    let batch = RecordBatch::try_new(schema, arrays).map_err(|e| internal(e.into()))?;
+    let dfschema = super::qualified_schema(fields).map_err(internal)?;
+    let physical = ctx.create_physical_expr(key.expr.clone(), &dfschema).map_err(internal)?;
+    let values = physical.evaluate(&batch).map_err(internal)?.into_array(rows).map_err(internal)?;
+    let values = cast(&values, out_type).map_err(|e| internal(e.into()))?;
+    let mut out = Vec::new();
+    for r in 0..values.len() {
+        let v = ScalarValue::try_from_array(&values, r).map_err(internal)?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    out.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    out.dedup();
+    Ok(out)
+}
+
+fn internal(e: datafusion::error::DataFusionError) -> Refusal {
+    // Evaluating public keys reads no data: an error here comes from the SQL and the schema.
+    Refusal { rule: "sql-error", message: e.strip_backtrace().lines().next().unwrap_or("").to_owned() }
+}
+
+/// All public group keys (cross product over the group keys), in order. Empty keys for an
+/// ungrouped query: one group.
+pub fn public_keys(ctx: &SessionContext, analysis: &Analysis) -> Result<Vec<Vec<ScalarValue>>, Refusal> {
+    let agg = analysis.aggregate();
+    let mut keys: Vec<Vec<ScalarValue>> = vec![vec![]];
+    for (i, k) in analysis.keys.iter().enumerate() {
+        let values = key_values(ctx, k, agg.schema.field(i).data_type())?;
+        if keys.len() * values.len() > MAX_DOMAIN {
+            return refuse(
+                "too-many-groups",
+                format!("the GROUP BY keys span more than {MAX_DOMAIN} public groups: group by fewer or coarser keys"),
+            );
+        }
+        keys = keys.into_iter().flat_map(|prefix| values.iter().map(move |v| [prefix.clone(), vec![v.clone()]].concat())).collect();
+    }
+    Ok(keys)
+}
