@@ -143,7 +143,11 @@ pub fn print_answer(a: &Answer, format: &str) {
             eprintln!("{}", footer(a));
         }
         _ => {
-            let cells: Vec<Vec<String>> = a.rows.iter().map(|r| r.iter().map(show_cell).collect()).collect();
+            let cells: Vec<Vec<String>> = a
+                .rows
+                .iter()
+                .map(|r| r.iter().map(|c| if a.dry_run && c.is_null() { "·".into() } else { show_cell(c) }).collect())
+                .collect();
             let widths: Vec<usize> = (0..a.columns.len())
                 .map(|i| cells.iter().map(|r| r[i].chars().count()).chain([a.columns[i].chars().count()]).max().unwrap_or(0))
                 .collect();
@@ -230,8 +234,9 @@ pub fn demo_queries(data_dir: &Path) -> Result<()> {
             0.5,
         ),
         (
-            "mean HbA1c (LOINC 4548-4), values clamped to the schema's bounds",
-            "SELECT AVG(value_as_number) AS mean_hba1c, COUNT(*) AS measurements FROM measurement WHERE measurement_source_value = '4548-4'",
+            "mean HbA1c (LOINC 4548-4, %), values bounded by the WHERE clause to [3, 20]",
+            "SELECT AVG(value_as_number) AS mean_hba1c, COUNT(*) AS measurements FROM measurement \
+             WHERE measurement_source_value = '4548-4' AND value_as_number BETWEEN 3 AND 20",
             0.5,
         ),
         (

@@ -205,6 +205,8 @@ pub struct Analyzer<'a> {
     /// qualifier (table name or alias) -> table policy
     qualifiers: BTreeMap<String, &'a TablePolicy>,
     tables: Vec<(String, String)>,
+    /// Top-level conjuncts of WHERE, used to tighten a column's bounds.
+    conjuncts: Vec<Expr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +228,7 @@ impl Ctx {
 
 impl<'a> Analyzer<'a> {
     pub fn new(schemas: &'a Schemas) -> Analyzer<'a> {
-        Analyzer { schemas, qualifiers: BTreeMap::new(), tables: Vec::new() }
+        Analyzer { schemas, qualifiers: BTreeMap::new(), tables: Vec::new(), conjuncts: Vec::new() }
     }
 
     /// Analyze an analyzed (type-coerced) logical plan.
@@ -331,7 +333,9 @@ impl<'a> Analyzer<'a> {
         match plan {
             LogicalPlan::Filter(f) => {
                 self.source(&f.input)?;
-                self.check_expr(&f.predicate, Ctx::Where, f.input.schema())
+                self.check_expr(&f.predicate, Ctx::Where, f.input.schema())?;
+                self.conjuncts.extend(split_conjunction(&f.predicate).into_iter().cloned());
+                Ok(())
             }
             LogicalPlan::Join(j) => {
                 if j.join_type != JoinType::Inner {
@@ -515,7 +519,7 @@ impl<'a> Analyzer<'a> {
 
     fn bounded_value(&self, e: &Expr, schema: &DFSchema, fname: &str) -> Result<(Expr, (f64, f64)), Refusal> {
         self.check_expr(e, Ctx::Value, schema)?;
-        let Some(bounds) = self.bounds(e) else {
+        let Some(bounds) = self.bounds(e).map(|b| self.tighten(e, b)) else {
             return refuse(
                 "unbounded-value",
                 format!(
@@ -525,6 +529,51 @@ impl<'a> Analyzer<'a> {
             );
         };
         Ok((e.clone(), bounds))
+    }
+
+    /// Narrow a column's bounds with WHERE conditions on it (`x BETWEEN a AND b`, `x >= a`,
+    /// `x < b`, ...): rows outside are filtered out, and whatever bounds we pick the values are
+    /// clamped into them, so narrower bounds only lower the sensitivity.
+    fn tighten(&self, e: &Expr, (mut lo, mut hi): (f64, f64)) -> (f64, f64) {
+        let target = strip_cast(e);
+        if !matches!(target, Expr::Column(_)) {
+            return (lo, hi);
+        }
+        let is_target = |x: &Expr| strip_cast(x) == target;
+        for c in &self.conjuncts {
+            match c {
+                Expr::Between(b) if !b.negated && is_target(&b.expr) => {
+                    if let (Some(l), Some(h)) = (literal_number(&b.low), literal_number(&b.high)) {
+                        lo = lo.max(l);
+                        hi = hi.min(h);
+                    }
+                }
+                Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                    let (op, v) = if is_target(left) {
+                        (*op, literal_number(right))
+                    } else if is_target(right) {
+                        match op.swap() {
+                            Some(o) => (o, literal_number(left)),
+                            None => continue,
+                        }
+                    } else {
+                        continue;
+                    };
+                    let Some(v) = v else { continue };
+                    match op {
+                        Operator::Gt | Operator::GtEq => lo = lo.max(v),
+                        Operator::Lt | Operator::LtEq => hi = hi.min(v),
+                        Operator::Eq => {
+                            lo = lo.max(v);
+                            hi = hi.min(v);
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        if lo > hi { (hi, hi) } else { (lo, hi) }
     }
 
     /// Public bounds of a numeric expression, by interval arithmetic over the schema's bounds.
