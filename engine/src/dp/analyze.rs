@@ -118,8 +118,10 @@ pub struct Analysis {
     pub unit: Column,
     /// Rows one patient may contribute to the aggregation (after the join).
     pub rows_per_unit: u32,
-    /// Groups one patient may contribute to.
+    /// Groups one patient may contribute to (the bound enforced on the data).
     pub groups_per_unit: u32,
+    /// Groups one patient can be in, given the above and what the keys read.
+    pub keys_per_unit: u32,
     pub keys: Vec<KeySpec>,
     pub aggs: Vec<AggSpec>,
 }
@@ -319,14 +321,25 @@ impl<'a> Analyzer<'a> {
         // per-table bound (each table is truncated to its own bound before the join, and the
         // joined rows are truncated again to this bound).
         let rows_per_unit = self.tables.iter().map(|(_, t)| self.schemas.tables[t].max_rows_per_unit).max().unwrap_or(1).max(1);
-        let schema_groups = self.tables.iter().map(|(_, t)| self.schemas.tables[t].max_groups_per_unit).min().unwrap_or(1).max(1);
+        // Groups: each table's default allows at most its own row bound; after a join the
+        // largest default applies (a patient's K rows fall in at most K groups anyway).
+        let schema_groups = self.tables.iter().map(|(_, t)| self.schemas.tables[t].max_groups_per_unit).max().unwrap_or(1).max(1);
         let groups_per_unit = match max_groups {
             Some(0) => return refuse("max-groups", "the groups-per-patient bound must be at least 1"),
             Some(g) => g.min(schema_groups),
             None => schema_groups,
         };
+        // Keys read only from tables bounded to one row per patient (person, death) take one
+        // value per patient: each table is truncated to that one row before any join, and a
+        // single-table query is truncated to it. A patient is then in exactly one group.
+        let single_valued = keys.iter().all(|k| {
+            k.columns.iter().all(|(c, _)| {
+                c.relation.as_ref().and_then(|r| self.qualifiers.get(r.table())).is_some_and(|t| t.max_rows_per_unit == 1)
+            })
+        });
+        let keys_per_unit = if keys.is_empty() || single_valued { 1 } else { groups_per_unit.min(rows_per_unit) };
         let tables = self.tables.clone();
-        Ok(Analysis { plan: plan.clone(), tables, unit, rows_per_unit, groups_per_unit, keys, aggs })
+        Ok(Analysis { plan: plan.clone(), tables, unit, rows_per_unit, groups_per_unit, keys_per_unit, keys, aggs })
     }
 
     fn source(&mut self, plan: &LogicalPlan) -> Result<(), Refusal> {
@@ -394,8 +407,8 @@ impl<'a> Analyzer<'a> {
         let Some(policy) = self.schemas.tables.get(table) else {
             return refuse("table-reference", format!("{table:?} is not a table of the catalog"));
         };
-        if self.qualifiers.insert(qualifier.to_owned(), policy).is_some() {
-            return refuse("self-join", format!("table {qualifier} appears twice: self-joins are not allowed"));
+        if self.qualifiers.insert(qualifier.to_owned(), policy).is_some() || self.tables.iter().any(|(_, t)| t == table) {
+            return refuse("self-join", format!("table {table} appears twice: self-joins are not allowed"));
         }
         self.tables.push((qualifier.to_owned(), table.to_owned()));
         Ok(())
@@ -498,7 +511,8 @@ impl<'a> Analyzer<'a> {
                     return refuse("unsupported-aggregate", "DISTINCT quantiles are not supported");
                 }
                 let (value, q) = if let Some(o) = p.order_by.first() {
-                    (o.expr.clone(), p.args.first())
+                    // WITHIN GROUP (ORDER BY value): the percentile is the literal argument.
+                    (o.expr.clone(), p.args.iter().find(|a| literal_number(a).is_some()).or(p.args.get(1)).or(p.args.first()))
                 } else {
                     (p.args.first().cloned().unwrap_or(Expr::Literal(ScalarValue::Null, None)), p.args.get(1))
                 };

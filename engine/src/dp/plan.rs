@@ -101,7 +101,8 @@ impl Release {
                 // A patient is counted once per group they have a retained row in: at most one
                 // group ungrouped, at most min(K, #groups) grouped.
                 AggKind::CountPatients => {
-                    let groups = if grouped { keys.as_ref().map_or(k, |ks| k.min(ks.len().max(1) as f64)) } else { 1.0 };
+                    let per_unit = a.keys_per_unit as f64;
+                    let groups = if grouped { keys.as_ref().map_or(per_unit, |ks| per_unit.min(ks.len().max(1) as f64)) } else { 1.0 };
                     push(Some(j), What::Count, "patients", Some(count_distinct(Expr::Column(Column::from_name(PID)))), groups)
                 }
                 // K clamped values, each of magnitude at most max(|lo|, |hi|).
@@ -122,8 +123,9 @@ impl Release {
             }
         }
         if keys.is_none() {
-            // Each patient is in at most K groups and adds 1 to each: ℓ0 = K, ℓ∞ = 1.
-            push(None, What::Selection, "partition_selection", Some(count_distinct(Expr::Column(Column::from_name(PID)))), k);
+            // Each patient is in at most `keys_per_unit` groups and adds 1 to each: ℓ∞ = 1.
+            let l0 = a.keys_per_unit as f64;
+            push(None, What::Selection, "partition_selection", Some(count_distinct(Expr::Column(Column::from_name(PID)))), l0);
         }
         let mut release = Release { components, bound, keys, epsilon };
         release.set_epsilon(epsilon)?;
@@ -189,7 +191,10 @@ impl Release {
         match &self.keys {
             Some(k) if k.len() == 1 && k[0].is_empty() => "none".into(),
             Some(k) => format!("public domain ({} keys)", k.len()),
-            None => format!("partition selection (ℓ0 = {})", self.bound),
+            None => format!(
+                "partition selection (ℓ0 = {})",
+                self.components.iter().find(|c| c.what == What::Selection).map_or(0.0, |c| c.sensitivity)
+            ),
         }
     }
 
@@ -293,7 +298,7 @@ impl Release {
                     counts.insert(name.clone(), v[idx] as i64);
                     by_name.insert(name, k.clone());
                 }
-                let (kept, _) = mechanisms::select_partitions(counts, self.bound, c.epsilon, p.delta, noise)?;
+                let (kept, _) = mechanisms::select_partitions(counts, c.sensitivity as u32, c.epsilon, p.delta, noise)?;
                 let mut keys: Vec<Vec<ScalarValue>> = kept.keys().map(|n| by_name[n].clone()).collect();
                 keys.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
                 keys

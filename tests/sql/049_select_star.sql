@@ -1,0 +1,2 @@
+-- expect: refused aggregate-required
+SELECT * FROM person

@@ -1,0 +1,2 @@
+-- expect: refused aggregate-required
+SELECT year_of_birth FROM person

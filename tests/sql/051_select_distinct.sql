@@ -1,0 +1,2 @@
+-- expect: refused aggregate-required
+SELECT DISTINCT gender_concept_id FROM person

@@ -1,0 +1,2 @@
+-- expect: refused unit-or-identifier
+SELECT COUNT(*) FROM condition_occurrence WHERE condition_occurrence_id > 0

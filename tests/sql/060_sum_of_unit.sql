@@ -1,0 +1,2 @@
+-- expect: refused unit-or-identifier
+SELECT SUM(person_id) FROM person

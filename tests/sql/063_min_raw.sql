@@ -1,0 +1,2 @@
+-- expect: refused min-max
+SELECT MIN(year_of_birth) FROM person

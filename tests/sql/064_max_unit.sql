@@ -1,0 +1,2 @@
+-- expect: refused min-max
+SELECT MAX(person_id) FROM person

@@ -1,0 +1,2 @@
+-- expect: refused window-function
+SELECT COUNT(*) OVER () FROM person

@@ -1,0 +1,2 @@
+-- expect: refused subquery
+SELECT COUNT(*) FROM person WHERE year_of_birth > (SELECT AVG(year_of_birth) FROM person)

@@ -1,0 +1,2 @@
+-- expect: refused subquery
+WITH t AS (SELECT * FROM person) SELECT COUNT(*) FROM t

@@ -1,0 +1,2 @@
+-- expect: refused table-not-in-project
+SELECT COUNT(*) FROM death

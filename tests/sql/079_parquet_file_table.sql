@@ -1,0 +1,2 @@
+-- expect: refused table-reference
+SELECT COUNT(*) FROM 'tables/person/part-0.parquet'

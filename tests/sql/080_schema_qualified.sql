@@ -1,0 +1,2 @@
+-- expect: refused table-reference
+SELECT COUNT(*) FROM public.person

@@ -1,0 +1,2 @@
+-- expect: refused single-select
+CREATE TABLE x (a INT)

@@ -1,0 +1,2 @@
+-- expect: refused single-select
+INSERT INTO person VALUES (1)

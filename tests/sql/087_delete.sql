@@ -1,0 +1,2 @@
+-- expect: refused single-select
+DELETE FROM person

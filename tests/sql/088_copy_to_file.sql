@@ -1,0 +1,2 @@
+-- expect: refused single-select
+COPY person TO '/tmp/person.csv'

@@ -1,0 +1,2 @@
+-- expect: refused single-select
+EXPLAIN SELECT COUNT(*) FROM person

@@ -1,0 +1,2 @@
+-- expect: refused single-select
+EXPLAIN ANALYZE SELECT COUNT(*) FROM person

@@ -1,0 +1,2 @@
+-- expect: refused single-select
+SET datafusion.execution.batch_size = 1

@@ -1,0 +1,2 @@
+-- expect: refused single-select
+PREPARE q AS SELECT COUNT(*) FROM person

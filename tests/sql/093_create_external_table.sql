@@ -1,0 +1,2 @@
+-- expect: refused single-select
+CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '/etc/passwd'

@@ -1,0 +1,2 @@
+-- expect: refused single-select
+SELECT COUNT(*) FROM person; SELECT COUNT(*) FROM person

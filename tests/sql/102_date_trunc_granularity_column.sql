@@ -1,0 +1,2 @@
+-- expect: refused unsafe-expression
+SELECT COUNT(*) FROM condition_occurrence WHERE date_trunc(condition_source_value, condition_start_date) IS NULL

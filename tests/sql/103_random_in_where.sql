@@ -1,0 +1,2 @@
+-- expect: refused nondeterministic
+SELECT COUNT(*) FROM person WHERE random() < 0.5

@@ -1,0 +1,2 @@
+-- expect: refused count-distinct
+SELECT COUNT(DISTINCT year_of_birth) FROM person

@@ -1,0 +1,2 @@
+-- expect: refused unsupported-aggregate
+SELECT SUM(DISTINCT year_of_birth) FROM person

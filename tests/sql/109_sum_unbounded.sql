@@ -1,0 +1,2 @@
+-- expect: refused unbounded-value
+SELECT SUM(gender_concept_id) FROM person

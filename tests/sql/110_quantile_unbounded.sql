@@ -1,0 +1,2 @@
+-- expect: refused unbounded-value
+SELECT MEDIAN(condition_concept_id) FROM condition_occurrence

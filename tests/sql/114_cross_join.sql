@@ -1,0 +1,2 @@
+-- expect: refused join-on-unit
+SELECT COUNT(*) FROM person, condition_occurrence

@@ -1,0 +1,2 @@
+-- expect: refused sql-syntax
+SELEC COUNT(*) FROM person

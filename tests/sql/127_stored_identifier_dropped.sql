@@ -1,0 +1,2 @@
+-- expect: refused sql-error
+SELECT COUNT(nir) FROM person

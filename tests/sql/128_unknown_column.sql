@@ -1,0 +1,2 @@
+-- expect: refused sql-error
+SELECT AVG(salary) FROM person
