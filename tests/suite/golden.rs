@@ -76,7 +76,8 @@ fn golden_sql_cases() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "sql")).collect();
+    let mut paths: Vec<PathBuf> =
+        std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "sql")).collect();
     paths.sort();
     assert!(paths.len() >= 80, "only {} golden cases", paths.len());
     let bless = std::env::var_os("SECRETUM_BLESS").is_some();
@@ -115,5 +116,10 @@ fn golden_sql_cases() {
     }
     println!("golden: {} cases, {accepted} accepted, {refused} refused", paths.len());
     assert!(accepted >= 20 && refused >= 40, "the corpus should exercise both sides: {accepted} accepted, {refused} refused");
-    assert!(failures.is_empty() || bless, "{} golden case(s) differ (SECRETUM_BLESS=1 rewrites them):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty() || bless,
+        "{} golden case(s) differ (SECRETUM_BLESS=1 rewrites them):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

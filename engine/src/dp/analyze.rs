@@ -333,9 +333,9 @@ impl<'a> Analyzer<'a> {
         // value per patient: each table is truncated to that one row before any join, and a
         // single-table query is truncated to it. A patient is then in exactly one group.
         let single_valued = keys.iter().all(|k| {
-            k.columns.iter().all(|(c, _)| {
-                c.relation.as_ref().and_then(|r| self.qualifiers.get(r.table())).is_some_and(|t| t.max_rows_per_unit == 1)
-            })
+            k.columns
+                .iter()
+                .all(|(c, _)| c.relation.as_ref().and_then(|r| self.qualifiers.get(r.table())).is_some_and(|t| t.max_rows_per_unit == 1))
         });
         let keys_per_unit = if keys.is_empty() || single_valued { 1 } else { groups_per_unit.min(rows_per_unit) };
         let tables = self.tables.clone();

@@ -283,14 +283,13 @@ impl Release {
                 }
             }
         }
-        let exact_index = |comp: usize| exact_comps.iter().position(|c| *c == comp).expect("exact component");
 
         // The released keys: public, or selected privately.
         let keys: Vec<Vec<ScalarValue>> = match &self.keys {
             Some(k) => k.clone(),
             None => {
                 let (sel, c) = self.components.iter().enumerate().find(|(_, c)| c.what == What::Selection).expect("selection");
-                let idx = exact_index(sel);
+                let idx = exact_comps.iter().position(|c| *c == sel).expect("exact component");
                 let mut by_name = HashMap::new();
                 let mut counts = HashMap::new();
                 for (k, v) in &exact {
@@ -305,26 +304,7 @@ impl Release {
             }
         };
 
-        // Noise, one vector per component over the released keys.
-        let mut noisy: HashMap<usize, Vec<f64>> = HashMap::new();
-        for (i, c) in self.components.iter().enumerate() {
-            let values = |i: usize| -> Vec<f64> {
-                let idx = exact_index(i);
-                keys.iter().map(|k| exact.get(k).map_or(0.0, |v| v[idx])).collect()
-            };
-            match c.what {
-                What::Count => {
-                    let v: Vec<i64> = values(i).into_iter().map(|x| x as i64).collect();
-                    let (n, _) = mechanisms::laplace_counts(&v, c.sensitivity.round() as i64, c.epsilon, noise)?;
-                    noisy.insert(i, n.into_iter().map(|x| x as f64).collect());
-                }
-                What::Sum => {
-                    let (n, _) = mechanisms::laplace_sums(&values(i), c.sensitivity, c.epsilon, noise)?;
-                    noisy.insert(i, n);
-                }
-                What::Quantile | What::Selection => {}
-            }
-        }
+        let mut noisy = self.noise_components(&keys, &exact, &exact_comps, noise)?;
         // Quantiles, from the bounded rows of each released group.
         let quantile_comps: Vec<usize> = (0..self.components.len()).filter(|i| self.components[*i].what == What::Quantile).collect();
         if !quantile_comps.is_empty() {
@@ -383,6 +363,63 @@ impl Release {
         })
     }
 
+    /// Noise, one vector per count or sum component over the released keys (missing keys are
+    /// zero-filled before noise).
+    fn noise_components(
+        &self,
+        keys: &[Vec<ScalarValue>],
+        exact: &HashMap<Vec<ScalarValue>, Vec<f64>>,
+        exact_comps: &[usize],
+        noise: Noise,
+    ) -> Result<HashMap<usize, Vec<f64>>, String> {
+        let mut noisy: HashMap<usize, Vec<f64>> = HashMap::new();
+        for (i, c) in self.components.iter().enumerate() {
+            let values = |i: usize| -> Vec<f64> {
+                let idx = exact_comps.iter().position(|c| *c == i).expect("exact component");
+                keys.iter().map(|k| exact.get(k).map_or(0.0, |v| v[idx])).collect()
+            };
+            match c.what {
+                What::Count => {
+                    let v: Vec<i64> = values(i).into_iter().map(|x| x as i64).collect();
+                    let (n, _) = mechanisms::laplace_counts(&v, c.sensitivity.round() as i64, c.epsilon, noise)?;
+                    noisy.insert(i, n.into_iter().map(|x| x as f64).collect());
+                }
+                What::Sum => {
+                    let (n, _) = mechanisms::laplace_sums(&values(i), c.sensitivity, c.epsilon, noise)?;
+                    noisy.insert(i, n);
+                }
+                What::Quantile | What::Selection => {}
+            }
+        }
+        Ok(noisy)
+    }
+
+    /// Release an ungrouped query without quantiles from given exact component values (in
+    /// component order: e.g. `[centred_sum, count]` for a mean): the same noise and
+    /// post-processing as [`Release::execute`], without reading data. For statistical tests.
+    pub fn release_exact_components(
+        &self,
+        p: &Prepared,
+        exact: &[f64],
+        noise: Noise,
+    ) -> Result<Vec<(Option<f64>, Option<(f64, f64)>)>, String> {
+        if !p.analysis.keys.is_empty() || self.components.iter().any(|c| c.expr.is_none()) || exact.len() != self.components.len() {
+            return Err("only for ungrouped queries without quantiles, with one value per component".into());
+        }
+        let keys = vec![vec![]];
+        let exact_comps: Vec<usize> = (0..self.components.len()).collect();
+        let map = HashMap::from([(vec![], exact.to_vec())]);
+        let noisy = self.noise_components(&keys, &map, &exact_comps, noise)?;
+        let cells = self.post_process(&p.analysis, &keys, &noisy, &p.policy);
+        Ok(cells[0]
+            .iter()
+            .map(|c| match c {
+                Cell::Noisy(v, ci) => (Some(*v), *ci),
+                Cell::Suppressed => (None, None),
+            })
+            .collect())
+    }
+
     /// Clamp counts at zero, build intervals, round, suppress small cells.
     fn post_process(
         &self,
@@ -426,11 +463,13 @@ impl Release {
                             Cell::Noisy(round(mid), Some((lo, hi)))
                         } else {
                             let m = (mid + s / n).clamp(lo, hi);
-                            // Delta method: Var(S/n) ≈ (Var S + (S/n)² Var n) / n², with a
-                            // Laplace variance of 2b² for each component.
-                            let (bs, bn) = (scale(0), scale(1));
-                            let sd = ((2.0 * bs * bs + (s / n).powi(2) * 2.0 * bn * bn).sqrt()) / n;
-                            let half = 1.959964 * sd;
+                            // First-order error of S/n: (e_S − (S/n)·e_n) / n with independent
+                            // Laplace errors. Their 95% half-widths combined in quadrature: exact
+                            // when one term dominates, about 95.5% when both are equal (the
+                            // sum of two Laplace variables has lighter tails than either).
+                            let a_s = mechanisms::sum_accuracy(scale(0));
+                            let a_n = mechanisms::sum_accuracy(scale(1));
+                            let half = (a_s.powi(2) + ((s / n) * a_n).powi(2)).sqrt() / n;
                             Cell::Noisy(round(m), Some((round((m - half).max(lo)), round((m + half).min(hi)))))
                         }
                     }

@@ -1,0 +1,428 @@
+//! The privacy core under test: noise scale and shape, interval coverage, contribution
+//! bounding against adversarial data, and the budget ledger (concurrency, crash, caps).
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+
+use secretum_engine::Warehouse;
+use secretum_engine::budget::{Ledger, PolicyUpdate, Refused};
+use secretum_engine::dp::{self, Noise, QueryError, QueryRequest};
+use secretum_engine::ingest::{self, IngestOptions};
+
+use crate::common::{Fixture, secretum, stdout};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn ingest_tables(fx: &Fixture, tables: &[&str]) {
+    let mut wh = fx.open();
+    let key = fx.key();
+    for t in tables {
+        let path = fx.raw(t);
+        ingest::ingest(&mut wh, &key, &IngestOptions::new(t, &path)).unwrap();
+    }
+}
+
+fn project(data: &Path, name: &str, epsilon: f64, tables: &[&str]) {
+    let mut ledger = Ledger::open(data).unwrap();
+    let tables: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    ledger.create_project(name, epsilon, 1e-4, &tables).unwrap();
+}
+
+fn req(project: &str, sql: &str, epsilon: f64) -> QueryRequest {
+    QueryRequest { project: project.into(), sql: sql.into(), epsilon, ..Default::default() }
+}
+
+/// An empty warehouse with a generous project and no suppression.
+fn empty_warehouse() -> (tempfile::TempDir, Warehouse, Ledger) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    Warehouse::init(&data, Some(&dir.path().join("key")), None).unwrap();
+    let mut ledger = Ledger::open(&data).unwrap();
+    ledger.set_policy(&PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() }).unwrap();
+    project(&data, "stats", 1e9, &["person", "measurement"]);
+    (dir, Warehouse::open(&data).unwrap(), ledger)
+}
+
+fn laplace_cdf(x: f64) -> f64 {
+    if x < 0.0 { 0.5 * x.exp() } else { 1.0 - 0.5 * (-x).exp() }
+}
+
+/// Kolmogorov-Smirnov distance between a sample and the standard Laplace distribution.
+fn ks_laplace(mut z: Vec<f64>) -> f64 {
+    z.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = z.len() as f64;
+    z.iter()
+        .enumerate()
+        .map(|(i, x)| (laplace_cdf(*x) - i as f64 / n).abs().max(((i + 1) as f64 / n - laplace_cdf(*x)).abs()))
+        .fold(0.0, f64::max)
+}
+
+const RELEASES: usize = 4000;
+
+#[test]
+fn count_noise_has_the_promised_scale_and_its_intervals_cover_95_percent() {
+    let (_d, wh, ledger) = empty_warehouse();
+    let rt = rt();
+    // COUNT(*) over person: one row per patient, Δ = 1; ε = 0.1 gives a discrete Laplace of scale 10.
+    let p = rt.block_on(dp::prepare(&wh, &ledger, &req("stats", "SELECT COUNT(*) FROM person", 0.1))).unwrap();
+    let exact = 2000.0;
+    let (mut errors, mut covered) = (Vec::new(), 0);
+    for _ in 0..RELEASES {
+        let cells = p.release.release_exact_components(&p, &[exact], Noise::OpenDp).unwrap();
+        let (v, ci) = cells[0];
+        let (v, (lo, hi)) = (v.unwrap(), ci.unwrap());
+        errors.push(v - exact);
+        covered += usize::from(lo <= exact && exact <= hi);
+    }
+    let var = errors.iter().map(|e| e * e).sum::<f64>() / RELEASES as f64;
+    let t = (-1.0f64 / 10.0).exp();
+    let expected = 2.0 * t / (1.0 - t).powi(2); // variance of the discrete Laplace, ≈ 2b²
+    assert!((var / expected - 1.0).abs() < 0.15, "count noise variance {var:.1}, expected {expected:.1}");
+    let mean = errors.iter().sum::<f64>() / RELEASES as f64;
+    assert!(mean.abs() < 1.5, "count noise is biased: mean error {mean:.2}");
+    let coverage = covered as f64 / RELEASES as f64;
+    assert!((0.93..=0.97).contains(&coverage), "95% intervals of the count cover {:.1}%", coverage * 100.0);
+}
+
+#[test]
+fn sum_noise_is_laplace_with_the_promised_scale_and_intervals_cover_95_percent() {
+    let (_d, wh, ledger) = empty_warehouse();
+    let rt = rt();
+    // SUM(year_of_birth): one row per patient, values clamped to [1900, 2026]: Δ = 2026; ε = 1.
+    let p = rt.block_on(dp::prepare(&wh, &ledger, &req("stats", "SELECT SUM(year_of_birth) FROM person", 1.0))).unwrap();
+    let report = &p.release.dry_run(&p).unwrap().aggregates[0];
+    assert_eq!(report.sensitivity, vec![("sum".to_string(), 2026.0)]);
+    let scale = 2026.0;
+    let exact = 3_950_000.0;
+    let (mut z, mut covered) = (Vec::new(), 0);
+    for _ in 0..RELEASES {
+        let cells = p.release.release_exact_components(&p, &[exact], Noise::OpenDp).unwrap();
+        let (v, ci) = cells[0];
+        let (v, (lo, hi)) = (v.unwrap(), ci.unwrap());
+        z.push((v - exact) / scale);
+        covered += usize::from(lo <= exact && exact <= hi);
+    }
+    let var = z.iter().map(|e| e * e).sum::<f64>() / RELEASES as f64;
+    assert!((var / 2.0 - 1.0).abs() < 0.15, "sum noise variance {var:.3} b², expected 2 b²");
+    let d = ks_laplace(z);
+    // Critical value of the KS statistic at α = 0.001 is 1.95 / √n.
+    assert!(d < 1.95 / (RELEASES as f64).sqrt(), "sum noise does not look Laplace: KS distance {d:.4}");
+    let coverage = covered as f64 / RELEASES as f64;
+    assert!((0.93..=0.97).contains(&coverage), "95% intervals of the sum cover {:.1}%", coverage * 100.0);
+}
+
+#[test]
+fn mean_noise_and_interval_coverage() {
+    let (_d, wh, ledger) = empty_warehouse();
+    let rt = rt();
+    // AVG over measurement values bounded by WHERE to [0, 20], 20 rows per patient: the
+    // centred sum has Δ = 20·10 = 200 and the count Δ = 20, each with ε / 2.
+    let sql = "SELECT AVG(value_as_number) FROM measurement WHERE value_as_number BETWEEN 0 AND 20";
+    let p = rt.block_on(dp::prepare(&wh, &ledger, &req("stats", sql, 1.0))).unwrap();
+    let report = &p.release.dry_run(&p).unwrap().aggregates[0];
+    assert_eq!(report.sensitivity, vec![("centred_sum".to_string(), 200.0), ("count".to_string(), 20.0)]);
+    // 20,000 values of mean 6.5: centred sum = 20,000 · (6.5 − 10).
+    let (n, mean) = (20_000.0, 6.5);
+    let exact = [n * (mean - 10.0), n];
+    let (mut errors, mut covered) = (Vec::new(), 0);
+    for _ in 0..RELEASES {
+        let cells = p.release.release_exact_components(&p, &exact, Noise::OpenDp).unwrap();
+        let (v, ci) = cells[0];
+        let (v, (lo, hi)) = (v.unwrap(), ci.unwrap());
+        errors.push(v - mean);
+        covered += usize::from(lo <= mean && mean <= hi);
+    }
+    // Dominated by the sum's noise: scale 400 / 20,000 = 0.02 in mean units, variance 2·0.02².
+    let var = errors.iter().map(|e| e * e).sum::<f64>() / RELEASES as f64;
+    let expected = 2.0 * 0.02f64.powi(2);
+    assert!((var / expected - 1.0).abs() < 0.2, "mean noise variance {var:.6}, expected about {expected:.6}");
+    let coverage = covered as f64 / RELEASES as f64;
+    assert!((0.93..=0.97).contains(&coverage), "95% intervals of the mean cover {:.1}%", coverage * 100.0);
+}
+
+/// Raw extract rows of one synthetic patient, repeated.
+fn attacker_files(dir: &Path, copies: usize) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    // A synthetic patient with at least one condition and one measurement.
+    let raw = dir.join("attacker-raw");
+    let mut seed = 1000;
+    loop {
+        secretum_engine::synth::generate(1, seed, &raw, None).unwrap();
+        let lines = |t: &str| std::fs::read_to_string(raw.join(format!("{t}.csv"))).unwrap().lines().count();
+        if lines("condition_occurrence") > 1 && lines("measurement") > 1 {
+            break;
+        }
+        seed += 1;
+    }
+    let repeat = |table: &str, n: usize, edit: &dyn Fn(&[String], Vec<String>) -> Vec<String>| {
+        let text = std::fs::read_to_string(raw.join(format!("{table}.csv"))).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_owned).collect();
+        let row: Vec<String> = lines.next().unwrap().split(',').map(str::to_owned).collect();
+        let out = dir.join(format!("attacker-{table}.csv"));
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&out).unwrap());
+        writeln!(w, "{}", header.join(",")).unwrap();
+        for i in 0..n {
+            let mut r = row.clone();
+            if let Some(id) = header.iter().position(|h| h.ends_with("_occurrence_id") || h == "measurement_id") {
+                r[id] = format!("{}", 900_000_000 + i);
+            }
+            writeln!(w, "{}", edit(&header, r).join(",")).unwrap();
+        }
+        out
+    };
+    let person = repeat("person", 1, &|_, r| r);
+    let conditions = repeat("condition_occurrence", copies, &|_, r| r);
+    // Extreme values: far outside the schema's bounds [0, 500].
+    let measurements = repeat("measurement", 1000, &|h, mut r| {
+        let i = h.iter().position(|c| c == "value_as_number").unwrap();
+        r[i] = "1e12".into();
+        r
+    });
+    (person, conditions, measurements)
+}
+
+fn exact_answer(wh: &Warehouse, ledger: &mut Ledger, sql: &str) -> Vec<Vec<serde_json::Value>> {
+    let a = rt().block_on(dp::run(wh, ledger, &req("bounds", sql, 1.0), Noise::Exact)).unwrap();
+    a.rows
+}
+
+fn cell(v: &serde_json::Value) -> f64 {
+    v.get("value").and_then(|x| x.as_f64()).unwrap_or(0.0)
+}
+
+#[test]
+fn one_patient_with_a_million_rows_or_extreme_values_moves_no_aggregate_beyond_its_sensitivity() {
+    let fx = Fixture::new(200, 5);
+    ingest_tables(&fx, &["person", "condition_occurrence", "measurement"]);
+    // The same data plus one adversarial patient.
+    let attacked = Fixture::new(200, 5);
+    ingest_tables(&attacked, &["person", "condition_occurrence", "measurement"]);
+    let (p, c, m) = attacker_files(attacked.dir.path(), 1_000_000);
+    {
+        let mut wh = attacked.open();
+        let key = attacked.key();
+        for (t, f) in [("person", &p), ("condition_occurrence", &c), ("measurement", &m)] {
+            ingest::ingest(&mut wh, &key, &IngestOptions::new(t, f)).unwrap();
+        }
+    }
+    let mut results = Vec::new();
+    for fx in [&fx, &attacked] {
+        let mut ledger = Ledger::open(&fx.data).unwrap();
+        ledger.set_policy(&PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() }).unwrap();
+        project(&fx.data, "bounds", 1e9, &["person", "condition_occurrence", "measurement"]);
+        let wh = fx.open();
+        let q = |sql: &str, ledger: &mut Ledger| exact_answer(&wh, ledger, sql);
+        results.push(vec![
+            q("SELECT COUNT(*) FROM condition_occurrence", &mut ledger),
+            q("SELECT COUNT(DISTINCT person_id) FROM person JOIN condition_occurrence USING (person_id)", &mut ledger),
+            q("SELECT COUNT(*) FROM person JOIN condition_occurrence USING (person_id)", &mut ledger),
+            q("SELECT SUM(value_as_number) FROM measurement", &mut ledger),
+            q("SELECT gender_concept_id, COUNT(*) FROM condition_occurrence JOIN person USING (person_id) GROUP BY 1", &mut ledger),
+        ]);
+    }
+    let (honest, attacked) = (&results[0], &results[1]);
+    let l1 = |a: &Vec<Vec<serde_json::Value>>, b: &Vec<Vec<serde_json::Value>>| -> f64 {
+        a.iter().zip(b).map(|(x, y)| (cell(x.last().unwrap()) - cell(y.last().unwrap())).abs()).sum()
+    };
+    // Sensitivities: 10 condition rows per patient; 1 patient; 10 joined rows; 20 values of at
+    // most 500; 10 rows over all groups.
+    for (i, (bound, what)) in [
+        (10.0, "row count"),
+        (1.0, "patient count"),
+        (10.0, "joined row count"),
+        (20.0 * 500.0, "clamped sum"),
+        (10.0, "grouped counts (L1)"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let moved = l1(&honest[i], &attacked[i]);
+        assert!(moved <= *bound + 1e-6, "{what}: one patient moved the exact release by {moved}, more than its sensitivity {bound}");
+        assert!(moved > 0.0, "{what}: the adversarial patient should be visible at all (test data check)");
+    }
+}
+
+#[test]
+fn concurrent_queries_never_overspend_the_budget() {
+    let (_d, wh, _ledger) = empty_warehouse();
+    let data = wh.layout.root.clone();
+    project(&data, "ten", 1.0, &["person"]);
+    let barrier = Arc::new(Barrier::new(100));
+    let handles: Vec<_> = (0..100)
+        .map(|_| {
+            let (data, barrier) = (data.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut ledger = Ledger::open(&data).unwrap();
+                barrier.wait();
+                ledger.debit("ten", 0.1, 0.0, "SELECT COUNT(*) FROM person").unwrap().is_ok()
+            })
+        })
+        .collect();
+    let granted = handles.into_iter().map(|h| h.join().unwrap()).filter(|ok| *ok).count();
+    assert_eq!(granted, 10, "budget for 10 queries of ε 0.1 granted {granted}");
+    let spent = Ledger::open(&data).unwrap().project("ten").unwrap().unwrap().epsilon_spent;
+    assert!((spent - 1.0).abs() < 1e-9, "spent {spent}");
+}
+
+#[test]
+fn concurrent_full_queries_release_at_most_what_the_budget_allows() {
+    let fx = Fixture::new(100, 3);
+    ingest_tables(&fx, &["person"]);
+    project(&fx.data, "five", 0.5, &["person"]);
+    let data = fx.data.clone();
+    let handles: Vec<_> = (0..20)
+        .map(|_| {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let wh = Warehouse::open(&data).unwrap();
+                let mut ledger = Ledger::open(&data).unwrap();
+                rt().block_on(dp::run(&wh, &mut ledger, &req("five", "SELECT COUNT(*) FROM person", 0.1), Noise::OpenDp))
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let released = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(released, 5);
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, QueryError::Budget(Refused::Epsilon { .. }))));
+}
+
+#[test]
+fn exhausted_budget_is_refused_before_any_data_is_read_and_failures_stay_charged() {
+    let fx = Fixture::new(50, 4);
+    ingest_tables(&fx, &["person"]);
+    project(&fx.data, "small", 0.5, &["person"]);
+    // Make every data file unreadable: any read would fail.
+    for f in crate::common::parquet_files(&fx.data) {
+        std::fs::write(&f, b"not parquet").unwrap();
+    }
+    let wh = fx.open();
+    let mut ledger = Ledger::open(&fx.data).unwrap();
+    let rt = rt();
+    // Over budget: refused by the ledger, so the corrupt files were never touched.
+    let over = rt.block_on(dp::run(&wh, &mut ledger, &req("small", "SELECT COUNT(*) FROM person", 0.6), Noise::OpenDp));
+    assert!(matches!(over, Err(QueryError::Budget(Refused::Epsilon { .. }))), "{over:?}");
+    // A dry run reads nothing and spends nothing.
+    let dry = QueryRequest { dry_run: true, ..req("small", "SELECT COUNT(*) FROM person", 0.4) };
+    rt.block_on(dp::run(&wh, &mut ledger, &dry, Noise::OpenDp)).unwrap();
+    assert_eq!(ledger.project("small").unwrap().unwrap().epsilon_spent, 0.0);
+    // Within budget: debited first, then the read fails, with a generic message; the debit stays.
+    let failed = rt.block_on(dp::run(&wh, &mut ledger, &req("small", "SELECT COUNT(*) FROM person", 0.4), Noise::OpenDp));
+    let Err(QueryError::Failed(id)) = failed else { panic!("expected a generic failure, got {failed:?}") };
+    let msg = QueryError::Failed(id).to_string();
+    assert!(!msg.contains("parquet") && !msg.contains("person"), "failure message leaks details: {msg}");
+    let p = ledger.project("small").unwrap().unwrap();
+    assert!((p.epsilon_spent - 0.4).abs() < 1e-12);
+    assert_eq!(ledger.history("small").unwrap()[0].3, "failed");
+}
+
+#[test]
+fn warehouse_wide_patient_cap_limits_all_projects_together() {
+    let (_d, wh, mut ledger) = empty_warehouse();
+    ledger.set_policy(&PolicyUpdate { patient_epsilon_cap: Some(1.0), ..Default::default() }).unwrap();
+    let data = wh.layout.root.clone();
+    project(&data, "a", 1.0, &["person"]);
+    project(&data, "b", 1.0, &["person"]);
+    assert!(ledger.debit("a", 0.6, 0.0, "q").unwrap().is_ok());
+    let second = ledger.debit("b", 0.6, 0.0, "q").unwrap();
+    assert!(matches!(second, Err(Refused::PatientCap { .. })), "{second:?}");
+    assert!(ledger.debit("b", 0.4, 0.0, "q").unwrap().is_ok());
+}
+
+#[test]
+fn epsilon_and_delta_outside_the_policy_are_refused_with_their_rule() {
+    let (_d, wh, ledger) = empty_warehouse();
+    let rt = rt();
+    let rule = |r: QueryRequest| match rt.block_on(dp::prepare(&wh, &ledger, &r)) {
+        Err(QueryError::Refused(r)) => r.rule,
+        Err(e) => panic!("{e}"),
+        Ok(_) => "accepted",
+    };
+    assert_eq!(rule(req("stats", "SELECT COUNT(*) FROM person", 0.0)), "epsilon");
+    assert_eq!(rule(req("stats", "SELECT COUNT(*) FROM person", -1.0)), "epsilon");
+    assert_eq!(rule(req("stats", "SELECT COUNT(*) FROM person", f64::NAN)), "epsilon");
+    assert_eq!(rule(req("stats", "SELECT COUNT(*) FROM person", 1.5)), "epsilon", "over the default per-query cap of 1");
+    let d = |delta| QueryRequest { delta: Some(delta), ..req("stats", "SELECT COUNT(*) FROM person", 0.5) };
+    assert_eq!(rule(d(0.0)), "delta");
+    assert_eq!(rule(d(2e-3)), "delta");
+    assert_eq!(rule(d(1e-3)), "accepted");
+}
+
+#[test]
+fn a_killed_query_never_loses_a_debit_that_preceded_a_release() {
+    let fx = Fixture::new(3000, 6);
+    ingest_tables(&fx, &["person", "condition_occurrence"]);
+    project(&fx.data, "crash", 100.0, &["person", "condition_occurrence"]);
+    let data = fx.data.to_str().unwrap().to_owned();
+    let sql = "SELECT gender_concept_id, COUNT(DISTINCT person_id) FROM person JOIN condition_occurrence USING (person_id) GROUP BY 1";
+    let mut answered = 0;
+    for delay_ms in [0u64, 5, 10, 20, 40, 80, 160, 400] {
+        let before = Ledger::open(&fx.data).unwrap().project("crash").unwrap().unwrap().epsilon_spent;
+        let mut child = std::process::Command::new(crate::common::BIN)
+            .args(["query", "--data-dir", &data, "--project", "crash", "--epsilon", "0.5", "--format", "json", sql])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let out = child.wait_with_output().unwrap();
+        let released = String::from_utf8_lossy(&out.stdout).contains("\"rows\"");
+        let after = Ledger::open(&fx.data).unwrap().project("crash").unwrap().unwrap().epsilon_spent;
+        if released {
+            answered += 1;
+            assert!((after - before - 0.5).abs() < 1e-9, "a release without its debit: spent {before} -> {after}");
+        } else {
+            assert!(after - before < 0.5 + 1e-9 && after >= before, "spent {before} -> {after}");
+        }
+    }
+    // The last delays let the query finish: the property was exercised on both sides.
+    let out = secretum(&["query", "--data-dir", &data, "--project", "crash", "--epsilon", "0.5", "--format", "json", sql]);
+    assert!(stdout(&out).contains("\"rows\""), "{}", crate::common::stderr(&out));
+    let _ = answered;
+}
+
+#[test]
+fn cli_query_json_table_csv_dry_run_and_refusals() {
+    let fx = Fixture::new(300, 8);
+    ingest_tables(&fx, &["person"]);
+    let data = fx.data.to_str().unwrap().to_owned();
+    let out = secretum(&["project", "create", "--data-dir", &data, "--name", "cli", "--epsilon", "2", "--tables", "person"]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    let q = |args: &[&str]| {
+        let mut all = vec!["query", "--data-dir", data.as_str(), "--project", "cli"];
+        all.extend_from_slice(args);
+        secretum(&all)
+    };
+    let out = q(&["--epsilon", "0.5", "--format", "json", "SELECT gender_concept_id, COUNT(*) AS n FROM person GROUP BY 1"]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["columns"], serde_json::json!(["gender_concept_id", "n"]));
+    assert_eq!(v["rows"].as_array().unwrap().len(), 2, "both public keys are released");
+    assert_eq!(v["epsilon_spent"], 0.5);
+    assert!((v["budget_remaining"]["epsilon"].as_f64().unwrap() - 1.5).abs() < 1e-9);
+    let cell = &v["rows"][0][1];
+    let (value, lo, hi) = (cell["value"].as_f64().unwrap(), cell["ci95"][0].as_f64().unwrap(), cell["ci95"][1].as_f64().unwrap());
+    assert!(lo <= value && value <= hi);
+
+    let out = q(&["--epsilon", "0.5", "--format", "csv", "SELECT COUNT(*) AS n FROM person"]);
+    assert!(stdout(&out).starts_with("n,n_ci95_lo,n_ci95_hi\n"), "{}", stdout(&out));
+    let out = q(&["--epsilon", "0.5", "--dry-run", "SELECT COUNT(*) AS n FROM person"]);
+    assert!(stdout(&out).contains("dry run: nothing spent"), "{}", stdout(&out));
+    let out = q(&["--target-ci", "10", "--format", "json", "SELECT COUNT(*) AS n FROM person"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let needed = v["epsilon_needed"].as_f64().unwrap();
+    assert!(needed > 0.2 && needed < 0.4, "ε for ±10 on a count of Δ 1: {needed}");
+
+    // Budget left is 1.0: a refusal by rule, then one by budget, both non-zero with the reason on stderr.
+    let out = q(&["SELECT year_of_birth FROM person"]);
+    assert!(!out.status.success());
+    assert!(crate::common::stderr(&out).contains("aggregate-required"));
+    let out = q(&["--epsilon", "1", "SELECT COUNT(*) FROM person"]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    let out = q(&["--epsilon", "0.5", "SELECT COUNT(*) FROM person"]);
+    assert!(!out.status.success());
+    assert!(crate::common::stderr(&out).contains("budget exhausted"), "{}", crate::common::stderr(&out));
+}
