@@ -1,0 +1,196 @@
+//! Query cost: the DP path (analysis, release plan, ledger debit, bounded rewrite, execution,
+//! OpenDP noise, post-processing) against plain DataFusion running the same SQL on the same
+//! Parquet files, in the same run. Prints the median of each and their ratio per query and
+//! size, and the DP path's fixed overhead on a small table.
+//!
+//! `cargo bench --bench query` (SECRETUM_BENCH_ROWS=1000000,10000000 by default: measurement
+//! rows; patients are a tenth of that, each with ten measurements and one person row).
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use criterion::{Criterion, criterion_group};
+use datafusion::execution::context::SessionContext;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use secretum_engine::Warehouse;
+use secretum_engine::budget::{Ledger, PolicyUpdate};
+use secretum_engine::catalog::{FileEntry, NewIngest};
+use secretum_engine::dp::{self, Noise, QueryRequest};
+
+const QUERIES: &[(&str, &str)] = &[
+    ("count", "SELECT COUNT(*) FROM measurement"),
+    (
+        "group_avg",
+        "SELECT measurement_concept_id, COUNT(*), AVG(value_as_number) FROM measurement WHERE value_as_number BETWEEN 0 AND 20 GROUP BY 1",
+    ),
+    ("join_patients", "SELECT gender_concept_id, COUNT(DISTINCT person_id) FROM person JOIN measurement USING (person_id) GROUP BY 1"),
+];
+
+const CONCEPTS: [i64; 5] = [3004410, 3004501, 3004249, 3016723, 3028437];
+
+/// Write one table's Parquet file with the stored schema, in batches, and commit it.
+fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn(&str, usize, usize) -> ArrayRef) {
+    let schema = wh.schemas.get(table).expect("table").stored_schema();
+    let rel = format!("tables/{table}/bench.parquet");
+    let path = wh.layout.root.join(&rel);
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("level")))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build();
+    let mut writer = ArrowWriter::try_new(File::create(&path).expect("create"), schema.clone(), Some(props)).expect("writer");
+    let batch = 1 << 20;
+    let mut start = 0;
+    while start < rows {
+        let n = batch.min(rows - start);
+        let columns: Vec<ArrayRef> = schema.fields().iter().map(|f| column(f.name(), start, n)).collect();
+        writer.write(&RecordBatch::try_new(schema.clone(), columns).expect("batch")).expect("write");
+        start += n;
+    }
+    writer.close().expect("close");
+    let bytes = std::fs::metadata(&path).expect("size").len();
+    let id = format!("bench-{table}");
+    let files = [FileEntry { path: rel, ingest_id: id.clone(), rows: rows as u64, bytes }];
+    wh.catalog
+        .commit_ingest(&NewIngest {
+            id: &id,
+            table,
+            source_path: "bench",
+            source_sha256: &id,
+            actor: "bench",
+            allow_duplicate: true,
+            files: &files,
+        })
+        .expect("commit");
+}
+
+fn build(dir: &Path, rows: usize) -> std::path::PathBuf {
+    let data = dir.join(format!("wh-{rows}"));
+    Warehouse::init(&data, Some(&dir.join(format!("key-{rows}"))), None).expect("init");
+    let mut wh = Warehouse::open(&data).expect("open");
+    let patients = (rows / 10).max(1);
+    let ints = |f: &dyn Fn(usize) -> i64, start: usize, n: usize| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values((start..start + n).map(f)))
+    };
+    write_table(&mut wh, "person", patients, |name, start, n| match name {
+        "person_id" => ints(&|i| i as i64 * 7919 + 13, start, n),
+        "gender_concept_id" => ints(&|i| if i % 2 == 0 { 8507 } else { 8532 }, start, n),
+        "year_of_birth" => ints(&|i| 1930 + (i % 80) as i64, start, n),
+        "department" => Arc::new(StringArray::from_iter_values((start..start + n).map(|i| format!("{:02}", 1 + i % 95)))),
+        "race_concept_id" | "ethnicity_concept_id" => ints(&|_| 0, start, n),
+        "gender_source_value" => Arc::new(StringArray::from_iter_values((start..start + n).map(|i| if i % 2 == 0 { "M" } else { "F" }))),
+        other => panic!("person column {other}"),
+    });
+    write_table(&mut wh, "measurement", rows, |name, start, n| match name {
+        "measurement_id" => ints(&|i| i as i64, start, n),
+        "person_id" => ints(&|i| (i % patients) as i64 * 7919 + 13, start, n),
+        "measurement_concept_id" => ints(&|i| CONCEPTS[i % 5], start, n),
+        "measurement_date" => Arc::new(Date32Array::from_iter_values((start..start + n).map(|i| 15_000 + (i % 5000) as i32))),
+        "measurement_type_concept_id" => ints(&|_| 32817, start, n),
+        "value_as_number" | "range_low" | "range_high" => {
+            Arc::new(Float64Array::from_iter_values((start..start + n).map(|i| 4.0 + (i * 37 % 1000) as f64 / 100.0)))
+        }
+        "unit_source_value" => Arc::new(StringArray::from_iter_values((start..start + n).map(|_| "%"))),
+        "visit_occurrence_id" => ints(&|i| i as i64 / 3, start, n),
+        "measurement_source_value" => Arc::new(StringArray::from_iter_values((start..start + n).map(|_| "4548-4"))),
+        other => panic!("measurement column {other}"),
+    });
+    let mut ledger = Ledger::open(&data).expect("ledger");
+    ledger.set_policy(&PolicyUpdate { patient_epsilon_cap: Some(1e12), ..Default::default() }).expect("policy");
+    ledger.create_project("bench", 1e12, 1e-3, &["person".into(), "measurement".into()]).expect("project");
+    data
+}
+
+/// Plain DataFusion over the same files, with the same session settings.
+fn plain_context(data: &Path) -> SessionContext {
+    let wh = Warehouse::open(data).expect("open");
+    dp::session(&wh.layout, &wh, &["person".into(), "measurement".into()]).expect("session")
+}
+
+async fn plain(ctx: &SessionContext, sql: &str) -> usize {
+    ctx.sql(sql).await.expect("sql").collect().await.expect("collect").iter().map(|b| b.num_rows()).sum()
+}
+
+async fn private(wh: &Warehouse, ledger: &mut Ledger, sql: &str) -> usize {
+    let req = QueryRequest { project: "bench".into(), sql: sql.into(), epsilon: 0.5, ..Default::default() };
+    dp::run(wh, ledger, &req, Noise::OpenDp).await.expect("dp").rows.len()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn bench(c: &mut Criterion) {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let sizes: Vec<usize> = std::env::var("SECRETUM_BENCH_ROWS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| if benching { vec![1_000_000, 10_000_000] } else { vec![10_000] });
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut summary = Vec::new();
+    for &rows in sizes.iter().chain([1_000usize].iter()) {
+        let small = rows == 1_000;
+        let data = build(dir.path(), rows);
+        let wh = Warehouse::open(&data).expect("open");
+        let mut ledger = Ledger::open(&data).expect("ledger");
+        let ctx = plain_context(&data);
+        let mut group = c.benchmark_group(format!("query_{rows}_rows"));
+        group.sample_size(10);
+        for (name, sql) in QUERIES {
+            if !small {
+                group.bench_function(format!("{name}/plain"), |b| b.iter(|| rt.block_on(plain(&ctx, sql))));
+                group.bench_function(format!("{name}/dp"), |b| b.iter(|| rt.block_on(private(&wh, &mut ledger, sql))));
+            }
+            // Interleaved runs for the ratio.
+            let runs = if benching { if small { 30 } else { 5 } } else { 1 };
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                let t = Instant::now();
+                rt.block_on(plain(&ctx, sql));
+                theirs.push(t.elapsed());
+                let t = Instant::now();
+                rt.block_on(private(&wh, &mut ledger, sql));
+                ours.push(t.elapsed());
+            }
+            let (ours, theirs) = (median(ours), median(theirs));
+            summary.push(if small {
+                format!(
+                    "{rows:>10} rows  {name:<14} plain {:>9.2} ms  dp {:>9.2} ms  fixed overhead {:>7.2} ms",
+                    ms(theirs),
+                    ms(ours),
+                    ms(ours) - ms(theirs)
+                )
+            } else {
+                format!(
+                    "{rows:>10} rows  {name:<14} plain {:>9.2} ms  dp {:>9.2} ms  ratio {:.2} (target <= 1.3 at 10M)",
+                    ms(theirs),
+                    ms(ours),
+                    ms(ours) / ms(theirs)
+                )
+            });
+        }
+        group.finish();
+    }
+    println!("\nDP path against plain DataFusion, same Parquet, same run (medians):");
+    for line in summary {
+        println!("{line}");
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
