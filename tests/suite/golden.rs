@@ -7,6 +7,7 @@
 //! ```text
 //! -- expect: refused <rule>          or   -- expect: accepted
 //! -- delta: 1e-6                     (optional: the query's δ)
+//! -- max-groups: 2                   (optional: the query's groups-per-patient bound)
 //! -- | <line of the plan summary>    (accepted cases: the bounded plan, one line each)
 //! ```
 //!
@@ -22,6 +23,7 @@ struct Case {
     path: PathBuf,
     expect: String,
     delta: Option<f64>,
+    max_groups: Option<u32>,
     summary: Vec<String>,
     sql: String,
 }
@@ -30,6 +32,7 @@ fn parse(path: &Path) -> Case {
     let text = std::fs::read_to_string(path).expect("read case");
     let mut expect = String::new();
     let mut delta = None;
+    let mut max_groups = None;
     let mut summary = Vec::new();
     let mut sql = Vec::new();
     let mut header = true;
@@ -43,6 +46,10 @@ fn parse(path: &Path) -> Case {
                 delta = Some(d.trim().parse().expect("delta"));
                 continue;
             }
+            if let Some(g) = line.strip_prefix("-- max-groups: ") {
+                max_groups = Some(g.trim().parse().expect("max-groups"));
+                continue;
+            }
             if let Some(s) = line.strip_prefix("-- | ") {
                 summary.push(s.to_owned());
                 continue;
@@ -52,11 +59,18 @@ fn parse(path: &Path) -> Case {
         sql.push(line);
     }
     assert!(!expect.is_empty(), "{}: no `-- expect:` line", path.display());
-    Case { path: path.to_owned(), expect, delta, summary, sql: sql.join("\n").trim().to_owned() }
+    Case { path: path.to_owned(), expect, delta, max_groups, summary, sql: sql.join("\n").trim().to_owned() }
 }
 
 fn outcome(rt: &tokio::runtime::Runtime, wh: &Warehouse, ledger: &Ledger, case: &Case) -> (String, Vec<String>) {
-    let req = QueryRequest { project: "golden".into(), sql: case.sql.clone(), epsilon: 1.0, delta: case.delta, ..Default::default() };
+    let req = QueryRequest {
+        project: "golden".into(),
+        sql: case.sql.clone(),
+        epsilon: 1.0,
+        delta: case.delta,
+        max_groups: case.max_groups,
+        ..Default::default()
+    };
     match rt.block_on(dp::prepare(wh, ledger, &req)) {
         Ok(p) => ("accepted".into(), p.summary().lines().map(str::to_owned).collect()),
         Err(QueryError::Refused(r)) => (format!("refused {}", r.rule), vec![]),
@@ -96,6 +110,9 @@ fn golden_sql_cases() {
                 let mut text = format!("-- expect: {got}\n");
                 if let Some(d) = case.delta {
                     text.push_str(&format!("-- delta: {d:e}\n"));
+                }
+                if let Some(g) = case.max_groups {
+                    text.push_str(&format!("-- max-groups: {g}\n"));
                 }
                 for l in &summary {
                     text.push_str(&format!("-- | {l}\n"));

@@ -124,6 +124,8 @@ pub struct Analysis {
     pub keys_per_unit: u32,
     pub keys: Vec<KeySpec>,
     pub aggs: Vec<AggSpec>,
+    /// The top-level conjuncts of WHERE (public: they are SQL).
+    pub filters: Vec<Expr>,
 }
 
 impl Analysis {
@@ -339,7 +341,8 @@ impl<'a> Analyzer<'a> {
         });
         let keys_per_unit = if keys.is_empty() || single_valued { 1 } else { groups_per_unit.min(rows_per_unit) };
         let tables = self.tables.clone();
-        Ok(Analysis { plan: plan.clone(), tables, unit, rows_per_unit, groups_per_unit, keys_per_unit, keys, aggs })
+        let filters = self.conjuncts.clone();
+        Ok(Analysis { plan: plan.clone(), tables, unit, rows_per_unit, groups_per_unit, keys_per_unit, keys, aggs, filters })
     }
 
     fn source(&mut self, plan: &LogicalPlan) -> Result<(), Refusal> {

@@ -113,7 +113,7 @@ fn domain_array(p: &ColumnPolicy) -> Option<ArrayRef> {
 
 /// The public keys of one group key: its expression evaluated over the cross product of the
 /// public domains of the columns it reads. Computed from the schema alone.
-fn key_values(ctx: &SessionContext, key: &KeySpec, out_type: &DataType) -> Result<Vec<ScalarValue>, Refusal> {
+fn key_values(ctx: &SessionContext, key: &KeySpec, filters: &[Expr], out_type: &DataType) -> Result<Vec<ScalarValue>, Refusal> {
     let mut columns: Vec<(Column, ColumnPolicy)> = Vec::new();
     for (c, p) in &key.columns {
         if !columns.iter().any(|(x, _)| x == c) {
@@ -142,8 +142,19 @@ fn key_values(ctx: &SessionContext, key: &KeySpec, out_type: &DataType) -> Resul
         .map(|((c, _), d)| (c.relation.clone(), Arc::new(Field::new(&c.name, d.data_type().clone(), true))))
         .collect();
     let schema = Arc::new(Schema::new(fields.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>()));
-    let batch = RecordBatch::try_new(schema, arrays).map_err(|e| internal(e.into()))?;
+    let mut batch = RecordBatch::try_new(schema, arrays).map_err(|e| internal(e.into()))?;
     let dfschema = super::qualified_schema(fields).map_err(internal)?;
+    // WHERE conditions on these columns alone narrow the public keys: `year_of_birth >= 1930`
+    // leaves out earlier decades. The keys stay a function of the SQL and the schema.
+    for f in filters {
+        if f.column_refs().iter().all(|c| columns.iter().any(|(k, _)| k == *c)) {
+            let keep = ctx.create_physical_expr(f.clone(), &dfschema).map_err(internal)?;
+            let keep = keep.evaluate(&batch).map_err(internal)?.into_array(batch.num_rows()).map_err(internal)?;
+            let keep = datafusion::arrow::array::as_boolean_array(&keep).clone();
+            batch = datafusion::arrow::compute::filter_record_batch(&batch, &keep).map_err(|e| internal(e.into()))?;
+        }
+    }
+    let rows = batch.num_rows();
     let physical = ctx.create_physical_expr(key.expr.clone(), &dfschema).map_err(internal)?;
     let values = physical.evaluate(&batch).map_err(internal)?.into_array(rows).map_err(internal)?;
     let values = cast(&values, out_type).map_err(|e| internal(e.into()))?;
@@ -170,7 +181,7 @@ pub fn public_keys(ctx: &SessionContext, analysis: &Analysis) -> Result<Vec<Vec<
     let agg = analysis.aggregate();
     let mut keys: Vec<Vec<ScalarValue>> = vec![vec![]];
     for (i, k) in analysis.keys.iter().enumerate() {
-        let values = key_values(ctx, k, agg.schema.field(i).data_type())?;
+        let values = key_values(ctx, k, &analysis.filters, agg.schema.field(i).data_type())?;
         if keys.len() * values.len() > MAX_DOMAIN {
             return refuse(
                 "too-many-groups",
