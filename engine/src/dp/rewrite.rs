@@ -18,8 +18,9 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::execution::context::SessionContext;
 use datafusion::functions::math::expr_fn::random;
+use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::functions_window::expr_fn::row_number;
-use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, lit, when};
+use datafusion::logical_expr::{Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, lit, when};
 
 use super::analyze::{Analysis, KeySpec, MAX_DOMAIN, Refusal, refuse};
 use crate::schema::{ColumnPolicy, ColumnType, Domain, DomainValue, Schemas};
@@ -38,11 +39,35 @@ fn column(name: &str) -> Expr {
     Expr::Column(Column::from_name(name))
 }
 
-/// Keep at most `k` rows per value of `unit`, chosen uniformly at random.
-fn truncate(plan: LogicalPlan, unit: Expr, k: u32) -> datafusion::error::Result<LogicalPlan> {
+/// Keep at most `k` rows per value of `unit`, chosen uniformly at random: a random row number
+/// within each patient's rows, kept up to `k`. This sorts its whole input.
+fn truncate_all(plan: LogicalPlan, unit: Expr, k: u32) -> datafusion::error::Result<LogicalPlan> {
     let columns: Vec<Expr> = plan.schema().columns().into_iter().map(Expr::Column).collect();
     let rn = row_number().partition_by(vec![unit]).order_by(vec![random().sort(true, true)]).build()?.alias(RN);
     LogicalPlanBuilder::from(plan).window(vec![rn])?.filter(column(RN).lt_eq(lit(k as i64)))?.project(columns)?.build()
+}
+
+/// The same result as [`truncate_all`], without sorting everything: patients with at most `k`
+/// rows keep them all (a random choice of `k` rows out of at most `k` is all of them), found
+/// by a hash aggregate and an anti-join; only the rows of patients over the bound go through
+/// the random row number. The output depends on each patient's own rows only.
+fn truncate(plan: LogicalPlan, unit: Column, k: u32) -> datafusion::error::Result<LogicalPlan> {
+    const OVER: &str = "__over";
+    let over = LogicalPlanBuilder::from(plan.clone())
+        .aggregate(vec![Expr::Column(unit.clone()).alias(OVER)], vec![count(lit(1i64)).alias("__n")])?
+        .filter(column("__n").gt(lit(k as i64)))?
+        .project(vec![column(OVER)])?
+        .build()?;
+    let keys = (vec![unit.clone()], vec![Column::from_name(OVER)]);
+    let within = LogicalPlanBuilder::from(plan.clone()).join(over.clone(), JoinType::LeftAnti, keys.clone(), None)?.build()?;
+    let beyond = LogicalPlanBuilder::from(plan).join(over, JoinType::LeftSemi, keys, None)?.build()?;
+    let relation = unit.relation.clone();
+    let union = LogicalPlanBuilder::from(within).union(truncate_all(beyond, Expr::Column(unit), k)?)?;
+    // A union drops qualifiers: give the table its name back for the expressions above.
+    match relation {
+        Some(r) => union.alias(r)?.build(),
+        None => union.build(),
+    }
 }
 
 /// `CAST(e AS DOUBLE)` clamped into `[lo, hi]`; NULL stays NULL.
@@ -56,18 +81,23 @@ pub fn clamp(e: Expr, (lo, hi): (f64, f64)) -> datafusion::error::Result<Expr> {
 pub fn bounded_relation(analysis: &Analysis, schemas: &Schemas, bound: u32) -> datafusion::error::Result<LogicalPlan> {
     let agg = analysis.aggregate();
     let mut source = agg.input.as_ref().clone();
+    // Rows per patient after the join, with every table truncated to its own bound first.
+    let mut product: u64 = 1;
     if analysis.tables.len() > 1 {
         source = source
             .transform_up(|node| match &node {
                 LogicalPlan::TableScan(scan) => {
                     let table = scan.table_name.table();
                     let policy = &schemas.tables[table];
-                    let unit = Expr::Column(Column::new(Some(scan.table_name.clone()), policy.privacy_unit().name.clone()));
+                    let unit = Column::new(Some(scan.table_name.clone()), policy.privacy_unit().name.clone());
+                    product = product.saturating_mul(policy.max_rows_per_unit as u64);
                     Ok(Transformed::yes(truncate(node.clone(), unit, policy.max_rows_per_unit)?))
                 }
                 _ => Ok(Transformed::no(node)),
             })?
             .data;
+    } else {
+        product = u64::MAX;
     }
     let mut exprs = vec![Expr::Column(analysis.unit.clone()).alias(PID)];
     for (i, k) in analysis.keys.iter().enumerate() {
@@ -83,7 +113,12 @@ pub fn bounded_relation(analysis: &Analysis, schemas: &Schemas, bound: u32) -> d
         }
     }
     let projected = LogicalPlanBuilder::from(source).project(exprs)?.build()?;
-    truncate(projected, column(PID), bound)
+    if product <= bound as u64 {
+        // The join of tables truncated to k₁, k₂, ... rows per patient has at most k₁·k₂·...
+        // rows per patient (e.g. person (1) ⋈ measurement (20) ≤ 20): already within the bound.
+        return Ok(projected);
+    }
+    truncate(projected, Column::from_name(PID), bound)
 }
 
 /// Every value of a column's public domain, as an array of the column's stored type.
@@ -191,4 +226,59 @@ pub fn public_keys(ctx: &SessionContext, analysis: &Analysis) -> Result<Vec<Vec<
         keys = keys.into_iter().flat_map(|prefix| values.iter().map(move |v| [prefix.clone(), vec![v.clone()]].concat())).collect();
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::Schema;
+    use datafusion::catalog::MemTable;
+
+    async fn run(plan: LogicalPlan, ctx: &SessionContext) -> Vec<(i64, i64)> {
+        let batches = super::super::collect(ctx, plan).await.unwrap();
+        let mut rows = Vec::new();
+        for b in batches {
+            let pid = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let v = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+            rows.extend((0..b.num_rows()).map(|i| (pid.value(i), v.value(i))));
+        }
+        rows.sort();
+        rows
+    }
+
+    #[tokio::test]
+    async fn truncation_keeps_light_patients_whole_and_samples_heavy_ones() {
+        // Patient 1 has 3 rows, patient 2 has 50, patient 3 has exactly 5; the bound is 5.
+        let mut pid = Vec::new();
+        let mut v = Vec::new();
+        for (p, n) in [(1i64, 3i64), (2, 50), (3, 5)] {
+            for i in 0..n {
+                pid.push(p);
+                v.push(p * 1000 + i);
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![Field::new("pid", DataType::Int64, false), Field::new("v", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(pid)), Arc::new(Int64Array::from(v))]).unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_table("t", Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())).unwrap();
+        let scan = ctx.table("t").await.unwrap().into_unoptimized_plan();
+        let unit = Column::new(Some(datafusion::common::TableReference::bare("t")), "pid");
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            let rows = run(truncate(scan.clone(), unit.clone(), 5).unwrap(), &ctx).await;
+            let count = |p: i64| rows.iter().filter(|(q, _)| *q == p).count();
+            assert_eq!((count(1), count(2), count(3)), (3, 5, 5), "{rows:?}");
+            // Light patients keep exactly their own rows; heavy ones keep distinct rows of theirs.
+            assert!(rows.iter().all(|(p, v)| v / 1000 == *p));
+            let mut heavy: Vec<i64> = rows.iter().filter(|(p, _)| *p == 2).map(|(_, v)| *v).collect();
+            heavy.dedup();
+            assert_eq!(heavy.len(), 5);
+            samples.push(heavy);
+        }
+        // Fresh randomness per run: five draws of 5 rows out of 50 are not all the same.
+        assert!(samples.windows(2).any(|w| w[0] != w[1]), "the heavy patient's rows were not resampled: {samples:?}");
+        // The fast path and the full random row number agree on how many rows each patient keeps.
+        let full = run(truncate_all(scan, Expr::Column(unit), 5).unwrap(), &ctx).await;
+        assert_eq!(full.len(), 13);
+    }
 }
