@@ -25,9 +25,15 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// The warehouse's data directory.
-    #[arg(long, global = true, env = "SECRETUM_DATA_DIR", default_value = "secretum-data")]
-    pub data_dir: PathBuf,
+    /// The warehouse's data directory [default: secretum-data].
+    #[arg(long, global = true, env = "SECRETUM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Global {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("secretum-data"))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,8 +81,19 @@ pub enum Command {
     /// Warehouse-wide privacy policy (steward).
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Answer one SQL query with differentially-private aggregates, charged to a project.
+    /// Answer one SQL query with differentially-private aggregates, charged to a project
+    /// (locally on the data directory, or on a server with --server and --token).
     Query(QueryArgs),
+    /// Accounts and their bearer tokens (admin, on the data directory).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Run the HTTP service for researchers and stewards.
+    Serve(ServeArgs),
+    /// The hash-chained audit log (steward).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print the HTTP API's OpenAPI 3 document.
+    Openapi,
     /// The whole job on a temporary warehouse: generate, init, ingest every table, summarize, query.
     Demo {
         #[arg(long, default_value_t = 20_000)]
@@ -109,6 +126,98 @@ pub enum ProjectCommand {
     List,
     /// One project: grant, spend, and its ledger entries.
     Show { name: String },
+    /// Approve a pending request; options left out are granted as requested.
+    Approve {
+        /// Project id or name.
+        project: String,
+        #[arg(long)]
+        epsilon: Option<f64>,
+        #[arg(long)]
+        delta: Option<f64>,
+        /// A subset of the requested tables, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        tables: Option<Vec<String>>,
+        /// RFC 3339 time, e.g. 2027-06-30T00:00:00Z (default: now + requested duration).
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// Reject a pending request.
+    Reject {
+        project: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Suspend an active project (its budget is kept).
+    Suspend {
+        project: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a suspended project.
+    Resume { project: String },
+    /// Close a project for good.
+    Close { project: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create an account; prints its bearer token once.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// admin, steward or researcher.
+        #[arg(long)]
+        role: String,
+    },
+    /// Accounts and their active tokens (prefixes only).
+    List,
+    /// Revoke every token of an account.
+    Revoke { name: String },
+    /// Revoke an account's tokens and print a new one.
+    Rotate { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Recompute the hash chain; exits non-zero at the first broken entry.
+    Verify,
+    /// Write the log as JSON lines (stdout, or --out).
+    Export {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SECRETUM_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// A TOML file with any of: listen, data_dir, body_limit, request_timeout_secs, rate_limit,
+    /// rate_burst, max_concurrency, max_queries, tls_cert, tls_key. Options given here win.
+    #[arg(long, env = "SECRETUM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "SECRETUM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, env = "SECRETUM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Average requests per second per account (0 disables) [default: 20].
+    #[arg(long, env = "SECRETUM_RATE_LIMIT")]
+    pub rate_limit: Option<f64>,
+    /// Burst per account [default: 40].
+    #[arg(long, env = "SECRETUM_RATE_BURST")]
+    pub rate_burst: Option<f64>,
+    /// Largest request body in bytes [default: 262144].
+    #[arg(long, env = "SECRETUM_BODY_LIMIT")]
+    pub body_limit: Option<usize>,
+    /// Per-request timeout in seconds [default: 300].
+    #[arg(long, env = "SECRETUM_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<f64>,
+    /// Queries executed at once [default: 2 per core].
+    #[arg(long, env = "SECRETUM_MAX_QUERIES")]
+    pub max_queries: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -155,14 +264,20 @@ pub struct QueryArgs {
     /// table, json or csv.
     #[arg(long, default_value = "table")]
     pub format: String,
+    /// Ask a running service instead of the local data directory.
+    #[arg(long, env = "SECRETUM_SERVER")]
+    pub server: Option<String>,
+    /// Bearer token for --server.
+    #[arg(long, env = "SECRETUM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// The SQL text (one SELECT).
     pub sql: String,
 }
 
 /// Parse the command line, run, and turn errors into a message and an exit code.
 pub fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -172,13 +287,15 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SECRETUM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+fn init_tracing(default: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("SECRETUM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let data_dir = cli.global.data_dir;
+    let explicit_data_dir = cli.global.data_dir.clone();
+    let data_dir = cli.global.data_dir();
     match cli.command {
         Command::Init { key_file, schemas } => {
             let report = Warehouse::init(&data_dir, key_file.as_deref(), schemas.as_deref())?;
@@ -208,9 +325,49 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Project(cmd) => crate::local::project(&data_dir, cmd),
         Command::Policy(cmd) => crate::local::policy(&data_dir, cmd),
-        Command::Query(args) => crate::local::query(&data_dir, &args),
+        Command::Query(args) => match (&args.server, &args.token) {
+            (Some(server), Some(token)) => crate::client::query(server, token, &args),
+            (Some(_), None) => Err(Error::Usage("--server needs --token (or SECRETUM_TOKEN)".into())),
+            (None, _) => crate::local::query(&data_dir, &args),
+        },
+        Command::User(cmd) => crate::local::user(&data_dir, cmd),
+        Command::Audit(cmd) => crate::local::audit(&data_dir, cmd),
+        Command::Openapi => {
+            println!("{}", crate::server::openapi::document());
+            Ok(())
+        }
+        Command::Serve(args) => serve(explicit_data_dir, args),
         Command::Demo { patients, seed, keep } => demo(patients, seed, keep),
     }
+}
+
+fn serve(data_dir: Option<PathBuf>, args: ServeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => crate::server::Config::from_file(path)?,
+        None => crate::server::Config::default(),
+    };
+    if let Some(d) = data_dir {
+        config.data_dir = d;
+    }
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if args.tls_cert.is_some() {
+        config.tls_cert = args.tls_cert;
+    }
+    if args.tls_key.is_some() {
+        config.tls_key = args.tls_key;
+    }
+    config.rate_limit = args.rate_limit.unwrap_or(config.rate_limit);
+    config.rate_burst = args.rate_burst.unwrap_or(config.rate_burst);
+    config.body_limit = args.body_limit.unwrap_or(config.body_limit);
+    config.request_timeout_secs = args.request_timeout.unwrap_or(config.request_timeout_secs);
+    config.max_queries = args.max_queries.unwrap_or(config.max_queries);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(crate::server::serve(config))
 }
 
 fn generate(patients: u64, seed: u64, out: &Path) -> Result<()> {

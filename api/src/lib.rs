@@ -1,4 +1,7 @@
-//! secretum's command line (and, later, its HTTP service).
+//! secretum's command line and HTTP service.
 
 pub mod cli;
+pub mod client;
+pub mod format;
 pub mod local;
+pub mod server;

@@ -2,11 +2,47 @@
 
 use std::path::Path;
 
+use secretum_engine::accounts::{Accounts, Role};
+use secretum_engine::audit::{self, Event};
 use secretum_engine::budget::{Ledger, PolicyUpdate};
 use secretum_engine::dp::{self, Answer, Noise, QueryError, QueryRequest};
+use secretum_engine::projects::{Approval, Transition};
 use secretum_engine::{Error, Result, Warehouse};
 
-use crate::cli::{PolicyCommand, ProjectCommand, QueryArgs};
+use crate::cli::{AuditCommand, PolicyCommand, ProjectCommand, QueryArgs, UserCommand};
+
+/// Who runs a local command, as the audit log names them.
+fn local_actor() -> String {
+    format!("local:{}", std::env::var("USER").unwrap_or_else(|_| "steward".into()))
+}
+
+fn record(data_dir: &Path, event: &Event<'_>) -> Result<()> {
+    let mut conn = secretum_engine::catalog::Catalog::open(&secretum_engine::catalog::Layout::new(data_dir).catalog())?.into_connection();
+    audit::append(&mut conn, event)?;
+    Ok(())
+}
+
+fn print_project(p: &secretum_engine::budget::Project) {
+    println!("project #{} {} ({}), created {}", p.id, p.name, p.status, p.created_at);
+    if !p.title.is_empty() {
+        println!("title: {}", p.title);
+    }
+    if let Some(o) = &p.owner {
+        println!("owner: {o}; members: {}", p.members.join(", "));
+    }
+    if let Some(r) = &p.requested {
+        println!("requested: ε {}, δ {:e}, tables {}, {} days", r.epsilon, r.delta, r.tables.join(","), p.duration_days.unwrap_or(0));
+    }
+    println!("tables: {}", p.tables.join(", "));
+    println!("ε: {} granted, {:.6} spent, {:.6} left", p.epsilon, p.epsilon_spent, p.epsilon_remaining());
+    println!("δ: {:e} granted, {:e} spent, {:e} left", p.delta, p.delta_spent, p.delta_remaining());
+    if let Some(e) = &p.expires_at {
+        println!("expires: {e}");
+    }
+    if let Some(r) = &p.reason {
+        println!("reason: {r}");
+    }
+}
 
 fn ledger(data_dir: &Path) -> Result<(Warehouse, Ledger)> {
     let wh = Warehouse::open(data_dir)?;
@@ -26,6 +62,20 @@ pub fn project(data_dir: &Path, cmd: ProjectCommand) -> Result<()> {
                 }
             }
             let p = ledger.create_project(&name, epsilon, delta, &tables)?;
+            let detail = format!("tables {}", p.tables.join(","));
+            record(
+                data_dir,
+                &Event {
+                    actor: &local_actor(),
+                    action: "project.created",
+                    project: Some(&p.name),
+                    epsilon: Some(epsilon),
+                    delta: Some(delta),
+                    outcome: "ok",
+                    detail: Some(&detail),
+                    ..Default::default()
+                },
+            )?;
             println!("created project {} (ε {}, δ {:e}) on tables {}", p.name, p.epsilon, p.delta, p.tables.join(", "));
             Ok(())
         }
@@ -49,13 +99,145 @@ pub fn project(data_dir: &Path, cmd: ProjectCommand) -> Result<()> {
             Ok(())
         }
         ProjectCommand::Show { name } => {
-            let p = ledger.project(&name)?.ok_or_else(|| Error::Usage(format!("project {name:?} does not exist")))?;
-            println!("project {} ({}), created {}", p.name, p.status, p.created_at);
-            println!("tables: {}", p.tables.join(", "));
-            println!("ε: {} granted, {:.6} spent, {:.6} left", p.epsilon, p.epsilon_spent, p.epsilon_remaining());
-            println!("δ: {:e} granted, {:e} spent, {:e} left", p.delta, p.delta_spent, p.delta_remaining());
-            for (id, e, d, status, at) in ledger.history(&name)? {
+            let p = ledger.project_ref(&name)?.ok_or_else(|| Error::Usage(format!("project {name:?} does not exist")))?;
+            print_project(&p);
+            for (id, e, d, status, at) in ledger.history(&p.name)? {
                 println!("  #{id:<6} {at}  ε {e:<8} δ {d:<8e} {status}");
+            }
+            Ok(())
+        }
+        ProjectCommand::Approve { project, epsilon, delta, tables, expires_at } => {
+            let actor = local_actor();
+            let p = ledger.approve(&project, &actor, &Approval { epsilon, delta, tables, expires_at })?;
+            let detail = format!("granted tables {}; expires {}", p.tables.join(","), p.expires_at.as_deref().unwrap_or("never"));
+            record(
+                data_dir,
+                &Event {
+                    actor: &actor,
+                    action: "project.approved",
+                    project: Some(&p.name),
+                    epsilon: Some(p.epsilon),
+                    delta: Some(p.delta),
+                    outcome: "ok",
+                    detail: Some(&detail),
+                    ..Default::default()
+                },
+            )?;
+            print_project(&p);
+            Ok(())
+        }
+        ProjectCommand::Reject { project, reason } => {
+            let actor = local_actor();
+            let p = ledger.reject(&project, &actor, &reason)?;
+            record(
+                data_dir,
+                &Event {
+                    actor: &actor,
+                    action: "project.rejected",
+                    project: Some(&p.name),
+                    outcome: "ok",
+                    detail: Some(&reason),
+                    ..Default::default()
+                },
+            )?;
+            print_project(&p);
+            Ok(())
+        }
+        ProjectCommand::Suspend { project, reason } => transition(data_dir, &mut ledger, &project, Transition::Suspend, reason),
+        ProjectCommand::Resume { project } => transition(data_dir, &mut ledger, &project, Transition::Resume, None),
+        ProjectCommand::Close { project } => transition(data_dir, &mut ledger, &project, Transition::Close, None),
+    }
+}
+
+fn transition(data_dir: &Path, ledger: &mut Ledger, project: &str, t: Transition, reason: Option<String>) -> Result<()> {
+    let actor = local_actor();
+    let p = ledger.transition(project, &actor, t, reason.as_deref())?;
+    let action = format!("project.{}", p.status);
+    record(
+        data_dir,
+        &Event { actor: &actor, action: &action, project: Some(&p.name), outcome: "ok", detail: reason.as_deref(), ..Default::default() },
+    )?;
+    print_project(&p);
+    Ok(())
+}
+
+pub fn user(data_dir: &Path, cmd: UserCommand) -> Result<()> {
+    Warehouse::open(data_dir)?;
+    let mut conn = secretum_engine::catalog::Catalog::open(&secretum_engine::catalog::Layout::new(data_dir).catalog())?.into_connection();
+    let actor = local_actor();
+    match cmd {
+        UserCommand::Add { name, role } => {
+            let role: Role = role.parse()?;
+            let (user, token) = Accounts::new(&mut conn).add(&name, role)?;
+            let detail = format!("{} as {}", user.name, user.role);
+            audit::append(
+                &mut conn,
+                &Event { actor: &actor, action: "user.added", outcome: "ok", detail: Some(&detail), ..Default::default() },
+            )?;
+            eprintln!("created {} ({}); its token, shown only this once:", user.name, user.role);
+            println!("{token}");
+        }
+        UserCommand::List => {
+            println!("{:<24} {:<11} {:<28} tokens", "user", "role", "created");
+            for u in Accounts::new(&mut conn).list()? {
+                let tokens: Vec<String> = u.active_tokens.iter().map(|t| format!("{}…", t.prefix)).collect();
+                let tokens = if tokens.is_empty() { "(none active)".to_owned() } else { tokens.join(" ") };
+                println!("{:<24} {:<11} {:<28} {tokens}", u.name, u.role, u.created_at);
+            }
+        }
+        UserCommand::Revoke { name } => {
+            let n = Accounts::new(&mut conn).revoke(&name)?;
+            let detail = format!("{name}: {n} tokens");
+            audit::append(
+                &mut conn,
+                &Event { actor: &actor, action: "token.revoked", outcome: "ok", detail: Some(&detail), ..Default::default() },
+            )?;
+            println!("revoked {n} token{} of {name}", if n == 1 { "" } else { "s" });
+        }
+        UserCommand::Rotate { name } => {
+            let token = Accounts::new(&mut conn).rotate(&name)?;
+            audit::append(
+                &mut conn,
+                &Event { actor: &actor, action: "token.rotated", outcome: "ok", detail: Some(&name), ..Default::default() },
+            )?;
+            eprintln!("{name}'s old tokens are revoked; the new one, shown only this once:");
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+pub fn audit(data_dir: &Path, cmd: AuditCommand) -> Result<()> {
+    Warehouse::open(data_dir)?;
+    let conn = secretum_engine::catalog::Catalog::open(&secretum_engine::catalog::Layout::new(data_dir).catalog())?.into_connection();
+    match cmd {
+        AuditCommand::Verify => {
+            let v = audit::verify(&conn)?;
+            match v.broken {
+                None => {
+                    println!("audit log verified: {} entries, head {}", v.entries, v.head);
+                    Ok(())
+                }
+                Some(b) => Err(Error::Usage(format!(
+                    "audit log broken at entry {}: {} ({} entries verified before it)",
+                    b.id, b.reason, v.entries
+                ))),
+            }
+        }
+        AuditCommand::Export { out } => {
+            use std::io::Write;
+            let entries = audit::entries(&conn, &audit::Filter::default())?;
+            let mut w: Box<dyn Write> = match &out {
+                Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| Error::io(p, e))?)),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            for e in &entries {
+                let line = serde_json::to_string(e).unwrap_or_default();
+                writeln!(w, "{line}").map_err(|e| Error::io(out.clone().unwrap_or_default(), e))?;
+            }
+            w.flush().map_err(|e| Error::io(out.clone().unwrap_or_default(), e))?;
+            if let Some(p) = out {
+                eprintln!("wrote {} entries to {}", entries.len(), p.display());
             }
             Ok(())
         }
@@ -66,7 +248,16 @@ pub fn policy(data_dir: &Path, cmd: PolicyCommand) -> Result<()> {
     let (_wh, mut ledger) = ledger(data_dir)?;
     let p = match cmd {
         PolicyCommand::Set { patient_epsilon_cap, query_epsilon_cap, suppression_threshold, round_digits } => {
-            ledger.set_policy(&PolicyUpdate { patient_epsilon_cap, query_epsilon_cap, suppression_threshold, round_digits })?
+            let p = ledger.set_policy(&PolicyUpdate { patient_epsilon_cap, query_epsilon_cap, suppression_threshold, round_digits })?;
+            let detail = format!(
+                "patient ε cap {}, query ε cap {}, suppression threshold {}, rounding {} digits",
+                p.patient_epsilon_cap, p.query_epsilon_cap, p.suppression_threshold, p.round_digits
+            );
+            record(
+                data_dir,
+                &Event { actor: &local_actor(), action: "policy.changed", outcome: "ok", detail: Some(&detail), ..Default::default() },
+            )?;
+            p
         }
         PolicyCommand::Show => ledger.policy()?,
     };
@@ -114,32 +305,7 @@ pub fn print_answer(a: &Answer, format: &str) {
     match format {
         "json" => println!("{}", serde_json::to_string(a).unwrap_or_default()),
         "csv" => {
-            let mut header = Vec::new();
-            for (i, c) in a.columns.iter().enumerate() {
-                if a.rows.iter().any(|r| r[i].is_object()) {
-                    header.extend([c.clone(), format!("{c}_ci95_lo"), format!("{c}_ci95_hi")]);
-                } else {
-                    header.push(c.clone());
-                }
-            }
-            println!("{}", header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(","));
-            for r in &a.rows {
-                let mut out = Vec::new();
-                for (i, cell) in r.iter().enumerate() {
-                    let noisy = a.rows.iter().any(|r| r[i].is_object());
-                    if noisy {
-                        let v = cell.get("value").map(plain).unwrap_or_default();
-                        let (lo, hi) = match cell.get("ci95").and_then(|c| c.as_array()) {
-                            Some(ci) if ci.len() == 2 => (plain(&ci[0]), plain(&ci[1])),
-                            _ => (String::new(), String::new()),
-                        };
-                        out.extend([v, lo, hi]);
-                    } else {
-                        out.push(csv_field(&plain(cell)));
-                    }
-                }
-                println!("{}", out.join(","));
-            }
+            print!("{}", crate::format::csv(a));
             eprintln!("{}", footer(a));
         }
         _ => {
@@ -196,10 +362,6 @@ fn plain(v: &serde_json::Value) -> String {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
 }
 
 fn show_cell(v: &serde_json::Value) -> String {

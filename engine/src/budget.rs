@@ -27,7 +27,7 @@ const EPS_SLACK: f64 = 1e-9;
 pub const MAX_QUERY_DELTA: f64 = 1e-3;
 
 /// Warehouse-wide settings a steward controls.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Policy {
     /// The total ε any one patient may lose, summed over every project.
     pub patient_epsilon_cap: f64,
@@ -57,17 +57,41 @@ pub struct PolicyUpdate {
 }
 
 /// A project and its grant.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Project {
     pub id: i64,
     pub name: String,
     pub epsilon: f64,
     pub delta: f64,
     pub tables: Vec<String>,
+    /// `pending`, `active`, `rejected`, `suspended`, `closed`, or `expired` (an active project
+    /// past its `expires_at`; computed when read, so expiry needs no background job).
     pub status: String,
     pub created_at: String,
     pub epsilon_spent: f64,
     pub delta_spent: f64,
+    pub title: String,
+    pub purpose: String,
+    /// Who requested it (none for projects a steward created locally).
+    pub owner: Option<String>,
+    /// Researchers who may query it (the owner included).
+    pub members: Vec<String>,
+    /// What was asked for, when it came as a request.
+    pub requested: Option<Grant>,
+    pub duration_days: Option<i64>,
+    pub expires_at: Option<String>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<String>,
+    /// The steward's reason (rejection, suspension) if any.
+    pub reason: Option<String>,
+}
+
+/// ε, δ and tables: asked for or granted.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Grant {
+    pub epsilon: f64,
+    pub delta: f64,
+    pub tables: Vec<String>,
 }
 
 impl Project {
@@ -102,7 +126,7 @@ pub struct Debit(pub i64);
 
 /// The ledger over the catalog database.
 pub struct Ledger {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
 impl Ledger {
@@ -259,28 +283,58 @@ impl Ledger {
     }
 }
 
-fn project_in(conn: &Connection, name: &str) -> Result<Option<Project>> {
+pub(crate) fn split_tables(tables: &str) -> Vec<String> {
+    tables.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect()
+}
+
+pub(crate) fn project_in(conn: &Connection, name: &str) -> Result<Option<Project>> {
     let row = conn
         .query_row(
             "SELECT p.id, p.name, p.epsilon, p.delta, p.tables, p.status, p.created_at,
-                    COALESCE(SUM(l.epsilon), 0), COALESCE(SUM(l.delta), 0)
+                    COALESCE(SUM(l.epsilon), 0), COALESCE(SUM(l.delta), 0),
+                    p.title, p.purpose, p.owner, p.requested_epsilon, p.requested_delta, p.requested_tables,
+                    p.duration_days, p.expires_at, p.decided_by, p.decided_at, p.reason
              FROM projects p LEFT JOIN ledger l ON l.project_id = p.id WHERE p.name = ?1 GROUP BY p.id",
             [name],
             |r| {
                 let tables: String = r.get(4)?;
+                let requested = match (r.get::<_, Option<f64>>(12)?, r.get::<_, Option<f64>>(13)?, r.get::<_, Option<String>>(14)?) {
+                    (Some(epsilon), Some(delta), Some(t)) => Some(Grant { epsilon, delta, tables: split_tables(&t) }),
+                    _ => None,
+                };
                 Ok(Project {
                     id: r.get(0)?,
                     name: r.get(1)?,
                     epsilon: r.get(2)?,
                     delta: r.get(3)?,
-                    tables: tables.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+                    tables: split_tables(&tables),
                     status: r.get(5)?,
                     created_at: r.get(6)?,
                     epsilon_spent: r.get(7)?,
                     delta_spent: r.get(8)?,
+                    title: r.get(9)?,
+                    purpose: r.get(10)?,
+                    owner: r.get(11)?,
+                    members: Vec::new(),
+                    requested,
+                    duration_days: r.get(15)?,
+                    expires_at: r.get(16)?,
+                    decided_by: r.get(17)?,
+                    decided_at: r.get(18)?,
+                    reason: r.get(19)?,
                 })
             },
         )
         .optional()?;
-    Ok(row)
+    let Some(mut p) = row else { return Ok(None) };
+    // Expiry is decided when the project is read, against the clock: the debit (which reads
+    // the project in its transaction) refuses an expired project without any background job.
+    if p.status == "active" && p.expires_at.as_deref().is_some_and(|e| e <= now_rfc3339().as_str()) {
+        p.status = "expired".into();
+    }
+    p.members = conn
+        .prepare_cached("SELECT user_name FROM project_members WHERE project_id = ?1 ORDER BY user_name")?
+        .query_map([p.id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(p))
 }

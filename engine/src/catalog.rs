@@ -59,6 +59,56 @@ CREATE TABLE ledger (
 );
 CREATE INDEX ledger_by_project ON ledger (project_id);
 "#,
+    r#"
+CREATE TABLE users (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    role       TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE tokens (
+    id           INTEGER PRIMARY KEY,
+    user_id      INTEGER NOT NULL REFERENCES users (id),
+    hash         TEXT NOT NULL UNIQUE,
+    prefix       TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    revoked_at   TEXT,
+    last_used_at TEXT
+);
+ALTER TABLE projects ADD COLUMN title TEXT NOT NULL DEFAULT '';
+ALTER TABLE projects ADD COLUMN purpose TEXT NOT NULL DEFAULT '';
+ALTER TABLE projects ADD COLUMN owner TEXT;
+ALTER TABLE projects ADD COLUMN requested_epsilon REAL;
+ALTER TABLE projects ADD COLUMN requested_delta REAL;
+ALTER TABLE projects ADD COLUMN requested_tables TEXT;
+ALTER TABLE projects ADD COLUMN duration_days INTEGER;
+ALTER TABLE projects ADD COLUMN expires_at TEXT;
+ALTER TABLE projects ADD COLUMN decided_by TEXT;
+ALTER TABLE projects ADD COLUMN decided_at TEXT;
+ALTER TABLE projects ADD COLUMN reason TEXT;
+CREATE TABLE project_members (
+    project_id INTEGER NOT NULL REFERENCES projects (id),
+    user_name  TEXT NOT NULL,
+    PRIMARY KEY (project_id, user_name)
+);
+CREATE TABLE audit (
+    id            INTEGER PRIMARY KEY,
+    at            TEXT NOT NULL,
+    actor         TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    project       TEXT,
+    sql           TEXT,
+    epsilon       REAL,
+    delta         REAL,
+    outcome       TEXT NOT NULL,
+    detail        TEXT,
+    result_digest TEXT,
+    prev_hash     TEXT NOT NULL,
+    hash          TEXT NOT NULL
+);
+CREATE INDEX audit_by_project ON audit (project);
+CREATE INDEX audit_by_actor ON audit (actor);
+"#,
 ];
 
 /// One committed Parquet file.
@@ -122,6 +172,11 @@ impl Catalog {
     }
 
     fn migrate(&mut self) -> Result<()> {
+        // The common case (already current) takes no write lock.
+        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version as usize >= MIGRATIONS.len() {
+            return Ok(());
+        }
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
@@ -239,6 +294,25 @@ impl Catalog {
                 params![f.path, ingest.id, ingest.table, f.rows as i64, f.bytes as i64],
             )?;
         }
+        // The audit entry commits with the ingest, or neither does.
+        let detail = format!(
+            "ingest {} of {} ({}): {} files, {rows} rows, {bytes} bytes",
+            ingest.id,
+            ingest.source_path,
+            ingest.source_sha256,
+            ingest.files.len()
+        );
+        crate::audit::append_in(
+            &tx,
+            &crate::audit::Event {
+                actor: ingest.actor,
+                action: "ingest.committed",
+                outcome: "ok",
+                detail: Some(&detail),
+                project: None,
+                ..Default::default()
+            },
+        )?;
         tx.commit()?;
         Ok(())
     }

@@ -67,6 +67,14 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// The request conflicts with the current state (e.g. approving a project twice).
+    #[error("{0}")]
+    Conflict(String),
+
+    /// Something named in the request does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+
     #[error("unknown table `{0}`")]
     UnknownTable(String),
 

@@ -5,11 +5,14 @@
 //! - [`catalog`]: which files make up each table (embedded SQLite).
 //! - [`synth`]: deterministic synthetic raw extracts for demos, tests and benches.
 
+pub mod accounts;
+pub mod audit;
 pub mod budget;
 pub mod catalog;
 pub mod dp;
 pub mod error;
 pub mod ingest;
+pub mod projects;
 pub mod pseudonym;
 pub mod schema;
 pub mod synth;

@@ -69,10 +69,11 @@ pub enum QueryError {
 }
 
 /// One released (or dry-run) answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Answer {
     pub columns: Vec<String>,
     /// One array per row; a noisy cell is `{"value": v, "ci95": [lo, hi]}`, a suppressed one `null`.
+    #[schema(value_type = Vec<Vec<Object>>)]
     pub rows: Vec<Vec<serde_json::Value>>,
     pub epsilon_spent: f64,
     pub delta_spent: f64,
@@ -89,7 +90,7 @@ pub struct Answer {
     pub epsilon_needed: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Budget {
     pub epsilon: f64,
     pub delta: f64,
@@ -117,7 +118,10 @@ impl Prepared {
 /// Build the session that plans and runs researcher SQL: only the project's tables, read from
 /// exactly the files the catalog lists; no information_schema, no URL tables.
 pub fn session(layout: &Layout, wh: &Warehouse, tables: &[String]) -> Result<SessionContext, Error> {
-    let config = SessionConfig::new().with_information_schema(false).with_target_partitions(num_partitions());
+    let mut config = SessionConfig::new().with_information_schema(false).with_target_partitions(num_partitions());
+    // Statistics would be read from every file's footer while planning; the release never uses
+    // them (a count must come from the bounded rows, not from metadata), so skip that work.
+    config.options_mut().execution.collect_statistics = false;
     let ctx = SessionContext::new_with_config(config);
     for t in tables {
         let policy = wh.schemas.get(t)?;

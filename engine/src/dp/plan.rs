@@ -54,13 +54,14 @@ struct Component {
 }
 
 /// How one aggregate is released (reported with every answer).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AggregateReport {
     pub name: String,
     pub kind: String,
     pub mechanism: String,
     pub epsilon: f64,
     /// Per component: (what, L1 sensitivity or symmetric distance).
+    #[schema(value_type = Vec<Vec<Object>>)]
     pub sensitivity: Vec<(String, f64)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bounds: Option<[f64; 2]>,

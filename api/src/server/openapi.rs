@@ -1,0 +1,51 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations. A copy is checked in at
+//! `api/openapi.json`; a test fails when the two drift (`SECRETUM_BLESS=1` rewrites the copy).
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "secretum",
+        description = "Sovereign research data warehouse for health data: researchers get differentially-private aggregates \
+                       only, charged to a budget a data steward approved. Every route but /health and /openapi.json needs \
+                       `Authorization: Bearer <token>`.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        routes::health, routes::openapi_json, routes::me, routes::tables, routes::ingests,
+        routes::request_project, routes::list_projects, routes::get_project, routes::approve, routes::reject,
+        routes::suspend, routes::resume, routes::close, routes::query, routes::history,
+        routes::audit_log, routes::audit_verify, routes::policy,
+        routes::list_users, routes::add_user, routes::revoke_user, routes::rotate_user,
+    ),
+    modifiers(&Bearer),
+    tags(
+        (name = "service"), (name = "catalog", description = "What may be asked: schemas, privacy roles, bounds, domains"),
+        (name = "projects", description = "Requests, approval and the life of a project"),
+        (name = "queries", description = "Differentially-private answers, charged to the project's budget"),
+        (name = "audit", description = "Hash-chained audit log and warehouse policy"),
+        (name = "accounts", description = "Accounts and bearer tokens"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The document as pretty JSON (what `/openapi.json` serves and `api/openapi.json` holds).
+pub fn document() -> String {
+    let mut doc = ApiDoc::openapi();
+    // The version comes from the crate, so a release does not need a hand edit here.
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
