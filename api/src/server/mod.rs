@@ -142,7 +142,7 @@ impl AppState {
 /// The whole application: routes and layers.
 pub fn app(state: AppState) -> Router {
     let cfg = &state.inner.config;
-    let timeout = Duration::from_secs_f64(cfg.request_timeout_secs.max(0.001));
+    let timeout = Duration::from_secs_f64(cfg.request_timeout_secs.max(1e-6));
     let concurrency = Arc::new(Semaphore::new(cfg.max_concurrency.max(1)));
     routes::router()
         .layer(DefaultBodyLimit::max(cfg.body_limit))
@@ -158,7 +158,7 @@ async fn timed(timeout: Duration, req: Request, next: Next) -> Response {
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
-            format!("the request took longer than {:.0} s; a query's budget stays charged", timeout.as_secs_f64()),
+            format!("the request took longer than {timeout:?}; a query's budget stays charged"),
         )
         .into_response(),
     }
