@@ -606,3 +606,42 @@ fn the_checked_in_openapi_document_matches_the_code() {
         assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
 }
+
+#[test]
+fn sigterm_finishes_in_flight_queries_before_exiting() {
+    let fx = warehouse(300);
+    let t = accounts(&fx.data);
+    let mut s = Server::start(&fx.data, &["--rate-limit", "0"]);
+    let id = approved_project(&s, &t, 1000.0);
+    let url = format!("{}/v1/projects/{id}/queries", s.url);
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, token) = (url.clone(), t.alice.clone());
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                loop {
+                    let body = json!({"sql": "SELECT gender_concept_id, COUNT(*) FROM person JOIN measurement USING (person_id) GROUP BY 1", "epsilon": 0.5});
+                    match agent().post(&url).header("Authorization", &format!("Bearer {token}")).send_json(&body) {
+                        Ok(r) => statuses.push(r.status().as_u16()),
+                        Err(_) => break, // no longer accepting connections
+                    }
+                }
+                statuses
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    let term = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().expect("kill -TERM");
+    assert!(term.success());
+    let exit = s.child.wait().expect("server exit");
+    assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+    let statuses: Vec<u16> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert!(!statuses.is_empty());
+    assert!(statuses.iter().all(|&c| c == 200), "in-flight queries were answered, not cut: {statuses:?}");
+    // Nothing was left half-done: every debit was settled as released.
+    let conn = rusqlite::Connection::open(fx.data.join("catalog.sqlite")).unwrap();
+    let unsettled: i64 = conn.query_row("SELECT COUNT(*) FROM ledger WHERE status != 'released'", [], |r| r.get(0)).unwrap();
+    assert_eq!(unsettled, 0);
+    let released: i64 = conn.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0)).unwrap();
+    assert_eq!(released as usize, statuses.len());
+}
