@@ -270,6 +270,10 @@ pub struct QueryArgs {
     /// Bearer token for --server.
     #[arg(long, env = "SECRETUM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM file of the certificate authority (or self-signed certificate) to trust for an
+    /// https --server; default: the usual public roots.
+    #[arg(long, env = "SECRETUM_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// The SQL text (one SELECT).
     pub sql: String,
 }

@@ -1,14 +1,34 @@
 //! The CLI's HTTP client: `secretum query --server URL --token T ...` asks a running service.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 use secretum_engine::dp::Answer;
 use secretum_engine::{Error, Result};
 
 use crate::cli::QueryArgs;
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(600))).build().into()
+fn agent(ca_cert: Option<&Path>) -> Result<ureq::Agent> {
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(600)));
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Usage(format!("{}: not a PEM certificate file: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(Error::Usage(format!("{}: no certificate in this PEM file", path.display())));
+        }
+        config = config.tls_config(TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(certs))).build());
+    }
+    Ok(config.build().into())
 }
 
 /// The server's error body as a message (`code: message`).
@@ -39,7 +59,7 @@ pub fn query(server: &str, token: &str, args: &QueryArgs) -> Result<()> {
     if let Some(g) = args.max_groups {
         body["max_groups"] = g.into();
     }
-    let mut resp = agent()
+    let mut resp = agent(args.ca_cert.as_deref())?
         .post(&url)
         .header("Authorization", &format!("Bearer {token}"))
         .send_json(&body)

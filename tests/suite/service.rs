@@ -645,3 +645,36 @@ fn sigterm_finishes_in_flight_queries_before_exiting() {
     let released: i64 = conn.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0)).unwrap();
     assert_eq!(released as usize, statuses.len());
 }
+
+#[test]
+fn https_with_the_operators_certificate() {
+    let fx = warehouse(100);
+    let t = accounts(&fx.data);
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("certificate");
+    let (cert_pem, key_pem) = (fx.path("server.pem"), fx.path("server.key"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.key_pair.serialize_pem()).unwrap();
+    let s = Server::start(&fx.data, &["--tls-cert", cert_pem.to_str().unwrap(), "--tls-key", key_pem.to_str().unwrap()]);
+    assert!(s.url.starts_with("https://"), "{}", s.url);
+    // The project is set up locally (the CLI's steward mode) while the server runs.
+    let o =
+        secretum(&["--data-dir", fx.data.to_str().unwrap(), "project", "create", "--name", "tls", "--epsilon", "1", "--tables", "person"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let conn = rusqlite::Connection::open(fx.data.join("catalog.sqlite")).unwrap();
+    conn.execute("INSERT INTO project_members (project_id, user_name) SELECT id, 'alice' FROM projects WHERE name = 'tls'", []).unwrap();
+    let query = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["query", "--server", &s.url, "--token", &t.alice, "--project", "tls", "--epsilon", "0.1", "--format", "csv"])
+            .args(extra)
+            .arg("SELECT COUNT(*) AS n FROM person")
+            .env_remove("SECRETUM_DATA_DIR")
+            .output()
+            .unwrap()
+    };
+    let o = query(&["--ca-cert", cert_pem.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("n,n_ci95_lo,n_ci95_hi\n"), "{}", stdout(&o));
+    let o = query(&[]);
+    assert!(!o.status.success(), "an untrusted certificate is refused");
+    assert!(stderr(&o).contains("cannot reach"), "{}", stderr(&o));
+}

@@ -198,8 +198,12 @@ pub async fn serve(config: Config) -> Result<()> {
                 shutdown_signal().await;
                 h.graceful_shutdown(Some(Duration::from_secs(600)));
             });
-            eprintln!("secretum serving https://{} (data {})", config.listen, config.data_dir.display());
-            axum_server::bind_rustls(config.listen, tls).handle(handle).serve(router).await.map_err(|e| Error::io(&config.data_dir, e))
+            let listener = std::net::TcpListener::bind(config.listen)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", config.listen)))?;
+            let addr = listener.local_addr().map_err(|e| Error::io(&config.data_dir, e))?;
+            eprintln!("secretum serving https://{addr} (data {})", config.data_dir.display());
+            axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(router).await.map_err(|e| Error::io(&config.data_dir, e))
         }
         (None, None) => {
             let listener = tokio::net::TcpListener::bind(config.listen)
@@ -232,4 +236,24 @@ async fn shutdown_signal() {
     }
     tracing::warn!("shutting down: finishing in-flight requests");
     eprintln!("secretum: shutting down, finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_files_set_what_they_name_and_refuse_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secretum.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\ndata_dir = \"/srv/wh\"\nrate_limit = 5.0\n").unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.data_dir, PathBuf::from("/srv/wh"));
+        assert_eq!(c.rate_limit, 5.0);
+        assert_eq!(c.body_limit, Config::default().body_limit, "unnamed settings keep their defaults");
+        std::fs::write(&path, "listen_on = \"0.0.0.0:9000\"\n").unwrap();
+        let err = Config::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("listen_on"), "{err}");
+    }
 }
