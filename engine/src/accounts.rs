@@ -181,8 +181,13 @@ impl<'c> Accounts<'c> {
             )
             .optional()?;
         let Some((name, role, token_id)) = row else { return Ok(None) };
-        // Best effort: a busy catalog must not fail the request for a bookkeeping column.
-        let _ = self.conn.execute("UPDATE tokens SET last_used_at = ?1 WHERE id = ?2", params![now_rfc3339(), token_id]);
+        // Bookkeeping, at most once a minute per token so that reads stay reads; best effort: a
+        // busy catalog must not fail the request for it.
+        let stale = (chrono::Utc::now() - chrono::Duration::seconds(60)).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let _ = self.conn.execute(
+            "UPDATE tokens SET last_used_at = ?1 WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?3)",
+            params![now_rfc3339(), token_id, stale],
+        );
         Ok(Some(Principal { name, role: role.parse()? }))
     }
 
