@@ -272,7 +272,8 @@ impl Ledger {
         // to a power cut leaves the row `debited`, still charged. So this write skips the fsync
         // (WAL with synchronous = NORMAL survives a killed process, only not a power cut).
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let done = self.conn.execute("UPDATE ledger SET status = ?1, finished_at = ?2 WHERE id = ?3", params![outcome, now_rfc3339(), debit.0]);
+        let done =
+            self.conn.execute("UPDATE ledger SET status = ?1, finished_at = ?2 WHERE id = ?3", params![outcome, now_rfc3339(), debit.0]);
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         done?;
         Ok(())

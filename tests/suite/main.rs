@@ -3,5 +3,6 @@
 mod common;
 mod golden;
 mod ingest;
+mod notebooks;
 mod privacy;
 mod service;

@@ -12,13 +12,13 @@ use serde_json::{Value, json};
 use crate::common::{BIN, Fixture, secretum, stderr, stdout};
 
 /// A running `secretum serve`; killed (SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    url: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 impl Server {
-    fn start(data: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn start(data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
@@ -61,14 +61,14 @@ fn agent() -> ureq::Agent {
 }
 
 /// An HTTP answer: status, content type, body.
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     content_type: String,
     body: Vec<u8>,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     fn code(&self) -> String {
@@ -76,7 +76,7 @@ impl Reply {
     }
 }
 
-fn call(method: &str, url: &str, token: Option<&str>, body: Option<&Value>, accept: Option<&str>) -> Reply {
+pub(crate) fn call(method: &str, url: &str, token: Option<&str>, body: Option<&Value>, accept: Option<&str>) -> Reply {
     let a = agent();
     let auth = token.map(|t| format!("Bearer {t}"));
     let resp = match method {
@@ -120,14 +120,14 @@ fn post(s: &Server, path: &str, token: &str, body: Value) -> Reply {
 }
 
 /// Create an account with the CLI; returns its token.
-fn user(data: &Path, name: &str, role: &str) -> String {
+pub(crate) fn user(data: &Path, name: &str, role: &str) -> String {
     let o = secretum(&["--data-dir", data.to_str().unwrap(), "user", "add", "--name", name, "--role", role]);
     assert!(o.status.success(), "{}", stderr(&o));
     stdout(&o).trim().to_owned()
 }
 
 /// A small warehouse with person, condition_occurrence and measurement ingested.
-fn warehouse(patients: u64) -> Fixture {
+pub(crate) fn warehouse(patients: u64) -> Fixture {
     let fx = Fixture::new(patients, 11);
     for t in ["person", "condition_occurrence", "measurement"] {
         let o = secretum(&["--data-dir", fx.data.to_str().unwrap(), "ingest", "--table", t, "--file", fx.raw(t).to_str().unwrap()]);

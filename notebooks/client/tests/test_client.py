@@ -1,0 +1,145 @@
+"""The client against a live server (SECRETUM_URL, SECRETUM_TOKEN for a researcher,
+SECRETUM_STEWARD_TOKEN for a steward), plus its retry logic against a local stub."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import math
+import os
+import threading
+
+import pyarrow as pa
+import pytest
+
+import secretum_client as sc
+
+COUNT = "SELECT gender_concept_id, COUNT(*) AS n FROM person GROUP BY 1"
+
+
+def live():
+    if "SECRETUM_URL" not in os.environ:
+        pytest.fail("SECRETUM_URL, SECRETUM_TOKEN and SECRETUM_STEWARD_TOKEN must name a running server")
+    return os.environ["SECRETUM_URL"]
+
+
+@pytest.fixture(scope="module")
+def researcher() -> sc.Client:
+    return sc.Client(live(), os.environ["SECRETUM_TOKEN"])
+
+
+@pytest.fixture(scope="module")
+def steward() -> sc.Client:
+    return sc.Client(live(), os.environ["SECRETUM_STEWARD_TOKEN"])
+
+
+def new_project(researcher: sc.Client, steward: sc.Client, epsilon: float = 2.0) -> dict:
+    p = researcher.request_project(
+        title="client test", purpose="pytest of the Python client", tables=["person", "condition_occurrence"], epsilon=epsilon, delta=1e-6, duration_days=1
+    )
+    assert p["status"] == "pending"
+    steward.approve(p["id"])
+    return researcher.wait_until_active(p["id"], timeout=10)
+
+
+def test_catalog_has_policy_and_no_rows(researcher: sc.Client) -> None:
+    tables = {t["name"]: t for t in researcher.tables()}
+    assert "person" in tables
+    cols = researcher.columns("person")
+    assert set(cols["privacy_role"]) >= {"privacy_unit", "attribute"}
+    assert "rows" not in tables["person"]
+
+
+def test_query_gives_values_and_intervals(researcher: sc.Client, steward: sc.Client) -> None:
+    p = new_project(researcher, steward)
+    df = researcher.query(p["id"], COUNT, epsilon=0.5)
+    assert list(df.columns) == ["gender_concept_id", "n", "n_ci95_lo", "n_ci95_hi"]
+    assert len(df) == 2
+    assert ((df["n_ci95_lo"] <= df["n"]) & (df["n"] <= df["n_ci95_hi"])).all()
+    assert df.attrs["epsilon_spent"] == pytest.approx(0.5)
+    assert researcher.budget(p["id"])["epsilon_remaining"] == pytest.approx(1.5)
+    hist = researcher.history(p["id"])
+    assert list(hist["sql"]) == [COUNT]
+
+
+def test_dry_run_and_target_ci_spend_nothing(researcher: sc.Client, steward: sc.Client) -> None:
+    p = new_project(researcher, steward)
+    dry = researcher.query(p["id"], COUNT, epsilon=0.5, dry_run=True)
+    assert dry.attrs["dry_run"] is True
+    assert dry.attrs["aggregates"][0]["ci95_half_width"] > 0
+    eps = researcher.epsilon_for(p["id"], COUNT, half_width=5.0)
+    assert 0 < eps < 10
+    assert researcher.budget(p["id"])["epsilon_spent"] == 0
+
+
+def test_arrow_stream(researcher: sc.Client, steward: sc.Client) -> None:
+    p = new_project(researcher, steward)
+    t = researcher.query_arrow(p["id"], COUNT, epsilon=0.5)
+    assert isinstance(t, pa.Table)
+    assert t.column_names == ["gender_concept_id", "n", "n_ci95_lo", "n_ci95_hi"]
+    assert float(t.schema.metadata[b"epsilon_spent"]) == pytest.approx(0.5)
+
+
+def test_errors_map_to_exceptions(researcher: sc.Client, steward: sc.Client) -> None:
+    p = new_project(researcher, steward, epsilon=0.5)
+    with pytest.raises(sc.SqlRefused) as refused:
+        researcher.query(p["id"], "SELECT person_id FROM person", epsilon=0.1)
+    assert refused.value.rule == "aggregate-required"
+    assert refused.value.status == 422
+    researcher.query(p["id"], COUNT, epsilon=0.5)
+    with pytest.raises(sc.BudgetExhausted):
+        researcher.query(p["id"], COUNT, epsilon=0.1)
+    with pytest.raises(sc.NotFound):
+        researcher.project(999999)
+    with pytest.raises(sc.Forbidden):
+        researcher.approve(p["id"])
+    with pytest.raises(sc.Unauthorized):
+        sc.Client(live(), "sct_" + "0" * 64).me()
+    with pytest.raises(sc.Malformed):
+        researcher.request_project(title="x", purpose="y", tables=["no_such_table"], epsilon=1)
+
+
+class _Stub(http.server.BaseHTTPRequestHandler):
+    """Answers 429 twice (Retry-After: 0), then 200."""
+
+    calls = 0
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        type(self).calls += 1
+        if type(self).calls <= 2:
+            body, status = {"error": {"code": "rate_limited", "message": "slow down"}}, 429
+        else:
+            body, status = {"name": "alice", "role": "researcher"}, 200
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if status == 429:
+            self.send_header("Retry-After", "0")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_429_is_retried_with_backoff_then_raised() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Stub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert sc.Client(url, "t", backoff=0.01).me()["name"] == "alice"
+        assert _Stub.calls == 3
+        _Stub.calls = -10  # now always 429 for a while
+        with pytest.raises(sc.RateLimited):
+            sc.Client(url, "t", retries=2, backoff=0.01).me()
+    finally:
+        server.shutdown()
+
+
+def test_suppressed_cells_are_nan() -> None:
+    from secretum_client.client import answer_frame
+
+    df = answer_frame({"columns": ["k", "n"], "rows": [[1, {"value": 12, "ci95": [5, 19]}], [2, None]], "epsilon_spent": 0.1})
+    assert math.isnan(df["n"][1]) and math.isnan(df["n_ci95_hi"][1])
+    assert df["n"][0] == 12 and df.attrs["epsilon_spent"] == 0.1
