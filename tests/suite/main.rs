@@ -1,6 +1,7 @@
 //! End-to-end tests: real files, real SQLite, real Parquet, the real `secretum` binary.
 
 mod common;
+mod console;
 mod golden;
 mod ingest;
 mod notebooks;

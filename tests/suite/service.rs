@@ -64,7 +64,7 @@ fn agent() -> ureq::Agent {
 pub(crate) struct Reply {
     pub(crate) status: u16,
     content_type: String,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {

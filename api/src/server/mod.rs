@@ -7,6 +7,7 @@
 //! rate limiting happens after authentication ([`auth`]).
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod openapi;
 pub mod routes;
