@@ -1,5 +1,6 @@
 //! The Python client's tests and every researcher notebook, executed headlessly against a live
-//! server on loopback with a fresh synthetic warehouse.
+//! server on loopback with a fresh synthetic warehouse. Notebooks run in a fresh kernel each,
+//! through nbclient (`notebooks/run_notebooks.py`); pytest runs the client's own tests.
 //!
 //! Python comes from the machine (`python3` with `venv` and `pip`); the packages come from the
 //! package registry into a virtual environment kept between runs, like cargo's target directory
