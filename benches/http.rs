@@ -1,6 +1,7 @@
 //! Load on the HTTP service: 16 concurrent clients sending DP count queries over loopback HTTP
 //! to the real server (axum, auth, rate limiting off, audit, ledger), against the same queries
-//! run on the engine in-process by 16 threads, in the same run. Prints requests/s, p50 and p99
+//! run on the engine in-process by 16 threads under the server's admission limit, in the same
+//! run. Prints requests/s, p50 and p99
 //! latency for both and the HTTP overhead ratio.
 //!
 //! `cargo bench --bench http` (SECRETUM_BENCH_PATIENTS=1000000 and SECRETUM_BENCH_REQUESTS=320
@@ -151,7 +152,12 @@ fn main() {
     let handles: Vec<std::sync::Mutex<(Warehouse, Ledger)>> = (0..CLIENTS)
         .map(|_| std::sync::Mutex::new((Warehouse::open(&data).expect("open"), Ledger::open(&data).expect("ledger"))))
         .collect();
+    // The server runs at most `max_queries` queries at once and queues the rest; the in-process
+    // side gets the same admission limit, so that the ratio is the cost of HTTP, JSON, auth and
+    // audit rather than a difference in how many queries share the cores.
+    let admitted = std::sync::Arc::new(tokio::sync::Semaphore::new(Config::default().max_queries));
     let engine = |c: usize, i: usize| {
+        let _permit = rt.block_on(admitted.clone().acquire_owned()).expect("permit");
         let mut guard = handles[c].lock().expect("lock");
         let (wh, ledger) = &mut *guard;
         let req = QueryRequest { project: "bench".into(), sql: QUERIES[i % QUERIES.len()].into(), epsilon: 0.1, ..Default::default() };
