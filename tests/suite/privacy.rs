@@ -135,9 +135,11 @@ fn mean_noise_and_interval_coverage() {
         errors.push(v - mean);
         covered += usize::from(lo <= mean && mean <= hi);
     }
-    // Dominated by the sum's noise: scale 400 / 20,000 = 0.02 in mean units, variance 2·0.02².
+    // To first order the error is δS/n − (mean − 10)·δN/n: the sum's noise (scale 400, i.e.
+    // 400 / 20,000 = 0.02 in mean units, variance 2·0.02²) plus the count's (scale 40, weighted
+    // by the centred mean −3.5: variance 3.5²·2·(40 / 20,000)²).
     let var = errors.iter().map(|e| e * e).sum::<f64>() / RELEASES as f64;
-    let expected = 2.0 * 0.02f64.powi(2);
+    let expected = 2.0 * (400.0 / n).powi(2) + (mean - 10.0).powi(2) * 2.0 * (40.0 / n).powi(2);
     assert!((var / expected - 1.0).abs() < 0.2, "mean noise variance {var:.6}, expected about {expected:.6}");
     let coverage = covered as f64 / RELEASES as f64;
     assert!((0.93..=0.97).contains(&coverage), "95% intervals of the mean cover {:.1}%", coverage * 100.0);

@@ -136,6 +136,12 @@ pub(crate) fn warehouse(patients: u64) -> Fixture {
     fx
 }
 
+/// Lift the warehouse-wide per-patient cap (default ε 10) for tests that spend in a loop.
+fn generous_policy(data: &Path) {
+    let o = secretum(&["--data-dir", data.to_str().unwrap(), "policy", "set", "--patient-epsilon-cap", "1000000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 struct Tokens {
     admin: String,
     steward: String,
@@ -514,6 +520,7 @@ fn a_hundred_concurrent_queries_against_a_budget_for_ten_release_at_most_ten() {
 fn a_server_killed_mid_load_loses_no_committed_debit_or_audit_entry() {
     let fx = warehouse(300);
     let t = accounts(&fx.data);
+    generous_policy(&fx.data);
     let mut s = Server::start(&fx.data, &["--rate-limit", "0"]);
     let id = approved_project(&s, &t, 1000.0);
     let url = format!("{}/v1/projects/{id}/queries", s.url);
@@ -611,6 +618,7 @@ fn the_checked_in_openapi_document_matches_the_code() {
 fn sigterm_finishes_in_flight_queries_before_exiting() {
     let fx = warehouse(300);
     let t = accounts(&fx.data);
+    generous_policy(&fx.data);
     let mut s = Server::start(&fx.data, &["--rate-limit", "0"]);
     let id = approved_project(&s, &t, 1000.0);
     let url = format!("{}/v1/projects/{id}/queries", s.url);
