@@ -122,7 +122,7 @@ fn main() {
     eprintln!("warehouse of {patients} patients in {:.1}s", t.elapsed().as_secs_f64());
     let token = {
         let mut conn = Catalog::open(&data.join("catalog.sqlite")).expect("catalog").into_connection();
-        Accounts::new(&mut conn).add("bench", Role::Researcher).expect("user").1
+        Accounts::new(&mut conn).add("bench", "bench", Role::Researcher).expect("user").1
     };
     // Make the bench account a member of the project (it was created locally, with no owner).
     Catalog::open(&data.join("catalog.sqlite"))

@@ -107,57 +107,21 @@ pub fn project(data_dir: &Path, cmd: ProjectCommand) -> Result<()> {
             Ok(())
         }
         ProjectCommand::Approve { project, epsilon, delta, tables, expires_at } => {
-            let actor = local_actor();
-            let p = ledger.approve(&project, &actor, &Approval { epsilon, delta, tables, expires_at })?;
-            let detail = format!("granted tables {}; expires {}", p.tables.join(","), p.expires_at.as_deref().unwrap_or("never"));
-            record(
-                data_dir,
-                &Event {
-                    actor: &actor,
-                    action: "project.approved",
-                    project: Some(&p.name),
-                    epsilon: Some(p.epsilon),
-                    delta: Some(p.delta),
-                    outcome: "ok",
-                    detail: Some(&detail),
-                    ..Default::default()
-                },
-            )?;
-            print_project(&p);
+            print_project(&ledger.approve(&project, &local_actor(), &Approval { epsilon, delta, tables, expires_at })?);
             Ok(())
         }
         ProjectCommand::Reject { project, reason } => {
-            let actor = local_actor();
-            let p = ledger.reject(&project, &actor, &reason)?;
-            record(
-                data_dir,
-                &Event {
-                    actor: &actor,
-                    action: "project.rejected",
-                    project: Some(&p.name),
-                    outcome: "ok",
-                    detail: Some(&reason),
-                    ..Default::default()
-                },
-            )?;
-            print_project(&p);
+            print_project(&ledger.reject(&project, &local_actor(), &reason)?);
             Ok(())
         }
-        ProjectCommand::Suspend { project, reason } => transition(data_dir, &mut ledger, &project, Transition::Suspend, reason),
-        ProjectCommand::Resume { project } => transition(data_dir, &mut ledger, &project, Transition::Resume, None),
-        ProjectCommand::Close { project } => transition(data_dir, &mut ledger, &project, Transition::Close, None),
+        ProjectCommand::Suspend { project, reason } => transition(&mut ledger, &project, Transition::Suspend, reason),
+        ProjectCommand::Resume { project } => transition(&mut ledger, &project, Transition::Resume, None),
+        ProjectCommand::Close { project } => transition(&mut ledger, &project, Transition::Close, None),
     }
 }
 
-fn transition(data_dir: &Path, ledger: &mut Ledger, project: &str, t: Transition, reason: Option<String>) -> Result<()> {
-    let actor = local_actor();
-    let p = ledger.transition(project, &actor, t, reason.as_deref())?;
-    let action = format!("project.{}", p.status);
-    record(
-        data_dir,
-        &Event { actor: &actor, action: &action, project: Some(&p.name), outcome: "ok", detail: reason.as_deref(), ..Default::default() },
-    )?;
-    print_project(&p);
+fn transition(ledger: &mut Ledger, project: &str, t: Transition, reason: Option<String>) -> Result<()> {
+    print_project(&ledger.transition(project, &local_actor(), t, reason.as_deref())?);
     Ok(())
 }
 
@@ -168,12 +132,7 @@ pub fn user(data_dir: &Path, cmd: UserCommand) -> Result<()> {
     match cmd {
         UserCommand::Add { name, role } => {
             let role: Role = role.parse()?;
-            let (user, token) = Accounts::new(&mut conn).add(&name, role)?;
-            let detail = format!("{} as {}", user.name, user.role);
-            audit::append(
-                &mut conn,
-                &Event { actor: &actor, action: "user.added", outcome: "ok", detail: Some(&detail), ..Default::default() },
-            )?;
+            let (user, token) = Accounts::new(&mut conn).add(&actor, &name, role)?;
             eprintln!("created {} ({}); its token, shown only this once:", user.name, user.role);
             println!("{token}");
         }
@@ -186,20 +145,11 @@ pub fn user(data_dir: &Path, cmd: UserCommand) -> Result<()> {
             }
         }
         UserCommand::Revoke { name } => {
-            let n = Accounts::new(&mut conn).revoke(&name)?;
-            let detail = format!("{name}: {n} tokens");
-            audit::append(
-                &mut conn,
-                &Event { actor: &actor, action: "token.revoked", outcome: "ok", detail: Some(&detail), ..Default::default() },
-            )?;
+            let n = Accounts::new(&mut conn).revoke(&actor, &name)?;
             println!("revoked {n} token{} of {name}", if n == 1 { "" } else { "s" });
         }
         UserCommand::Rotate { name } => {
-            let token = Accounts::new(&mut conn).rotate(&name)?;
-            audit::append(
-                &mut conn,
-                &Event { actor: &actor, action: "token.rotated", outcome: "ok", detail: Some(&name), ..Default::default() },
-            )?;
+            let token = Accounts::new(&mut conn).rotate(&actor, &name)?;
             eprintln!("{name}'s old tokens are revoked; the new one, shown only this once:");
             println!("{token}");
         }

@@ -4,12 +4,14 @@
 //! issued; the catalog keeps only its SHA-256. Looking a token up by its hash needs no secret
 //! comparison, and a stolen catalog yields no usable token (the preimage is 256 random bits).
 //! Revoking or rotating takes effect on the next request: every request looks the hash up.
+//! Every change writes its audit entry (who did it, never the token) in the same transaction.
 
 use rand::RngCore;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::audit::{self, Event};
 use crate::catalog::now_rfc3339;
 use crate::error::{Error, Result};
 
@@ -109,8 +111,9 @@ impl<'c> Accounts<'c> {
         Accounts { conn }
     }
 
-    /// Create an account and its first token. The token is returned once and never stored.
-    pub fn add(&mut self, name: &str, role: Role) -> Result<(User, String)> {
+    /// Create an account and its first token, on `actor`'s behalf. The token is returned once
+    /// and never stored.
+    pub fn add(&mut self, actor: &str, name: &str, role: Role) -> Result<(User, String)> {
         check_name(name)?;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)", [name], |r| r.get(0))?;
@@ -119,6 +122,8 @@ impl<'c> Accounts<'c> {
         }
         tx.execute("INSERT INTO users (name, role, created_at) VALUES (?1, ?2, ?3)", params![name, role.as_str(), now_rfc3339()])?;
         let token = insert_token(&tx, tx.last_insert_rowid())?;
+        let detail = format!("{name} as {role}");
+        audit::append_in(&tx, &Event { actor, action: "user.added", outcome: "ok", detail: Some(&detail), ..Default::default() })?;
         tx.commit()?;
         Ok((self.get(name)?.expect("just created"), token))
     }
@@ -149,18 +154,25 @@ impl<'c> Accounts<'c> {
         names.iter().filter_map(|n| self.get(n).transpose()).collect()
     }
 
-    /// Revoke every token of an account. Returns how many were revoked.
-    pub fn revoke(&mut self, name: &str) -> Result<usize> {
+    /// Revoke every token of an account, on `actor`'s behalf. Returns how many were revoked.
+    pub fn revoke(&mut self, actor: &str, name: &str) -> Result<usize> {
         let id = self.user_id(name)?;
-        Ok(self.conn.execute("UPDATE tokens SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL", params![now_rfc3339(), id])?)
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let revoked =
+            tx.execute("UPDATE tokens SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL", params![now_rfc3339(), id])?;
+        let detail = format!("{name}: {revoked} tokens");
+        audit::append_in(&tx, &Event { actor, action: "token.revoked", outcome: "ok", detail: Some(&detail), ..Default::default() })?;
+        tx.commit()?;
+        Ok(revoked)
     }
 
-    /// Revoke every token of an account and issue a new one (returned once).
-    pub fn rotate(&mut self, name: &str) -> Result<String> {
+    /// Revoke every token of an account and issue a new one (returned once), on `actor`'s behalf.
+    pub fn rotate(&mut self, actor: &str, name: &str) -> Result<String> {
         let id = self.user_id(name)?;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("UPDATE tokens SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL", params![now_rfc3339(), id])?;
         let token = insert_token(&tx, id)?;
+        audit::append_in(&tx, &Event { actor, action: "token.rotated", outcome: "ok", detail: Some(name), ..Default::default() })?;
         tx.commit()?;
         Ok(token)
     }
@@ -224,26 +236,30 @@ mod tests {
     fn tokens_authenticate_until_revoked_and_rotation_replaces_them() {
         let (_d, mut c) = conn();
         let mut a = Accounts::new(&mut c);
-        let (user, token) = a.add("alice", Role::Researcher).unwrap();
+        let (user, token) = a.add("root", "alice", Role::Researcher).unwrap();
         assert_eq!(user.active_tokens.len(), 1);
         assert!(token.starts_with("sct_") && token.len() == 68);
         assert!(!user.active_tokens[0].prefix.is_empty() && token.starts_with(&user.active_tokens[0].prefix));
         assert_eq!(a.authenticate(&token).unwrap(), Some(Principal { name: "alice".into(), role: Role::Researcher }));
-        let rotated = a.rotate("alice").unwrap();
+        let rotated = a.rotate("root", "alice").unwrap();
         assert_ne!(rotated, token);
         assert_eq!(a.authenticate(&token).unwrap(), None, "the old token dies at once");
         assert!(a.authenticate(&rotated).unwrap().is_some());
-        assert_eq!(a.revoke("alice").unwrap(), 1);
+        assert_eq!(a.revoke("root", "alice").unwrap(), 1);
         assert_eq!(a.authenticate(&rotated).unwrap(), None);
-        assert!(a.add("alice", Role::Steward).is_err(), "names are unique");
-        assert!(a.add("bad name", Role::Steward).is_err());
+        assert!(a.add("root", "alice", Role::Steward).is_err(), "names are unique");
+        assert!(a.add("root", "bad name", Role::Steward).is_err());
         assert_eq!(a.authenticate("sct_00").unwrap(), None);
+        let log = crate::audit::entries(&c, &crate::audit::Filter::default()).unwrap();
+        let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["user.added", "token.rotated", "token.revoked"]);
+        assert!(log.iter().all(|e| e.actor == "root" && !e.detail.as_deref().unwrap_or("").contains(&token[4..])));
     }
 
     #[test]
     fn only_the_hash_is_stored() {
         let (_d, mut c) = conn();
-        let (_, token) = Accounts::new(&mut c).add("bob", Role::Steward).unwrap();
+        let (_, token) = Accounts::new(&mut c).add("root", "bob", Role::Steward).unwrap();
         let stored: Vec<String> = c
             .prepare("SELECT hash || prefix FROM tokens")
             .unwrap()

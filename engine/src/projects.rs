@@ -8,11 +8,13 @@
 //! ```
 //!
 //! Only `active` projects (not past their expiry) can be debited: that check lives in
-//! [`Ledger::debit`], inside the same transaction that spends.
+//! [`Ledger::debit`], inside the same transaction that spends. Every change of a project writes
+//! its audit entry in the transaction that makes the change, whoever calls (CLI or server).
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Deserialize;
 
+use crate::audit::{self, Event};
 use crate::budget::{Ledger, Project, project_in};
 use crate::catalog::now_rfc3339;
 use crate::error::{Error, Result};
@@ -196,9 +198,23 @@ impl Ledger {
             params![name, now_rfc3339(), title, req.purpose, owner, req.epsilon, req.delta, tables.join(","), req.duration_days],
         )?;
         let id = tx.last_insert_rowid();
-        for m in std::iter::once(owner).chain(req.members.iter().map(String::as_str)) {
-            tx.execute("INSERT OR IGNORE INTO project_members (project_id, user_name) VALUES (?1, ?2)", params![id, m])?;
+        let members: std::collections::BTreeSet<&str> = std::iter::once(owner).chain(req.members.iter().map(String::as_str)).collect();
+        for m in &members {
+            tx.execute("INSERT INTO project_members (project_id, user_name) VALUES (?1, ?2)", params![id, m])?;
         }
+        let members: Vec<&str> = members.into_iter().collect();
+        let detail = format!("tables {}; {} days; members {}", req.tables.join(","), req.duration_days, members.join(","));
+        let event = Event {
+            actor: owner,
+            action: "project.requested",
+            project: Some(&name),
+            epsilon: Some(req.epsilon),
+            delta: Some(req.delta),
+            outcome: "ok",
+            detail: Some(&detail),
+            ..Default::default()
+        };
+        audit::append_in(&tx, &event)?;
         tx.commit()?;
         self.existing(&name)
     }
@@ -240,7 +256,8 @@ impl Ledger {
                 (chrono::Utc::now() + chrono::Duration::days(days)).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
             }
         };
-        let changed = self.conn.execute(
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
             "UPDATE projects SET status = 'active', epsilon = ?1, delta = ?2, tables = ?3, expires_at = ?4,
                                  decided_by = ?5, decided_at = ?6 WHERE id = ?7 AND status = 'pending'",
             params![epsilon, delta, tables.join(","), expires_at, steward, now, p.id],
@@ -248,6 +265,19 @@ impl Ledger {
         if changed == 0 {
             return Err(Error::Conflict(format!("project {} was decided concurrently", p.name)));
         }
+        let detail = format!("granted tables {}; expires {expires_at}", tables.join(","));
+        let event = Event {
+            actor: steward,
+            action: "project.approved",
+            project: Some(&p.name),
+            epsilon: Some(epsilon),
+            delta: Some(delta),
+            outcome: "ok",
+            detail: Some(&detail),
+            ..Default::default()
+        };
+        audit::append_in(&tx, &event)?;
+        tx.commit()?;
         self.existing(&p.name)
     }
 
@@ -257,13 +287,25 @@ impl Ledger {
         if reason.trim().is_empty() || reason.len() > 5000 {
             return Err(Error::Usage("reason must be 1 to 5000 bytes".into()));
         }
-        let changed = self.conn.execute(
+        let reason = reason.trim();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
             "UPDATE projects SET status = 'rejected', reason = ?1, decided_by = ?2, decided_at = ?3 WHERE id = ?4 AND status = 'pending'",
-            params![reason.trim(), steward, now_rfc3339(), p.id],
+            params![reason, steward, now_rfc3339(), p.id],
         )?;
         if changed == 0 {
             return Err(Error::Conflict(format!("project {} is {}; only pending requests can be rejected", p.name, p.status)));
         }
+        let event = Event {
+            actor: steward,
+            action: "project.rejected",
+            project: Some(&p.name),
+            outcome: "ok",
+            detail: Some(reason),
+            ..Default::default()
+        };
+        audit::append_in(&tx, &event)?;
+        tx.commit()?;
         self.existing(&p.name)
     }
 
@@ -278,10 +320,15 @@ impl Ledger {
         if !from.contains(&p.status.as_str()) {
             return Err(Error::Conflict(format!("project {} is {}; cannot {} it", p.name, p.status, t.verb())));
         }
-        self.conn.execute(
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
             "UPDATE projects SET status = ?1, reason = COALESCE(?2, reason), decided_by = ?3, decided_at = ?4 WHERE id = ?5",
             params![to, reason, steward, now_rfc3339(), p.id],
         )?;
+        let action = format!("project.{to}");
+        let event = Event { actor: steward, action: &action, project: Some(&p.name), outcome: "ok", detail: reason, ..Default::default() };
+        audit::append_in(&tx, &event)?;
+        tx.commit()?;
         self.existing(&p.name)
     }
 }
@@ -348,6 +395,19 @@ mod tests {
         assert!(matches!(l.approve("999", "sue", &Approval::default()), Err(Error::NotFound(_))));
         assert_eq!(l.projects_of("bob").unwrap().len(), 2);
         assert_eq!(l.projects_of("carol").unwrap().len(), 0);
+        // Each change wrote its audit entry with it, and the chain holds.
+        let actions: Vec<String> = audit::entries(&l.conn, &audit::Filter::default()).unwrap().into_iter().map(|e| e.action).collect();
+        let want = [
+            "project.requested",
+            "project.requested",
+            "project.approved",
+            "project.suspended",
+            "project.active",
+            "project.closed",
+            "project.rejected",
+        ];
+        assert_eq!(actions, want);
+        assert!(audit::verify(&l.conn).unwrap().ok());
     }
 
     #[test]

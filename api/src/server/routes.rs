@@ -254,20 +254,6 @@ async fn request_project(
             Accounts::new(&mut conn).list()?.into_iter().filter(|u| u.role == Role::Researcher).map(|u| u.name).collect();
         let mut ledger = st.ledger()?;
         let p = ledger.request_project(caller.name(), &req, &known, &researchers)?;
-        let detail = format!("tables {}; {} days; members {}", req.tables.join(","), req.duration_days, p.members.join(","));
-        record(
-            st,
-            &Event {
-                actor: caller.name(),
-                action: "project.requested",
-                project: Some(&p.name),
-                epsilon: Some(req.epsilon),
-                delta: Some(req.delta),
-                outcome: "ok",
-                detail: Some(&detail),
-                ..Default::default()
-            },
-        )?;
         Ok((StatusCode::CREATED, Json(p)))
     })
     .await
@@ -323,20 +309,6 @@ async fn approve(
     st.blocking(move |st| {
         let mut ledger = st.ledger()?;
         let p = ledger.approve(&id, caller.name(), &approval)?;
-        let detail = format!("granted tables {}; expires {}", p.tables.join(","), p.expires_at.as_deref().unwrap_or("never"));
-        record(
-            st,
-            &Event {
-                actor: caller.name(),
-                action: "project.approved",
-                project: Some(&p.name),
-                epsilon: Some(p.epsilon),
-                delta: Some(p.delta),
-                outcome: "ok",
-                detail: Some(&detail),
-                ..Default::default()
-            },
-        )?;
         Ok(Json(p))
     })
     .await
@@ -363,17 +335,6 @@ async fn reject(
     let reason = body?.0.reason;
     st.blocking(move |st| {
         let p = st.ledger()?.reject(&id, caller.name(), &reason)?;
-        record(
-            st,
-            &Event {
-                actor: caller.name(),
-                action: "project.rejected",
-                project: Some(&p.name),
-                outcome: "ok",
-                detail: Some(&reason),
-                ..Default::default()
-            },
-        )?;
         Ok(Json(p))
     })
     .await
@@ -399,18 +360,6 @@ async fn transition(
     };
     st.blocking(move |st| {
         let p = st.ledger()?.transition(&id, caller.name(), t, reason.as_deref())?;
-        let action = format!("project.{}", p.status);
-        record(
-            st,
-            &Event {
-                actor: caller.name(),
-                action: &action,
-                project: Some(&p.name),
-                outcome: "ok",
-                detail: reason.as_deref(),
-                ..Default::default()
-            },
-        )?;
         Ok(Json(p))
     })
     .await
@@ -735,9 +684,7 @@ async fn add_user(
     caller.require(&[Role::Admin], "managing accounts")?;
     let new = body?.0;
     st.blocking(move |st| {
-        let (user, token) = Accounts::new(&mut st.connection()?).add(&new.name, new.role)?;
-        let detail = format!("{} as {}", user.name, user.role);
-        record(st, &Event { actor: caller.name(), action: "user.added", outcome: "ok", detail: Some(&detail), ..Default::default() })?;
+        let (user, token) = Accounts::new(&mut st.connection()?).add(caller.name(), &new.name, new.role)?;
         Ok((StatusCode::CREATED, Json(IssuedToken { user, token })))
     })
     .await
@@ -755,9 +702,7 @@ pub struct Revoked {
 async fn revoke_user(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Revoked>> {
     caller.require(&[Role::Admin], "managing accounts")?;
     st.blocking(move |st| {
-        let revoked = Accounts::new(&mut st.connection()?).revoke(&name)?;
-        let detail = format!("{name}: {revoked} tokens");
-        record(st, &Event { actor: caller.name(), action: "token.revoked", outcome: "ok", detail: Some(&detail), ..Default::default() })?;
+        let revoked = Accounts::new(&mut st.connection()?).revoke(caller.name(), &name)?;
         Ok(Json(Revoked { revoked }))
     })
     .await
@@ -776,8 +721,7 @@ pub struct Rotated {
 async fn rotate_user(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Rotated>> {
     caller.require(&[Role::Admin], "managing accounts")?;
     st.blocking(move |st| {
-        let token = Accounts::new(&mut st.connection()?).rotate(&name)?;
-        record(st, &Event { actor: caller.name(), action: "token.rotated", outcome: "ok", detail: Some(&name), ..Default::default() })?;
+        let token = Accounts::new(&mut st.connection()?).rotate(caller.name(), &name)?;
         Ok(Json(Rotated { token }))
     })
     .await
