@@ -17,7 +17,8 @@ fn noisy(a: &Answer, col: usize) -> bool {
     a.rows.iter().any(|r| r[col].is_object())
 }
 
-fn plain(v: &Value) -> String {
+/// A JSON cell as plain text (strings unquoted, null empty).
+pub(crate) fn plain(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),

@@ -16,8 +16,13 @@ fn local_actor() -> String {
     format!("local:{}", std::env::var("USER").unwrap_or_else(|_| "steward".into()))
 }
 
+/// A connection to the warehouse's catalog database (catalog, ledger, accounts, audit).
+fn catalog_connection(data_dir: &Path) -> Result<rusqlite::Connection> {
+    Ok(secretum_engine::catalog::Catalog::open(&secretum_engine::catalog::Layout::new(data_dir).catalog())?.into_connection())
+}
+
 fn record(data_dir: &Path, event: &Event<'_>) -> Result<()> {
-    let mut conn = secretum_engine::catalog::Catalog::open(&secretum_engine::catalog::Layout::new(data_dir).catalog())?.into_connection();
+    let mut conn = catalog_connection(data_dir)?;
     audit::append(&mut conn, event)?;
     Ok(())
 }
@@ -127,7 +132,7 @@ fn transition(ledger: &mut Ledger, project: &str, t: Transition, reason: Option<
 
 pub fn user(data_dir: &Path, cmd: UserCommand) -> Result<()> {
     Warehouse::open(data_dir)?;
-    let mut conn = secretum_engine::catalog::Catalog::open(&secretum_engine::catalog::Layout::new(data_dir).catalog())?.into_connection();
+    let mut conn = catalog_connection(data_dir)?;
     let actor = local_actor();
     match cmd {
         UserCommand::Add { name, role } => {
@@ -159,7 +164,7 @@ pub fn user(data_dir: &Path, cmd: UserCommand) -> Result<()> {
 
 pub fn audit(data_dir: &Path, cmd: AuditCommand) -> Result<()> {
     Warehouse::open(data_dir)?;
-    let conn = secretum_engine::catalog::Catalog::open(&secretum_engine::catalog::Layout::new(data_dir).catalog())?.into_connection();
+    let conn = catalog_connection(data_dir)?;
     match cmd {
         AuditCommand::Verify => {
             let v = audit::verify(&conn)?;
@@ -306,28 +311,20 @@ fn footer(a: &Answer) -> String {
     s
 }
 
-fn plain(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 fn show_cell(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Null => "(suppressed)".into(),
         serde_json::Value::Object(o) => {
-            let value = o.get("value").map(plain).unwrap_or_default();
+            let value = o.get("value").map(crate::format::plain).unwrap_or_default();
             if let Some(h) = o.get("ci95_half_width") {
-                return if h.is_null() { "± (depends on n)".into() } else { format!("± {}", plain(h)) };
+                return if h.is_null() { "± (depends on n)".into() } else { format!("± {}", crate::format::plain(h)) };
             }
             match o.get("ci95").and_then(|c| c.as_array()) {
-                Some(ci) if ci.len() == 2 => format!("{value} [{}, {}]", plain(&ci[0]), plain(&ci[1])),
+                Some(ci) if ci.len() == 2 => format!("{value} [{}, {}]", crate::format::plain(&ci[0]), crate::format::plain(&ci[1])),
                 _ => value,
             }
         }
-        other => plain(other),
+        other => crate::format::plain(other),
     }
 }
 

@@ -53,13 +53,6 @@ pub fn router() -> Router<AppState> {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// Record an event; a failure to record is a server error (nothing is answered unaudited).
-fn record(st: &AppState, event: &Event<'_>) -> ApiResult<()> {
-    let mut conn = st.connection()?;
-    audit::append(&mut conn, event)?;
-    Ok(())
-}
-
 /// The project as this caller may see it: stewards see all, researchers only their own.
 fn visible(ledger: &Ledger, caller: &Caller, reference: &str) -> ApiResult<Project> {
     let not_found = || ApiError::not_found(format!("no project {reference:?} visible to {}", caller.name()));
@@ -482,9 +475,12 @@ async fn query(
                 max_groups: body.max_groups,
             };
             let spends = !(req.dry_run || req.target_ci.is_some());
-            let event = |action: &str, outcome: &str, detail: Option<&str>, digest: Option<&str>, e: Option<f64>, d: Option<f64>| {
-                record(
-                    st,
+            // One connection for the query's audit entries; a failure to record is a server
+            // error (nothing is answered unaudited).
+            let mut audit_log = st.connection()?;
+            let mut event = |action: &str, outcome: &str, detail: Option<&str>, digest: Option<&str>, e: Option<f64>, d: Option<f64>| {
+                audit::append(
+                    &mut audit_log,
                     &Event {
                         actor: caller.name(),
                         action,
@@ -497,6 +493,7 @@ async fn query(
                         result_digest: digest,
                     },
                 )
+                .map(drop)
             };
             event("query.submitted", "ok", (!spends).then_some("dry run"), None, Some(req.epsilon), req.delta)?;
             let wh = st.warehouse()?;
