@@ -160,7 +160,13 @@ fn main() {
         let _permit = rt.block_on(admitted.clone().acquire_owned()).expect("permit");
         let mut guard = handles[c].lock().expect("lock");
         let (wh, ledger) = &mut *guard;
-        let req = QueryRequest { project: "bench".into(), sql: QUERIES[i % QUERIES.len()].into(), epsilon: 0.1, ..Default::default() };
+        let req = QueryRequest {
+            actor: "bench".into(),
+            project: "bench".into(),
+            sql: QUERIES[i % QUERIES.len()].into(),
+            epsilon: 0.1,
+            ..Default::default()
+        };
         rt.block_on(dp::run(wh, ledger, &req, Noise::OpenDp)).expect("dp");
     };
     // Warm both paths (page cache, lazy statics), then measure them back to back.

@@ -117,7 +117,7 @@ async fn plain(ctx: &SessionContext, sql: &str) -> usize {
 }
 
 async fn private(wh: &Warehouse, ledger: &mut Ledger, sql: &str) -> usize {
-    let req = QueryRequest { project: "bench".into(), sql: sql.into(), epsilon: 0.5, ..Default::default() };
+    let req = QueryRequest { actor: "bench".into(), project: "bench".into(), sql: sql.into(), epsilon: 0.5, ..Default::default() };
     dp::run(wh, ledger, &req, Noise::OpenDp).await.expect("dp").rows.len()
 }
 

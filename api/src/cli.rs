@@ -94,6 +94,9 @@ pub enum Command {
     Audit(AuditCommand),
     /// Print the HTTP API's OpenAPI 3 document.
     Openapi,
+    /// Every function and operator a query may use, with what it gives where SQL would raise an
+    /// error (queries are evaluated with total semantics: nothing can fail on a data value).
+    Functions,
     /// The whole job on a temporary warehouse: generate, init, ingest every table, summarize, query.
     Demo {
         #[arg(long, default_value_t = 20_000)]
@@ -227,6 +230,9 @@ pub enum PolicyCommand {
         /// The total ε any one patient may lose across all projects together.
         #[arg(long)]
         patient_epsilon_cap: Option<f64>,
+        /// The total δ any one patient may lose across all projects together (default 1e-5).
+        #[arg(long)]
+        patient_delta_cap: Option<f64>,
         /// The largest ε a single query may spend.
         #[arg(long)]
         query_epsilon_cap: Option<f64>,
@@ -237,7 +243,7 @@ pub enum PolicyCommand {
         #[arg(long)]
         round_digits: Option<u32>,
     },
-    /// Print the policy and the ε spent warehouse-wide.
+    /// Print the policy and the ε and δ spent warehouse-wide.
     Show,
 }
 
@@ -282,6 +288,7 @@ pub struct QueryArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
+    quiet_panics();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -289,6 +296,14 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A panic's message could quote a value it was handed; log where it happened, never what.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(location = %at, "internal panic (its message is not logged: it could quote a value)");
+    }));
 }
 
 fn init_tracing(default: &str) {
@@ -338,6 +353,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Audit(cmd) => crate::local::audit(&data_dir, cmd),
         Command::Openapi => {
             println!("{}", crate::server::openapi::document());
+            Ok(())
+        }
+        Command::Functions => {
+            print!("{}", secretum_engine::dp::total::describe());
             Ok(())
         }
         Command::Serve(args) => serve(explicit_data_dir, args),

@@ -202,11 +202,17 @@ pub fn audit(data_dir: &Path, cmd: AuditCommand) -> Result<()> {
 pub fn policy(data_dir: &Path, cmd: PolicyCommand) -> Result<()> {
     let (_wh, mut ledger) = ledger(data_dir)?;
     let p = match cmd {
-        PolicyCommand::Set { patient_epsilon_cap, query_epsilon_cap, suppression_threshold, round_digits } => {
-            let p = ledger.set_policy(&PolicyUpdate { patient_epsilon_cap, query_epsilon_cap, suppression_threshold, round_digits })?;
+        PolicyCommand::Set { patient_epsilon_cap, patient_delta_cap, query_epsilon_cap, suppression_threshold, round_digits } => {
+            let p = ledger.set_policy(&PolicyUpdate {
+                patient_epsilon_cap,
+                patient_delta_cap,
+                query_epsilon_cap,
+                suppression_threshold,
+                round_digits,
+            })?;
             let detail = format!(
-                "patient ε cap {}, query ε cap {}, suppression threshold {}, rounding {} digits",
-                p.patient_epsilon_cap, p.query_epsilon_cap, p.suppression_threshold, p.round_digits
+                "patient ε cap {}, patient δ cap {:e}, query ε cap {}, suppression threshold {}, rounding {} digits",
+                p.patient_epsilon_cap, p.patient_delta_cap, p.query_epsilon_cap, p.suppression_threshold, p.round_digits
             );
             record(
                 data_dir,
@@ -217,10 +223,12 @@ pub fn policy(data_dir: &Path, cmd: PolicyCommand) -> Result<()> {
         PolicyCommand::Show => ledger.policy()?,
     };
     println!("patient ε cap (all projects together): {}", p.patient_epsilon_cap);
+    println!("patient δ cap (all projects together): {:e}", p.patient_delta_cap);
     println!("per-query ε cap:                       {}", p.query_epsilon_cap);
     println!("small-cell suppression threshold:      {}", p.suppression_threshold);
     println!("rounding of non-count values:          {} decimal digits", p.round_digits);
     println!("ε spent by all projects:               {:.6}", ledger.warehouse_epsilon_spent()?);
+    println!("δ spent by all projects:               {:e}", ledger.warehouse_delta_spent()?);
     Ok(())
 }
 
@@ -236,6 +244,7 @@ pub fn query(data_dir: &Path, args: &QueryArgs) -> Result<()> {
     }
     let (wh, mut ledger) = ledger(data_dir)?;
     let req = QueryRequest {
+        actor: local_actor(),
         project: args.project.clone(),
         sql: args.sql.clone(),
         epsilon: args.epsilon,
@@ -358,7 +367,7 @@ pub fn demo_queries(data_dir: &Path) -> Result<()> {
     let rt = runtime()?;
     for (title, sql, epsilon) in queries {
         println!("\n-- {title} (ε {epsilon})\n{sql}\n");
-        let req = QueryRequest { project: p.name.clone(), sql: sql.into(), epsilon, ..Default::default() };
+        let req = QueryRequest { actor: local_actor(), project: p.name.clone(), sql: sql.into(), epsilon, ..Default::default() };
         match rt.block_on(dp::run(&wh, &mut ledger, &req, Noise::OpenDp)) {
             Ok(a) => print_answer(&a, "table"),
             Err(e) => println!("refused: {e}"),
@@ -366,6 +375,7 @@ pub fn demo_queries(data_dir: &Path) -> Result<()> {
     }
     println!("\n-- and a query the privacy rules refuse:\nSELECT person_id, year_of_birth FROM person");
     let req = QueryRequest {
+        actor: local_actor(),
         project: p.name.clone(),
         sql: "SELECT person_id, year_of_birth FROM person".into(),
         epsilon: 0.1,

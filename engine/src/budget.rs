@@ -5,8 +5,13 @@
 //! taken over every project, bound what any one patient can lose, because a patient may be
 //! in every project's data: that total is held under the warehouse-wide per-patient cap.
 //!
+//! The per-patient caps bound ε and δ separately: under basic composition the (ε, δ) of all
+//! releases together is (Σεᵢ, Σδᵢ), so capping each sum caps what any one patient can lose.
+//!
 //! Every debit is one `BEGIN IMMEDIATE` SQLite transaction that reads what was spent, checks
-//! it against the project's grant and the warehouse cap, and inserts the debit. SQLite
+//! it against the project's grant and the warehouse caps, inserts the debit and writes the
+//! query's `query.submitted` audit entry; the settlement writes `query.answered` (with the
+//! answer's digest) or `query.failed` in the transaction that records the outcome. SQLite
 //! serializes immediate transactions across threads and processes, so concurrent queries can
 //! never both see the same remaining budget; with `synchronous = FULL` the debit is on disk
 //! before [`Ledger::debit`] returns, which is before any data is read. A query that fails or
@@ -17,7 +22,9 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
+use crate::audit;
 use crate::catalog::{Catalog, now_rfc3339};
+use crate::dp::{QueryError, QueryRequest};
 use crate::error::{Error, Result};
 
 /// Slack for float sums: ten debits of 0.1 must fit a budget of 1.0.
@@ -31,6 +38,8 @@ pub const MAX_QUERY_DELTA: f64 = 1e-3;
 pub struct Policy {
     /// The total ε any one patient may lose, summed over every project.
     pub patient_epsilon_cap: f64,
+    /// The total δ any one patient may lose, summed over every project.
+    pub patient_delta_cap: f64,
     /// The largest ε one query may spend.
     pub query_epsilon_cap: f64,
     /// Noisy counts under this threshold are suppressed (0 disables).
@@ -41,9 +50,10 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Policy {
-        // Conservative: a patient's total loss across every project stays at ε = 10 unless a
-        // steward decides otherwise; one query spends at most ε = 1.
-        Policy { patient_epsilon_cap: 10.0, query_epsilon_cap: 1.0, suppression_threshold: 10, round_digits: 2 }
+        // Conservative: a patient's total loss across every project stays at ε = 10 and
+        // δ = 1e-5 (ten partition-selection queries at δ = 1e-6) unless a steward decides
+        // otherwise; one query spends at most ε = 1.
+        Policy { patient_epsilon_cap: 10.0, patient_delta_cap: 1e-5, query_epsilon_cap: 1.0, suppression_threshold: 10, round_digits: 2 }
     }
 }
 
@@ -51,6 +61,7 @@ impl Default for Policy {
 #[derive(Debug, Clone, Default)]
 pub struct PolicyUpdate {
     pub patient_epsilon_cap: Option<f64>,
+    pub patient_delta_cap: Option<f64>,
     pub query_epsilon_cap: Option<f64>,
     pub suppression_threshold: Option<u32>,
     pub round_digits: Option<u32>,
@@ -118,11 +129,23 @@ pub enum Refused {
         "warehouse per-patient cap reached: all projects together have spent ε {spent:.6} of the cap {cap}, the query asks for {asked}"
     )]
     PatientCap { spent: f64, cap: f64, asked: f64 },
+    #[error(
+        "warehouse per-patient δ cap reached: all projects together have spent δ {spent:e} of the cap {cap:e}, the query asks for {asked:e}"
+    )]
+    PatientDeltaCap { spent: f64, cap: f64, asked: f64 },
 }
 
-/// A durable debit: the ledger row that charged a query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Debit(pub i64);
+/// A durable debit: the ledger row that charged a query. Only [`Ledger::debit`] makes one, and
+/// settling consumes it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Debit(i64);
+
+impl Debit {
+    /// The ledger entry (the query's id).
+    pub fn id(&self) -> i64 {
+        self.0
+    }
+}
 
 /// The ledger over the catalog database.
 pub struct Ledger {
@@ -148,6 +171,9 @@ impl Ledger {
         if let Some(v) = get("policy.patient_epsilon_cap")? {
             p.patient_epsilon_cap = v.parse().unwrap_or(p.patient_epsilon_cap);
         }
+        if let Some(v) = get("policy.patient_delta_cap")? {
+            p.patient_delta_cap = v.parse().unwrap_or(p.patient_delta_cap);
+        }
         if let Some(v) = get("policy.query_epsilon_cap")? {
             p.query_epsilon_cap = v.parse().unwrap_or(p.query_epsilon_cap);
         }
@@ -167,6 +193,11 @@ impl Ledger {
         };
         positive("--patient-epsilon-cap", update.patient_epsilon_cap)?;
         positive("--query-epsilon-cap", update.query_epsilon_cap)?;
+        if let Some(d) = update.patient_delta_cap
+            && !(d.is_finite() && (0.0..1.0).contains(&d))
+        {
+            return Err(Error::Usage(format!("--patient-delta-cap must be in [0, 1), got {d}")));
+        }
         if update.round_digits.is_some_and(|d| d > 12) {
             return Err(Error::Usage("--round-digits must be at most 12".into()));
         }
@@ -181,6 +212,7 @@ impl Ledger {
             Ok(())
         };
         set("policy.patient_epsilon_cap", update.patient_epsilon_cap.map(|v| v.to_string()))?;
+        set("policy.patient_delta_cap", update.patient_delta_cap.map(|v| v.to_string()))?;
         set("policy.query_epsilon_cap", update.query_epsilon_cap.map(|v| v.to_string()))?;
         set("policy.suppression_threshold", update.suppression_threshold.map(|v| v.to_string()))?;
         set("policy.round_digits", update.round_digits.map(|v| v.to_string()))?;
@@ -233,11 +265,17 @@ impl Ledger {
         Ok(self.conn.query_row("SELECT COALESCE(SUM(epsilon), 0) FROM ledger", [], |r| r.get(0))?)
     }
 
-    /// Check and spend, atomically and durably. On `Ok` the debit is on disk.
-    pub fn debit(&mut self, project: &str, epsilon: f64, delta: f64, sql: &str) -> Result<std::result::Result<Debit, Refused>> {
+    /// δ spent by every project together.
+    pub fn warehouse_delta_spent(&self) -> Result<f64> {
+        Ok(self.conn.query_row("SELECT COALESCE(SUM(delta), 0) FROM ledger", [], |r| r.get(0))?)
+    }
+
+    /// Check and spend, atomically and durably, and audit the submission in the same
+    /// transaction. On `Ok` the debit and its audit entry are on disk.
+    pub fn debit(&mut self, req: &QueryRequest, epsilon: f64, delta: f64) -> Result<std::result::Result<Debit, Refused>> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let Some(p) = project_in(&tx, project)? else {
-            return Ok(Err(Refused::UnknownProject(project.into())));
+        let Some(p) = project_in(&tx, &req.project)? else {
+            return Ok(Err(Refused::UnknownProject(req.project.clone())));
         };
         if p.status != "active" {
             return Ok(Err(Refused::NotActive { project: p.name, status: p.status }));
@@ -248,34 +286,85 @@ impl Ledger {
         if delta > 0.0 && p.delta_spent + delta > p.delta * (1.0 + 1e-9) {
             return Ok(Err(Refused::Delta { project: p.name.clone(), remaining: p.delta_remaining(), asked: delta }));
         }
-        let cap: f64 = tx
-            .query_row("SELECT value FROM meta WHERE key = 'policy.patient_epsilon_cap'", [], |r| r.get::<_, String>(0))
-            .optional()?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(Policy::default().patient_epsilon_cap);
-        let spent: f64 = tx.query_row("SELECT COALESCE(SUM(epsilon), 0) FROM ledger", [], |r| r.get(0))?;
+        let policy = |key: &str, default: f64| -> Result<f64> {
+            Ok(tx
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get::<_, String>(0))
+                .optional()?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default))
+        };
+        let defaults = Policy::default();
+        let cap = policy("policy.patient_epsilon_cap", defaults.patient_epsilon_cap)?;
+        let delta_cap = policy("policy.patient_delta_cap", defaults.patient_delta_cap)?;
+        let (spent, delta_spent): (f64, f64) =
+            tx.query_row("SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM ledger", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
         if spent + epsilon > cap + EPS_SLACK {
             return Ok(Err(Refused::PatientCap { spent, cap, asked: epsilon }));
         }
+        if delta > 0.0 && delta_spent + delta > delta_cap * (1.0 + 1e-9) {
+            return Ok(Err(Refused::PatientDeltaCap { spent: delta_spent, cap: delta_cap, asked: delta }));
+        }
         tx.execute(
             "INSERT INTO ledger (project_id, epsilon, delta, sql, status, created_at) VALUES (?1, ?2, ?3, ?4, 'debited', ?5)",
-            params![p.id, epsilon, delta, sql, now_rfc3339()],
+            params![p.id, epsilon, delta, req.sql, now_rfc3339()],
         )?;
         let id = tx.last_insert_rowid();
+        let detail = format!("ledger entry {id}");
+        audit::append_in(&tx, &query_event(req, "query.submitted", "ok", Some(&detail), None, Some(epsilon), Some(delta)))?;
         tx.commit()?;
         Ok(Ok(Debit(id)))
     }
 
-    /// Record how a charged query ended (`released` or `failed`). The charge itself stays.
-    pub fn settle(&self, debit: Debit, outcome: &str) -> Result<()> {
-        // The outcome is bookkeeping: the charge was made durable by `debit`, and a settle lost
-        // to a power cut leaves the row `debited`, still charged. So this write skips the fsync
-        // (WAL with synchronous = NORMAL survives a killed process, only not a power cut).
+    /// Record that a charged query was answered, with the answer's digest. The charge stays.
+    pub fn settle_released(&self, debit: Debit, req: &QueryRequest, digest: &str) -> Result<()> {
+        let (epsilon, delta): (f64, f64) =
+            self.conn.query_row("SELECT epsilon, delta FROM ledger WHERE id = ?1", [debit.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let detail = format!("ledger entry {}", debit.0);
+        self.settle(debit, "released", &query_event(req, "query.answered", "ok", Some(&detail), Some(digest), Some(epsilon), Some(delta)))
+    }
+
+    /// Record that a charged query failed while running, by the kind of failure only. The
+    /// charge stays.
+    pub fn settle_failed(&self, debit: Debit, req: &QueryRequest, kind: &str) -> Result<()> {
+        let detail = format!("ledger entry {}: {kind} failure while running", debit.0);
+        self.settle(debit, "failed", &query_event(req, "query.failed", "failed", Some(&detail), None, None, None))
+    }
+
+    fn settle(&self, debit: Debit, outcome: &str, event: &audit::Event<'_>) -> Result<()> {
+        // The outcome is bookkeeping: the charge and the submission's audit entry were made
+        // durable by `debit`, and a settlement lost to a power cut leaves the row `debited`,
+        // still charged. So this write skips the fsync (WAL with synchronous = NORMAL survives a
+        // killed process, only not a power cut).
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let done =
-            self.conn.execute("UPDATE ledger SET status = ?1, finished_at = ?2 WHERE id = ?3", params![outcome, now_rfc3339(), debit.0]);
+        let done = (|| -> Result<()> {
+            let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+            tx.execute("UPDATE ledger SET status = ?1, finished_at = ?2 WHERE id = ?3", params![outcome, now_rfc3339(), debit.0])?;
+            audit::append_in(&tx, event)?;
+            tx.commit()?;
+            Ok(())
+        })();
         self.conn.pragma_update(None, "synchronous", "FULL")?;
-        done?;
+        done
+    }
+
+    /// Audit a query that was refused (by a rule or by the ledger) or failed before reading any
+    /// data: nothing was spent.
+    pub fn audit_query_refused(&mut self, req: &QueryRequest, e: &QueryError) -> Result<()> {
+        let (action, outcome, detail) = match e {
+            QueryError::Refused(r) => ("query.refused", "refused", format!("{}: {}", r.rule, r.message)),
+            QueryError::Budget(b) => ("query.refused", "refused", b.to_string()),
+            QueryError::Failed(id) => ("query.failed", "failed", format!("ledger entry {id}")),
+            QueryError::Internal(_) => ("query.failed", "failed", "internal error before any data was read; nothing was spent".to_owned()),
+        };
+        audit::append(&mut self.conn, &query_event(req, action, outcome, Some(&detail), None, None, None))?;
+        Ok(())
+    }
+
+    /// Audit a dry run (or a `target_ci` question): nothing spent, nothing read.
+    pub fn audit_dry_run(&mut self, req: &QueryRequest, digest: &str) -> Result<()> {
+        let detail =
+            if req.target_ci.is_some() { "accuracy target: nothing spent, no data read" } else { "dry run: nothing spent, no data read" };
+        audit::append(&mut self.conn, &query_event(req, "query.dry_run", "ok", Some(detail), Some(digest), Some(req.epsilon), req.delta))?;
         Ok(())
     }
 
@@ -287,6 +376,28 @@ impl Ledger {
         )?;
         let rows = stmt.query_map([project], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn query_event<'a>(
+    req: &'a QueryRequest,
+    action: &'a str,
+    outcome: &'a str,
+    detail: Option<&'a str>,
+    result_digest: Option<&'a str>,
+    epsilon: Option<f64>,
+    delta: Option<f64>,
+) -> audit::Event<'a> {
+    audit::Event {
+        actor: &req.actor,
+        action,
+        project: Some(&req.project),
+        sql: Some(&req.sql),
+        epsilon,
+        delta,
+        outcome,
+        detail,
+        result_digest,
     }
 }
 

@@ -362,7 +362,16 @@ mod tests {
         let p = l.request_project("alice", &request(), &known, &["alice".into(), "bob".into()]).unwrap();
         assert_eq!((p.name.as_str(), p.status.as_str()), ("diabetes-by-decade-2026", "pending"));
         assert_eq!(p.members, vec!["alice", "bob"]);
-        assert!(l.debit(&p.name, 0.1, 0.0, "q").unwrap().is_err(), "pending projects cannot spend");
+        assert!(
+            l.debit(
+                &crate::dp::QueryRequest { actor: "t".into(), project: p.name.clone(), sql: "q".into(), ..Default::default() },
+                0.1,
+                0.0
+            )
+            .unwrap()
+            .is_err(),
+            "pending projects cannot spend"
+        );
 
         let second = l.request_project("alice", &request(), &known, &["bob".into()]).unwrap();
         assert_eq!(second.name, "diabetes-by-decade-2026-2");
@@ -376,11 +385,27 @@ mod tests {
         assert_eq!((p.status.as_str(), p.epsilon, p.tables.clone()), ("active", 1.0, vec!["person".to_string()]));
         assert!(p.expires_at.is_some());
         assert!(matches!(l.approve(&p.name, "sue", &grant), Err(Error::Conflict(_))));
-        assert!(l.debit(&p.name, 0.1, 0.0, "q").unwrap().is_ok());
+        assert!(
+            l.debit(
+                &crate::dp::QueryRequest { actor: "t".into(), project: p.name.clone(), sql: "q".into(), ..Default::default() },
+                0.1,
+                0.0
+            )
+            .unwrap()
+            .is_ok()
+        );
 
         let p = l.transition(&p.name, "sue", Transition::Suspend, Some("audit pending")).unwrap();
         assert_eq!(p.status, "suspended");
-        assert!(l.debit(&p.name, 0.1, 0.0, "q").unwrap().is_err());
+        assert!(
+            l.debit(
+                &crate::dp::QueryRequest { actor: "t".into(), project: p.name.clone(), sql: "q".into(), ..Default::default() },
+                0.1,
+                0.0
+            )
+            .unwrap()
+            .is_err()
+        );
         assert!(matches!(l.transition(&p.name, "sue", Transition::Suspend, None), Err(Error::Conflict(_))));
         let p = l.transition(&p.name, "sue", Transition::Resume, None).unwrap();
         assert_eq!(p.status, "active");
@@ -401,6 +426,8 @@ mod tests {
             "project.requested",
             "project.requested",
             "project.approved",
+            // The debit audits its query in its own transaction.
+            "query.submitted",
             "project.suspended",
             "project.active",
             "project.closed",
@@ -416,10 +443,26 @@ mod tests {
         let p = l.request_project("alice", &request(), &["person".into(), "measurement".into()], &["bob".into()]).unwrap();
         let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(300)).to_rfc3339();
         let p = l.approve(&p.name, "sue", &Approval { expires_at: Some(soon), ..Default::default() }).unwrap();
-        assert!(l.debit(&p.name, 0.1, 0.0, "q").unwrap().is_ok());
+        assert!(
+            l.debit(
+                &crate::dp::QueryRequest { actor: "t".into(), project: p.name.clone(), sql: "q".into(), ..Default::default() },
+                0.1,
+                0.0
+            )
+            .unwrap()
+            .is_ok()
+        );
         std::thread::sleep(std::time::Duration::from_millis(400));
         assert_eq!(l.project(&p.name).unwrap().unwrap().status, "expired");
-        assert!(l.debit(&p.name, 0.1, 0.0, "q").unwrap().is_err());
+        assert!(
+            l.debit(
+                &crate::dp::QueryRequest { actor: "t".into(), project: p.name.clone(), sql: "q".into(), ..Default::default() },
+                0.1,
+                0.0
+            )
+            .unwrap()
+            .is_err()
+        );
         let past = Approval { expires_at: Some("2020-01-01T00:00:00Z".into()), ..Default::default() };
         let q = l.request_project("alice", &request(), &["person".into(), "measurement".into()], &["bob".into()]).unwrap();
         assert!(matches!(l.approve(&q.name, "sue", &past), Err(Error::Usage(_))));

@@ -140,3 +140,20 @@ fn golden_sql_cases() {
         failures.join("\n")
     );
 }
+
+/// The README's list of admitted functions is the engine's table, printed.
+#[test]
+fn readme_lists_exactly_the_admitted_functions() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let begin = text.find("<!-- functions:begin").expect("functions:begin marker");
+    let start = text[begin..].find("```text\n").map(|i| begin + i + "```text\n".len()).expect("text block");
+    let end = start + text[start..].find("```").expect("end of block");
+    let listed = &text[start..end];
+    let table = secretum_engine::dp::total::describe();
+    if std::env::var_os("SECRETUM_BLESS").is_some() && listed != table {
+        std::fs::write(&path, format!("{}{table}{}", &text[..start], &text[end..])).unwrap();
+        return;
+    }
+    assert_eq!(listed, table, "README.md's function list differs from the engine's table: SECRETUM_BLESS=1 cargo test --test suite readme");
+}

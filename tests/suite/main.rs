@@ -5,5 +5,6 @@ mod console;
 mod golden;
 mod ingest;
 mod notebooks;
+mod oracle;
 mod privacy;
 mod service;

@@ -32,7 +32,7 @@ fn project(data: &Path, name: &str, epsilon: f64, tables: &[&str]) {
 }
 
 fn req(project: &str, sql: &str, epsilon: f64) -> QueryRequest {
-    QueryRequest { project: project.into(), sql: sql.into(), epsilon, ..Default::default() }
+    QueryRequest { actor: "test".into(), project: project.into(), sql: sql.into(), epsilon, ..Default::default() }
 }
 
 /// An empty warehouse with a generous project and no suppression.
@@ -259,7 +259,7 @@ fn concurrent_queries_never_overspend_the_budget() {
             std::thread::spawn(move || {
                 let mut ledger = Ledger::open(&data).unwrap();
                 barrier.wait();
-                ledger.debit("ten", 0.1, 0.0, "SELECT COUNT(*) FROM person").unwrap().is_ok()
+                ledger.debit(&req("ten", "SELECT COUNT(*) FROM person", 0.1), 0.1, 0.0).unwrap().is_ok()
             })
         })
         .collect();
@@ -327,10 +327,10 @@ fn warehouse_wide_patient_cap_limits_all_projects_together() {
     let data = wh.layout.root.clone();
     project(&data, "a", 1.0, &["person"]);
     project(&data, "b", 1.0, &["person"]);
-    assert!(ledger.debit("a", 0.6, 0.0, "q").unwrap().is_ok());
-    let second = ledger.debit("b", 0.6, 0.0, "q").unwrap();
+    assert!(ledger.debit(&req("a", "q", 0.6), 0.6, 0.0).unwrap().is_ok());
+    let second = ledger.debit(&req("b", "q", 0.6), 0.6, 0.0).unwrap();
     assert!(matches!(second, Err(Refused::PatientCap { .. })), "{second:?}");
-    assert!(ledger.debit("b", 0.4, 0.0, "q").unwrap().is_ok());
+    assert!(ledger.debit(&req("b", "q", 0.4), 0.4, 0.0).unwrap().is_ok());
 }
 
 #[test]
@@ -427,4 +427,104 @@ fn cli_query_json_table_csv_dry_run_and_refusals() {
     let out = q(&["--epsilon", "0.5", "SELECT COUNT(*) FROM person"]);
     assert!(!out.status.success());
     assert!(crate::common::stderr(&out).contains("budget exhausted"), "{}", crate::common::stderr(&out));
+}
+
+#[test]
+fn concurrent_debits_never_overspend_the_per_patient_delta_cap() {
+    // The same race as the ε cap: 100 threads, each asking δ 1e-7 against a cap of 1e-6 shared
+    // by two projects whose own grants would allow far more.
+    let (_d, wh, mut ledger) = empty_warehouse();
+    ledger.set_policy(&PolicyUpdate { patient_delta_cap: Some(1e-6), ..Default::default() }).unwrap();
+    let data = wh.layout.root.clone();
+    for name in ["d1", "d2"] {
+        let mut l = Ledger::open(&data).unwrap();
+        l.create_project(name, 1000.0, 1e-3, &["person".to_string()]).unwrap();
+    }
+    let barrier = Arc::new(Barrier::new(100));
+    let handles: Vec<_> = (0..100)
+        .map(|i| {
+            let (data, barrier) = (data.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut ledger = Ledger::open(&data).unwrap();
+                let project = if i % 2 == 0 { "d1" } else { "d2" };
+                barrier.wait();
+                ledger.debit(&req(project, "SELECT COUNT(*) FROM person", 0.01), 0.01, 1e-7).unwrap()
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let granted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(granted, 10, "a δ cap of 1e-6 admits 10 debits of 1e-7, granted {granted}");
+    assert!(
+        results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, Refused::PatientDeltaCap { .. })),
+        "every other debit is refused by the δ cap: {results:?}"
+    );
+    let ledger = Ledger::open(&data).unwrap();
+    let spent = ledger.warehouse_delta_spent().unwrap();
+    assert!(spent <= 1e-6 * (1.0 + 1e-9), "δ spent {spent:e} over the cap");
+    assert!(ledger.policy().unwrap().patient_delta_cap == 1e-6);
+    // The default is conservative and shown by `policy show`.
+    let fresh = tempfile::tempdir().unwrap();
+    Warehouse::init(&fresh.path().join("w"), Some(&fresh.path().join("k")), None).unwrap();
+    let out = secretum(&["policy", "show", "--data-dir", fresh.path().join("w").to_str().unwrap()]);
+    assert!(stdout(&out).contains("patient δ cap (all projects together): 1e-5"), "{}", stdout(&out));
+}
+
+#[test]
+fn an_adversarial_float_sum_moves_the_release_by_at_most_its_sensitivity() {
+    // Values at both bounds of measurement.value_as_number ([0, 500]) in an order that makes a
+    // float sum round: one huge patient interleaving 0, 500 and values whose sum is not exact
+    // in binary. The sum is computed on exact fixed-point integers, so the exact release moves
+    // by at most K·max|bound| = 20 × 500 whatever the rows and their order.
+    let fx = Fixture::new(150, 21);
+    ingest_tables(&fx, &["person", "measurement"]);
+    let attacked = Fixture::new(150, 21);
+    ingest_tables(&attacked, &["person", "measurement"]);
+    let (p, _, m) = attacker_files(attacked.dir.path(), 1);
+    let text = std::fs::read_to_string(&m).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let value = header.iter().position(|h| *h == "value_as_number").unwrap();
+    let row: Vec<String> = lines.next().unwrap().split(',').map(str::to_owned).collect();
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&m).unwrap());
+    writeln!(w, "{}", header.join(",")).unwrap();
+    let id = header.iter().position(|h| *h == "measurement_id").unwrap();
+    for i in 0..50_000 {
+        let mut r = row.clone();
+        r[id] = format!("{}", 700_000_000 + i);
+        r[value] = match i % 4 {
+            0 => "500".into(),
+            1 => "0".into(),
+            2 => "0.1".into(),
+            _ => "499.99999999999994".into(),
+        };
+        writeln!(w, "{}", r.join(",")).unwrap();
+    }
+    drop(w);
+    {
+        let mut wh = attacked.open();
+        let key = attacked.key();
+        ingest::ingest(&mut wh, &key, &IngestOptions::new("person", &p)).unwrap();
+        ingest::ingest(&mut wh, &key, &IngestOptions::new("measurement", &m)).unwrap();
+    }
+    let mut sums = Vec::new();
+    for fx in [&fx, &attacked] {
+        let mut ledger = Ledger::open(&fx.data).unwrap();
+        ledger.set_policy(&PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() }).unwrap();
+        project(&fx.data, "bounds", 1e9, &["measurement"]);
+        let wh = fx.open();
+        let mut answers = Vec::new();
+        for sql in ["SELECT SUM(value_as_number) FROM measurement", "SELECT AVG(value_as_number) FROM measurement"] {
+            // Ten releases each: the truncation of the heavy patient is random, the bound is not.
+            for _ in 0..10 {
+                answers.push(cell(&exact_answer(&wh, &mut ledger, sql)[0][0]));
+            }
+        }
+        sums.push(answers);
+    }
+    for i in 0..10 {
+        let moved = (sums[1][i] - sums[0][i]).abs();
+        assert!(moved <= 20.0 * 500.0 + 1e-6, "one patient moved an exact sum by {moved} > 10000");
+        assert!(moved > 0.0, "the adversarial patient should be visible");
+    }
 }

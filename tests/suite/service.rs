@@ -686,3 +686,59 @@ fn https_with_the_operators_certificate() {
     assert!(!o.status.success(), "an untrusted certificate is refused");
     assert!(stderr(&o).contains("cannot reach"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_query_through_the_cli_and_one_through_the_server_leave_the_same_audit_entries() {
+    let fx = warehouse(200);
+    let t = accounts(&fx.data);
+    let data = fx.data.to_str().unwrap().to_owned();
+    // One project queried both ways: through the server as alice, locally by the steward.
+    let s = Server::start(&fx.data, &[]);
+    let id = approved_project(&s, &t, 5.0);
+    let name = get(&s, &format!("/v1/projects/{id}"), &t.alice).json()["name"].as_str().unwrap().to_owned();
+    let audit_actions = |after: i64| -> (i64, Vec<(String, String)>) {
+        let page = get(&s, &format!("/v1/audit?after={after}&limit=1000"), &t.steward).json();
+        let entries = page["entries"].as_array().unwrap().clone();
+        let last = entries.last().map_or(after, |e| e["id"].as_i64().unwrap());
+        (last, entries.iter().map(|e| (e["action"].as_str().unwrap().to_owned(), e["outcome"].as_str().unwrap().to_owned())).collect())
+    };
+    let (mut cursor, _) = audit_actions(0);
+    let queries: [(&str, f64, bool); 4] = [
+        (COUNT, 0.2, false),
+        (COUNT, 0.2, true),
+        ("SELECT person_id FROM person", 0.1, false),
+        ("SELECT COUNT(*) FROM person", 50.0, false),
+    ];
+    let mut by_path = Vec::new();
+    for via_server in [true, false] {
+        for (sql, epsilon, dry) in queries {
+            if via_server {
+                let _ = post(&s, &format!("/v1/projects/{id}/queries"), &t.alice, json!({"sql": sql, "epsilon": epsilon, "dry_run": dry}));
+            } else {
+                let e = epsilon.to_string();
+                let mut args = vec!["query", "--data-dir", data.as_str(), "--project", name.as_str(), "--epsilon", e.as_str()];
+                if dry {
+                    args.push("--dry-run");
+                }
+                args.push(sql);
+                let _ = secretum(&args);
+            }
+        }
+        let (next, actions) = audit_actions(cursor);
+        cursor = next;
+        by_path.push(actions);
+    }
+    let want: Vec<(String, String)> = [
+        ("query.submitted", "ok"),
+        ("query.answered", "ok"),
+        ("query.dry_run", "ok"),
+        ("query.refused", "refused"),
+        ("query.refused", "refused"),
+    ]
+    .iter()
+    .map(|(a, o)| (a.to_string(), o.to_string()))
+    .collect();
+    assert_eq!(by_path[0], want, "through the server");
+    assert_eq!(by_path[1], want, "through the local CLI");
+    assert_eq!(get(&s, "/v1/audit/verify", &t.steward).json()["broken"], Value::Null);
+}

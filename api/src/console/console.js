@@ -217,11 +217,16 @@ async function projectsView() {
     const pol = await api("GET", "/v1/policy");
     const cap = pol.policy.patient_epsilon_cap;
     const spent = pol.epsilon_spent_all_projects;
+    const dcap = pol.policy.patient_delta_cap;
+    const dspent = pol.delta_spent_all_projects;
     out.push(h("section", { class: "card", id: "warehouse-cap" },
       h("h3", {}, "Warehouse-wide per-patient cap"),
       h("p", {}, `All projects together have spent ε ${fmt(spent)} of the cap ${fmt(cap)} that bounds what any one patient can lose.`),
       h("div", { class: "meter", role: "meter", "aria-valuemin": 0, "aria-valuemax": cap, "aria-valuenow": spent, "aria-label": "ε spent against the per-patient cap" },
-        h("span", { style: `width:${Math.min(100, (100 * spent) / cap).toFixed(1)}%` }))));
+        h("span", { style: `width:${Math.min(100, (100 * spent) / cap).toFixed(1)}%` })),
+      h("p", { id: "delta-cap" }, `and δ ${dspent.toExponential(2)} of the per-patient δ cap ${dcap.toExponential(2)}.`),
+      h("div", { class: "meter", role: "meter", "aria-valuemin": 0, "aria-valuemax": dcap, "aria-valuenow": dspent, "aria-label": "δ spent against the per-patient δ cap" },
+        h("span", { style: `width:${dcap > 0 ? Math.min(100, (100 * dspent) / dcap).toFixed(1) : 100}%` }))));
   }
   if (!projects.length) out.push(h("p", { class: "muted" }, steward ? "No projects yet." : "You belong to no project yet: request one."));
   const histories = await Promise.all(projects.map((p) => (["active", "suspended", "expired", "closed"].includes(p.status) ? api("GET", `/v1/projects/${p.id}/queries`) : Promise.resolve([]))));

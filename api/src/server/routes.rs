@@ -10,13 +10,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use secretum_engine::accounts::{Accounts, Role, User};
-use secretum_engine::audit::{self, Entry, Event, Verification};
+use secretum_engine::audit::{self, Entry, Verification};
 use secretum_engine::budget::{Ledger, Policy, Project};
-use secretum_engine::dp::{self, Answer, Noise, QueryError, QueryRequest};
+use secretum_engine::dp::{self, Answer, Noise, QueryRequest};
 use secretum_engine::projects::{Approval, ProjectRequest, Transition};
 use secretum_engine::schema::Domain;
 
@@ -466,6 +465,7 @@ async fn query(
             let mut ledger = st.ledger()?;
             let project = visible(&ledger, &caller, &id)?;
             let req = QueryRequest {
+                actor: caller.name().to_owned(),
                 project: project.name.clone(),
                 sql: body.sql,
                 epsilon,
@@ -474,43 +474,10 @@ async fn query(
                 target_ci: body.target_ci,
                 max_groups: body.max_groups,
             };
-            let spends = !(req.dry_run || req.target_ci.is_some());
-            // One connection for the query's audit entries; a failure to record is a server
-            // error (nothing is answered unaudited).
-            let mut audit_log = st.connection()?;
-            let mut event = |action: &str, outcome: &str, detail: Option<&str>, digest: Option<&str>, e: Option<f64>, d: Option<f64>| {
-                audit::append(
-                    &mut audit_log,
-                    &Event {
-                        actor: caller.name(),
-                        action,
-                        project: Some(&project.name),
-                        sql: Some(&req.sql),
-                        epsilon: e,
-                        delta: d,
-                        outcome,
-                        detail,
-                        result_digest: digest,
-                    },
-                )
-                .map(drop)
-            };
-            event("query.submitted", "ok", (!spends).then_some("dry run"), None, Some(req.epsilon), req.delta)?;
+            // The engine audits the query (refused, dry run, submitted with its debit,
+            // answered or failed with its settlement) whatever the path.
             let wh = st.warehouse()?;
             let result = handle.block_on(dp::run(&wh, &mut ledger, &req, Noise::OpenDp));
-            match &result {
-                Ok(a) => {
-                    let digest = hex::encode(Sha256::digest(serde_json::to_vec(&(&a.columns, &a.rows)).unwrap_or_default()));
-                    let action = if spends { "query.answered" } else { "query.dry_run" };
-                    let detail = a.query_id.map(|q| format!("ledger entry {q}"));
-                    event(action, "ok", detail.as_deref(), Some(&digest), Some(a.epsilon_spent), Some(a.delta_spent))?;
-                }
-                Err(QueryError::Refused(r)) => {
-                    event("query.refused", "refused", Some(&format!("{}: {}", r.rule, r.message)), None, None, None)?
-                }
-                Err(QueryError::Budget(b)) => event("query.refused", "refused", Some(&b.to_string()), None, None, None)?,
-                Err(e) => event("query.failed", "failed", Some(&e.to_string()), None, None, None)?,
-            }
             result.map_err(ApiError::from)
         })
         .await?;
@@ -631,6 +598,8 @@ pub struct PolicyView {
     pub policy: Policy,
     /// ε spent by all projects together: what one patient may have lost, against the cap.
     pub epsilon_spent_all_projects: f64,
+    /// δ spent by all projects together, against the per-patient δ cap.
+    pub delta_spent_all_projects: f64,
 }
 
 /// The warehouse-wide policy and per-patient spend (stewards).
@@ -640,7 +609,11 @@ async fn policy(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Po
     caller.require(&[Role::Steward], "the policy")?;
     st.blocking(|st| {
         let ledger = st.ledger()?;
-        Ok(Json(PolicyView { policy: ledger.policy()?, epsilon_spent_all_projects: ledger.warehouse_epsilon_spent()? }))
+        Ok(Json(PolicyView {
+            policy: ledger.policy()?,
+            epsilon_spent_all_projects: ledger.warehouse_epsilon_spent()?,
+            delta_spent_all_projects: ledger.warehouse_delta_spent()?,
+        }))
     })
     .await
 }

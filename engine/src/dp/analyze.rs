@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::logical_expr::expr::{AggregateFunction, Alias, ScalarFunction};
-use datafusion::logical_expr::{Aggregate, BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, Operator};
+use datafusion::logical_expr::{Aggregate, BinaryExpr, Expr, JoinType, LogicalPlan, Operator};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
 
@@ -129,6 +129,35 @@ pub struct Analysis {
 }
 
 impl Analysis {
+    /// Rewrite every expression of the query into its total form ([`super::total`]): the plan
+    /// (WHERE, the aggregate, and the expressions over its noisy output), the group keys, the
+    /// aggregated values and the WHERE conjuncts. Names and types stay as planned.
+    pub(crate) fn make_total(mut self) -> Result<Analysis, Refusal> {
+        let plan = super::total::make_total(self.plan)?;
+        let Some(agg) = find_aggregate(&plan) else {
+            return refuse("aggregate-required", "a query must compute at least one aggregate (COUNT, SUM, AVG, ...)");
+        };
+        let schema = agg.input.schema().clone();
+        let total = |e: Expr| super::total::total_expr(e, &schema);
+        for k in &mut self.keys {
+            k.expr = total(k.expr.clone())?;
+        }
+        for a in &mut self.aggs {
+            if let Some(v) = a.value.take() {
+                a.value = Some(total(v)?);
+            }
+        }
+        self.filters = self.filters.into_iter().map(total).collect::<Result<_, _>>()?;
+        // What runs over the noisy output (HAVING, ORDER BY, output arithmetic) is total too.
+        let mut node = &plan;
+        while !matches!(node, LogicalPlan::Aggregate(_)) {
+            super::total::check_exprs(&node.expressions())?;
+            node = node.inputs()[0];
+        }
+        self.plan = plan;
+        Ok(self)
+    }
+
     pub fn aggregate(&self) -> &Aggregate {
         find_aggregate(&self.plan).expect("analysis found it")
     }
@@ -593,6 +622,39 @@ impl<'a> Analyzer<'a> {
         if lo > hi { (hi, hi) } else { (lo, hi) }
     }
 
+    /// Bounds that may be known on one side only: GREATEST(x, a) ≥ a whatever x is, and
+    /// LEAST(x, b) ≤ b. NULL arguments are ignored by both functions, so they move no bound.
+    fn half_bounds(&self, e: &Expr) -> (Option<f64>, Option<f64>) {
+        if let Some(v) = literal_number(e) {
+            return (Some(v), Some(v));
+        }
+        let e = match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        };
+        if let Expr::ScalarFunction(ScalarFunction { func, args }) = e
+            && matches!(func.name(), "greatest" | "least")
+        {
+            let parts: Vec<(Option<f64>, Option<f64>)> = args.iter().map(|a| self.half_bounds(a)).collect();
+            let known = |v: Vec<Option<f64>>, pick: fn(f64, f64) -> f64| v.into_iter().flatten().reduce(pick);
+            let all = |v: Vec<Option<f64>>, pick: fn(f64, f64) -> f64| {
+                v.into_iter().collect::<Option<Vec<f64>>>().and_then(|v| v.into_iter().reduce(pick))
+            };
+            let los: Vec<Option<f64>> = parts.iter().map(|p| p.0).collect();
+            let his: Vec<Option<f64>> = parts.iter().map(|p| p.1).collect();
+            return if func.name() == "greatest" {
+                // Greater than or equal to every argument: any known lower bound bounds it.
+                (known(los, f64::max), all(his, f64::max))
+            } else {
+                (all(los, f64::min), known(his, f64::min))
+            };
+        }
+        match self.bounds(e) {
+            Some((lo, hi)) => (Some(lo), Some(hi)),
+            None => (None, None),
+        }
+    }
+
     /// Public bounds of a numeric expression, by interval arithmetic over the schema's bounds.
     fn bounds(&self, e: &Expr) -> Option<(f64, f64)> {
         let b = match e {
@@ -653,6 +715,11 @@ impl<'a> Analyzer<'a> {
                     let (lo, hi) = self.bounds(args.first()?)?;
                     (lo.floor() - 1.0, hi.ceil() + 1.0)
                 }
+                // An explicit clamp: LEAST(GREATEST(x, a), b) is in [a, b] whatever x is.
+                "greatest" | "least" => match self.half_bounds(e) {
+                    (Some(lo), Some(hi)) => (lo, hi),
+                    _ => return None,
+                },
                 _ => return None,
             },
             Expr::Case(c) => {
@@ -683,18 +750,9 @@ impl<'a> Analyzer<'a> {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 use Operator::*;
                 match op {
-                    Eq | NotEq | Lt | LtEq | Gt | GtEq | And | Or | Plus | Minus | Multiply | IsDistinctFrom | IsNotDistinctFrom
-                    | StringConcat | LikeMatch | ILikeMatch | NotLikeMatch | NotILikeMatch => {}
-                    Divide | Modulo => {
-                        // Division by zero raises an error, which would depend on the data.
-                        // Only a positive literal divisor is total.
-                        if !literal_number(right).is_some_and(|v| v > 0.0) {
-                            return refuse(
-                                "unsafe-expression",
-                                format!("{op} is only allowed by a positive literal (a data value of zero would raise an error)"),
-                            );
-                        }
-                    }
+                    // Division and modulo by zero, and overflow, give NULL (total semantics).
+                    Eq | NotEq | Lt | LtEq | Gt | GtEq | And | Or | Plus | Minus | Multiply | Divide | Modulo | IsDistinctFrom
+                    | IsNotDistinctFrom | StringConcat | LikeMatch | ILikeMatch | NotLikeMatch | NotILikeMatch => {}
                     _ => return refuse("unsupported-expression", format!("operator {op} is not allowed")),
                 }
                 rec(left)?;
@@ -702,10 +760,7 @@ impl<'a> Analyzer<'a> {
             }
             Expr::Like(l) | Expr::SimilarTo(l) => {
                 rec(&l.expr)?;
-                if !matches!(strip_cast(&l.pattern), Expr::Literal(..)) {
-                    return refuse("unsupported-expression", "LIKE patterns must be literals");
-                }
-                Ok(())
+                rec(&l.pattern)
             }
             Expr::Not(x)
             | Expr::IsNotNull(x)
@@ -724,12 +779,7 @@ impl<'a> Analyzer<'a> {
             }
             Expr::InList(l) => {
                 rec(&l.expr)?;
-                for x in &l.list {
-                    if !matches!(strip_cast(x), Expr::Literal(..)) {
-                        return refuse("unsupported-expression", "IN lists must hold literals");
-                    }
-                }
-                Ok(())
+                l.list.iter().try_for_each(rec)
             }
             Expr::Case(c) => {
                 if let Some(x) = &c.expr {
@@ -744,23 +794,9 @@ impl<'a> Analyzer<'a> {
                 }
                 Ok(())
             }
-            Expr::Cast(c) => {
-                rec(&c.expr)?;
-                let from = c
-                    .expr
-                    .get_type(schema)
-                    .map_err(|_| Refusal { rule: "unsafe-expression", message: "a cast of an untyped expression".into() })?;
-                if !total_cast(&from, c.field.data_type()) && !matches!(strip_cast(&c.expr), Expr::Literal(..)) {
-                    return refuse(
-                        "unsafe-expression",
-                        format!(
-                            "a cast from {from} to {} can fail on a data value; use TRY_CAST, or compare with a literal of the column's type",
-                            c.field.data_type()
-                        ),
-                    );
-                }
-                Ok(())
-            }
+            // Casts convert or give NULL (TRY_CAST semantics); which target types are admitted
+            // is decided with the total rewrite.
+            Expr::Cast(c) => rec(&c.expr),
             Expr::TryCast(c) => rec(&c.expr),
             Expr::ScalarFunction(ScalarFunction { func, args }) => {
                 let name = func.name().to_ascii_lowercase();
@@ -768,30 +804,17 @@ impl<'a> Analyzer<'a> {
                     "random" | "uuid" | "now" | "current_date" | "current_time" | "current_timestamp" => {
                         return refuse("nondeterministic", format!("{name}() is not deterministic"));
                     }
-                    "abs" | "ceil" | "floor" | "round" | "trunc" | "signum" | "lower" | "upper" | "btrim" | "trim" | "ltrim" | "rtrim"
-                    | "length" | "char_length" | "character_length" | "octet_length" | "starts_with" | "ends_with" | "strpos"
-                    | "coalesce" | "nullif" | "concat" | "greatest" | "least" | "isnan" | "iszero" | "nvl" => {}
-                    "substr" | "substring" | "left" | "right" => {
-                        for a in &args[1..] {
-                            if !literal_number(a).is_some_and(|v| v >= 0.0) {
-                                return refuse("unsafe-expression", format!("{name}'s position and length must be non-negative literals"));
-                            }
-                        }
-                    }
+                    // DataFusion types these from their first argument: it must be a literal.
                     "date_trunc" | "date_part" => {
                         if !args.first().is_some_and(|a| literal_string(a).is_some()) {
-                            return refuse(
-                                "unsafe-expression",
-                                format!("{name}'s first argument must be a literal ('year', 'month', ...)"),
-                            );
+                            return refuse("literal-argument", format!("{name}'s first argument must be a literal ('year', 'month', ...)"));
                         }
                     }
+                    n if super::total::admitted_function(n) => {}
                     _ => {
                         return refuse(
                             "unsupported-function",
-                            format!(
-                                "function {name} is not on the allow-list (arithmetic, CASE, abs/floor/ceil/round, lower/upper/substr/trim/length, coalesce, date_trunc, extract/date_part)"
-                            ),
+                            format!("function {name} is not on the allow-list (`secretum functions` lists every admitted function)"),
                         );
                     }
                 }
@@ -868,15 +891,33 @@ fn is_null_literal(e: &Expr) -> bool {
     matches!(strip_cast(e), Expr::Literal(v, _) if v.is_null())
 }
 
-/// A numeric literal (through casts and negation), as f64.
+/// A numeric literal (through casts, which are applied, and negation), as f64.
 pub(crate) fn literal_number(e: &Expr) -> Option<f64> {
+    let f64_of = |v: &ScalarValue| match v.cast_to(&DataType::Float64).ok()? {
+        ScalarValue::Float64(Some(x)) => Some(x),
+        _ => None,
+    };
     match e {
         Expr::Negative(x) => literal_number(x).map(|v| -v),
-        Expr::Cast(c) => literal_number(&c.expr),
-        Expr::TryCast(c) => literal_number(&c.expr),
         Expr::Alias(a) => literal_number(&a.expr),
-        Expr::Literal(v, _) if !v.is_null() && v.data_type().is_numeric() => {
-            v.cast_to(&DataType::Float64).ok().and_then(|f| if let ScalarValue::Float64(Some(x)) = f { Some(x) } else { None })
+        // `CAST(0.5 AS BIGINT)` is 0, not 0.5: cast the literal as the evaluator will.
+        Expr::Cast(datafusion::logical_expr::Cast { expr, field }) | Expr::TryCast(datafusion::logical_expr::TryCast { expr, field }) => {
+            let inner = literal_scalar(expr)?;
+            f64_of(&inner.cast_to(field.data_type()).ok()?)
+        }
+        Expr::Literal(v, _) if !v.is_null() && v.data_type().is_numeric() => f64_of(v),
+        _ => None,
+    }
+}
+
+/// A literal value through nested casts (each applied) and negation.
+fn literal_scalar(e: &Expr) -> Option<ScalarValue> {
+    match e {
+        Expr::Literal(v, _) if !v.is_null() => Some(v.clone()),
+        Expr::Alias(a) => literal_scalar(&a.expr),
+        Expr::Negative(x) => literal_scalar(x)?.arithmetic_negate().ok(),
+        Expr::Cast(datafusion::logical_expr::Cast { expr, field }) | Expr::TryCast(datafusion::logical_expr::TryCast { expr, field }) => {
+            literal_scalar(expr)?.cast_to(field.data_type()).ok()
         }
         _ => None,
     }
@@ -886,24 +927,6 @@ fn literal_string(e: &Expr) -> Option<String> {
     match strip_cast(e) {
         Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)), _) => Some(s.clone()),
         _ => None,
-    }
-}
-
-/// Casts that cannot fail on any value of `from`.
-fn total_cast(from: &DataType, to: &DataType) -> bool {
-    use DataType::*;
-    if from == to {
-        return true;
-    }
-    match (from, to) {
-        (_, Utf8 | LargeUtf8 | Utf8View) => true,
-        (Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | Float32, Float64) => true,
-        (Int8 | Int16 | Int32 | UInt8 | UInt16, Int64 | Float32) => true,
-        (Int8 | Int16 | UInt8, Int32) => true,
-        (Int8 | UInt8, Int16) => true,
-        (Date32, Date64 | Timestamp(..)) => true,
-        (Null, _) => true,
-        _ => false,
     }
 }
 

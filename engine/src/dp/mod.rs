@@ -1,18 +1,40 @@
 //! Differentially-private answers to researcher SQL.
 //!
 //! The path of one query:
-//! 1. [`analyze`]: the statement and DataFusion's logical plan against the allow-list.
-//! 2. [`plan::Release`]: which mechanisms, with which sensitivities and which share of ε.
-//! 3. the ledger debits the project (durably) before any data is read,
-//! 4. [`rewrite`]: the plan rewritten so that each patient's contribution is bounded,
-//!    executed by DataFusion over the catalog's Parquet files,
+//! 1. [`statement`] and [`analyze`]: the statement and DataFusion's logical plan against the
+//!    allow-list; [`total`]: every expression rewritten into functions that cannot fail.
+//! 2. [`plan::Release`]: which mechanisms, with which sensitivities and which share of ε, and
+//!    [`rewrite`]: the plan rewritten so that each patient's contribution is bounded. The plans
+//!    that will read data are optimized, checked total and planned physically here.
+//! 3. the ledger debits the project (durably, with its audit entry) before any data is read,
+//! 4. DataFusion executes the bounded plans over the catalog's Parquet files,
 //! 5. [`mechanisms`]: OpenDP noise on the exact aggregates, then post-processing
-//!    (clamping, rounding, small-cell suppression, HAVING/ORDER BY/LIMIT on noisy values).
+//!    (clamping, rounding, small-cell suppression, HAVING/ORDER BY/LIMIT on noisy values);
+//!    the ledger settles the debit and audits the answer's digest in one transaction.
+//!
+//! Every query is audited here, whatever the path (CLI, server, demo): refused, dry run,
+//! submitted (with the debit), answered or failed (with the settlement).
+//!
+//! What can still fail after the debit, and why that reveals nothing about a patient:
+//! - every expression is total ([`total`]), so no value can make evaluation fail;
+//! - reading the catalog's files (I/O, a corrupt or missing file) depends on the storage, the
+//!   same whoever is in the data;
+//! - the per-query memory pool ([`query_memory_limit`]): the operators that grow with the data
+//!   (the per-patient aggregate of truncation, sorts, the final aggregate) spill to disk when the
+//!   pool is full instead of failing; a hash join's build side cannot spill, but it holds at most
+//!   `max_rows_per_unit` rows of each patient after truncation, so one patient moves it by a
+//!   bounded number of rows, never by what their values are;
+//! - cancellation (a client that goes away, a server stopping) depends on the client and the
+//!   operator.
+//! A failure is charged (the debit came first), audited by its kind, and answered with one
+//! generic message; the error's own text never leaves the engine.
 
 pub mod analyze;
 pub mod mechanisms;
 pub mod plan;
 pub mod rewrite;
+pub mod statement;
+pub mod total;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +46,10 @@ use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use serde::Serialize;
@@ -41,6 +66,8 @@ use crate::warehouse::Warehouse;
 /// What a researcher asks.
 #[derive(Debug, Clone, Default)]
 pub struct QueryRequest {
+    /// Who asks, as the audit log names them (`local:<user>` for the CLI).
+    pub actor: String,
     pub project: String,
     pub sql: String,
     pub epsilon: f64,
@@ -64,6 +91,7 @@ pub enum QueryError {
     /// Execution failed after the debit. Deliberately generic: details could depend on data.
     #[error("the query failed while running; its budget stays charged (ledger entry {0})")]
     Failed(i64),
+
     #[error(transparent)]
     Internal(#[from] Error),
 }
@@ -99,6 +127,7 @@ pub struct Budget {
 /// A query that passed analysis, with its release plan: everything decided without data.
 pub struct Prepared {
     pub ctx: SessionContext,
+    pub(crate) plans: plan::Plans,
     pub analysis: Analysis,
     pub release: Release,
     pub project: Project,
@@ -122,7 +151,13 @@ pub fn session(layout: &Layout, wh: &Warehouse, tables: &[String]) -> Result<Ses
     // Statistics would be read from every file's footer while planning; the release never uses
     // them (a count must come from the bounded rows, not from metadata), so skip that work.
     config.options_mut().execution.collect_statistics = false;
-    let ctx = SessionContext::new_with_config(config);
+    // One memory pool per query (a session serves one query): spilling operators spill to the
+    // system's temporary directory when it is full (see the module documentation).
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(query_memory_limit())))
+        .build_arc()
+        .map_err(Error::DataFusion)?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     for t in tables {
         let policy = wh.schemas.get(t)?;
         let schema = policy.stored_schema();
@@ -143,6 +178,12 @@ pub fn session(layout: &Layout, wh: &Warehouse, tables: &[String]) -> Result<Ses
         ctx.register_table(t.as_str(), provider)?;
     }
     Ok(ctx)
+}
+
+/// Bytes of memory one query may use: `SECRETUM_QUERY_MEMORY_MB` (default 2048), an operator's
+/// setting, the same for every query whatever the data.
+pub fn query_memory_limit() -> usize {
+    std::env::var("SECRETUM_QUERY_MEMORY_MB").ok().and_then(|v| v.parse::<usize>().ok()).filter(|m| *m > 0).unwrap_or(2048) * 1024 * 1024
 }
 
 fn num_partitions() -> usize {
@@ -178,7 +219,12 @@ pub async fn prepare(wh: &Warehouse, ledger: &Ledger, req: &QueryRequest) -> Res
         .map_err(|e| Refusal { rule: "sql-syntax", message: e.strip_backtrace().lines().next().unwrap_or("").to_owned() })?;
     let statements: Vec<_> = statements.into_iter().collect();
     analyze::check_statement(&req.sql, &statements)?;
-    let statement = statements.into_iter().next().expect("checked: one statement");
+    let Some(statement) = statements.into_iter().next() else {
+        return Err(Refusal { rule: "single-select", message: "exactly one SELECT statement per query".into() }.into());
+    };
+    // Syntax the logical plan would not represent (TABLESAMPLE, hints, ...) is refused here,
+    // before DataFusion's planner could drop it silently.
+    statement::check(&statement)?;
 
     let ctx = session(&wh.layout, wh, &project.tables)?;
     let state = ctx.state();
@@ -187,6 +233,8 @@ pub async fn prepare(wh: &Warehouse, ledger: &Ledger, req: &QueryRequest) -> Res
     let plan = state.statement_to_plan(statement).await.map_err(sql_error)?;
     let plan = state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {}).map_err(sql_error)?;
     let analysis = analyze::Analyzer::new(&wh.schemas).analyze(plan, req.max_groups)?;
+    // From here on, every expression is evaluated by total functions.
+    let analysis = analysis.make_total()?;
 
     let mut epsilon = req.epsilon;
     let delta_needed = !analysis.public_groups();
@@ -206,7 +254,8 @@ pub async fn prepare(wh: &Warehouse, ledger: &Ledger, req: &QueryRequest) -> Res
         epsilon = release.epsilon_for_half_width(target)?;
         release.set_epsilon(epsilon)?;
     }
-    Ok(Prepared { ctx, analysis, release, project, policy, schemas: wh.schemas.clone(), epsilon, delta })
+    let plans = release.physical_plans(&ctx, &analysis, &wh.schemas).await?;
+    Ok(Prepared { ctx, plans, analysis, release, project, policy, schemas: wh.schemas.clone(), epsilon, delta })
 }
 
 fn check_epsilon(epsilon: f64, policy: &Policy) -> Result<(), Refusal> {
@@ -222,9 +271,16 @@ fn check_epsilon(epsilon: f64, policy: &Policy) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Run one query end to end: prepare, debit, execute, noise, post-process.
+/// Run one query end to end: prepare, debit, execute, noise, post-process; every outcome is
+/// audited in the transaction that records it.
 pub async fn run(wh: &Warehouse, ledger: &mut Ledger, req: &QueryRequest, noise: Noise) -> Result<Answer, QueryError> {
-    let prepared = prepare(wh, ledger, req).await?;
+    let prepared = match prepare(wh, ledger, req).await {
+        Ok(p) => p,
+        Err(e) => {
+            ledger.audit_query_refused(req, &e)?;
+            return Err(e);
+        }
+    };
     if req.dry_run || req.target_ci.is_some() {
         let mut answer = prepared.release.dry_run(&prepared)?;
         if req.target_ci.is_some() {
@@ -235,22 +291,65 @@ pub async fn run(wh: &Warehouse, ledger: &mut Ledger, req: &QueryRequest, noise:
                     .push_str(&format!(" (note: ε {} is over the per-query cap {})", prepared.epsilon, prepared.policy.query_epsilon_cap));
             }
         }
+        ledger.audit_dry_run(req, &answer_digest(&answer))?;
         return Ok(answer);
     }
-    let debit = ledger.debit(&req.project, prepared.epsilon, prepared.delta, &req.sql)?.map_err(QueryError::Budget)?;
+    let debit = match ledger.debit(req, prepared.epsilon, prepared.delta)? {
+        Ok(d) => d,
+        Err(refused) => {
+            let e = QueryError::Budget(refused);
+            ledger.audit_query_refused(req, &e)?;
+            return Err(e);
+        }
+    };
+    let entry = debit.id();
     match prepared.release.execute(&prepared, noise).await {
         Ok(mut answer) => {
-            ledger.settle(debit, "released")?;
+            answer.query_id = Some(entry);
+            ledger.settle_released(debit, req, &answer_digest(&answer))?;
             let project = ledger.project(&req.project)?.unwrap_or(prepared.project.clone());
             answer.budget_remaining = Budget { epsilon: project.epsilon_remaining(), delta: project.delta_remaining() };
-            answer.query_id = Some(debit.0);
             Ok(answer)
         }
-        Err(e) => {
-            tracing::warn!(ledger_entry = debit.0, "query failed after the debit: {e}");
-            let _ = ledger.settle(debit, "failed");
-            Err(QueryError::Failed(debit.0))
+        Err(kind) => {
+            // The kind only: the error's text could quote a value.
+            tracing::warn!(ledger_entry = entry, kind, "query failed after the debit");
+            ledger.settle_failed(debit, req, kind)?;
+            Err(QueryError::Failed(entry))
         }
+    }
+}
+
+/// SHA-256 of a released answer's columns and rows, as the audit log records it.
+pub fn answer_digest(a: &Answer) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(serde_json::to_vec(&(&a.columns, &a.rows)).unwrap_or_default()))
+}
+
+/// Optimize a plan that will read data, check that every expression in it is total, and plan
+/// it physically: all before the debit, from the plan alone.
+pub(crate) async fn physical(ctx: &SessionContext, plan: LogicalPlan) -> Result<Arc<dyn ExecutionPlan>, Refusal> {
+    let state = ctx.state();
+    let optimized = state.optimize(&plan).map_err(sql_error)?;
+    total::check_total(&optimized)?;
+    state.query_planner().create_physical_plan(&optimized, &state).await.map_err(sql_error)
+}
+
+/// What kind of failure an execution error is, without its text (which could quote a value).
+pub(crate) fn error_kind(e: &datafusion::error::DataFusionError) -> &'static str {
+    use datafusion::error::DataFusionError as E;
+    match e {
+        E::ArrowError(..) => "arrow",
+        E::ParquetError(_) => "parquet",
+        E::ObjectStore(_) => "object store",
+        E::IoError(_) => "i/o",
+        E::ResourcesExhausted(_) => "resources exhausted",
+        E::ExecutionJoin(_) => "task",
+        E::Context(_, inner) => error_kind(inner),
+        E::Shared(inner) => error_kind(inner),
+        E::External(_) => "external",
+        E::Execution(_) => "execution",
+        _ => "internal",
     }
 }
 
@@ -286,6 +385,16 @@ pub(crate) fn qualified_schema(
     fields: Vec<(Option<datafusion::common::TableReference>, Arc<Field>)>,
 ) -> datafusion::error::Result<DFSchema> {
     DFSchema::new_with_metadata(fields, HashMap::new())
+}
+
+pub(crate) fn as_i64(a: &ArrayRef, row: usize) -> Option<i64> {
+    if a.is_null(row) {
+        return None;
+    }
+    match ScalarValue::try_from_array(a, row).ok()?.cast_to(&DataType::Int64).ok()? {
+        ScalarValue::Int64(x) => x,
+        _ => None,
+    }
 }
 
 pub(crate) fn as_f64(a: &ArrayRef, row: usize) -> Option<f64> {

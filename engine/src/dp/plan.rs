@@ -26,7 +26,9 @@ use serde::Serialize;
 use super::analyze::{AggKind, Analysis, Refusal, refuse};
 use super::mechanisms::{self, Noise};
 use super::rewrite::{self, PID, key_col, value_col};
-use super::{Answer, Budget, Prepared, QueryError, as_f64, collect, scalar_json};
+use super::{Answer, Budget, Prepared, QueryError, as_f64, as_i64, collect, scalar_json};
+use crate::schema::Schemas;
+use datafusion::physical_plan::ExecutionPlan;
 
 /// What one component computes exactly, before noise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +48,36 @@ struct Component {
     agg: Option<usize>,
     what: What,
     label: &'static str,
-    /// The exact aggregate over the bounded relation (none for quantiles).
+    /// The exact aggregate over the bounded relation (none for quantiles): a BIGINT, a count or
+    /// a sum of fixed-point integers.
     expr: Option<Expr>,
+    /// L1 sensitivity in the released unit (rows, patients, or the column's unit).
     sensitivity: f64,
+    /// The value of one step of the exact integer: 1 for counts, the fixed-point unit for sums.
+    unit: f64,
+    /// L1 sensitivity of the exact integer: `sensitivity / unit`, exactly.
+    steps: i64,
     epsilon: f64,
+    /// Noise scale in steps of `unit`.
+    scale_steps: f64,
+    /// Noise scale in the released unit.
     scale: f64,
+}
+
+impl Component {
+    /// Half-width of the 95% interval of this component's noise, in the released unit.
+    fn accuracy(&self) -> f64 {
+        mechanisms::count_accuracy(self.scale_steps) * self.unit
+    }
+}
+
+/// A sum of values of magnitude at most `m` after clamping and centring, K values per patient,
+/// computed exactly as a sum of fixed-point integers on a grid of `STEPS` steps per `m`: each
+/// integer is in [−STEPS, STEPS], so one patient moves the integer sum by at most K·STEPS steps,
+/// which is K·m in the column's unit (no rounding enters the sum: integer addition is exact and
+/// order-free; it cannot overflow under 2^43 rows since |sum| ≤ rows·2^20 < 2^63).
+fn fixed_point_unit(m: f64) -> f64 {
+    if m > 0.0 { m / rewrite::STEPS as f64 } else { 1.0 }
 }
 
 /// How one aggregate is released (reported with every answer).
@@ -87,46 +114,84 @@ impl Release {
         let k = bound as f64;
         let keys = if a.public_groups() { Some(rewrite::public_keys(ctx, a)?) } else { None };
         let mut components = Vec::new();
-        let mut push = |agg, what, label, expr: Option<Expr>, sensitivity: f64| {
-            components.push(Component { agg, what, label, expr, sensitivity, epsilon: 0.0, scale: 0.0 })
+        // A count: Δ in rows or patients, one step per unit.
+        let count_component = |agg, label, expr: Expr, sensitivity: f64| Component {
+            agg,
+            what: What::Count,
+            label,
+            expr: Some(expr),
+            sensitivity,
+            unit: 1.0,
+            steps: sensitivity.round() as i64,
+            epsilon: 0.0,
+            scale_steps: 0.0,
+            scale: 0.0,
+        };
+        // A fixed-point sum of K values of magnitude at most m (see `fixed_point_unit`).
+        let sum_component = |agg, label, v: Expr, centre: f64, m: f64, square: bool| {
+            let unit = fixed_point_unit(m);
+            Component {
+                agg,
+                what: What::Sum,
+                label,
+                expr: Some(sum(rewrite::fixed_point(v, centre, unit, square))),
+                sensitivity: k * m,
+                unit,
+                steps: bound as i64 * rewrite::STEPS,
+                epsilon: 0.0,
+                scale_steps: 0.0,
+                scale: 0.0,
+            }
         };
         for (j, spec) in a.aggs.iter().enumerate() {
             let v = || Expr::Column(Column::from_name(value_col(j)));
             let (lo, hi) = spec.bounds.unwrap_or((0.0, 0.0));
             let (mid, r) = ((lo + hi) / 2.0, (hi - lo) / 2.0);
-            let centred = || v() - lit(mid);
             match spec.kind {
                 // Each retained row adds 1 to one cell: Δ₁ = K.
-                AggKind::CountRows => push(Some(j), What::Count, "count", Some(count(lit(1i64))), k),
-                AggKind::CountValues => push(Some(j), What::Count, "count", Some(count(v())), k),
+                AggKind::CountRows => components.push(count_component(Some(j), "count", count(lit(1i64)), k)),
+                AggKind::CountValues => components.push(count_component(Some(j), "count", count(v()), k)),
                 // A patient is counted once per group they have a retained row in: at most one
                 // group ungrouped, at most min(K, #groups) grouped.
                 AggKind::CountPatients => {
                     let per_unit = a.keys_per_unit as f64;
                     let groups = if grouped { keys.as_ref().map_or(per_unit, |ks| per_unit.min(ks.len().max(1) as f64)) } else { 1.0 };
-                    push(Some(j), What::Count, "patients", Some(count_distinct(Expr::Column(Column::from_name(PID)))), groups)
+                    components.push(count_component(Some(j), "patients", count_distinct(Expr::Column(Column::from_name(PID))), groups))
                 }
                 // K clamped values, each of magnitude at most max(|lo|, |hi|).
-                AggKind::Sum => push(Some(j), What::Sum, "sum", Some(sum(v())), k * lo.abs().max(hi.abs())),
+                AggKind::Sum => components.push(sum_component(Some(j), "sum", v(), 0.0, lo.abs().max(hi.abs()), false)),
                 // Mean = mid + Σ(x − mid) / n: the centred sum has Δ₁ = K·r, the count Δ₁ = K.
                 AggKind::Mean => {
-                    push(Some(j), What::Sum, "centred_sum", Some(sum(centred())), k * r);
-                    push(Some(j), What::Count, "count", Some(count(v())), k);
+                    components.push(sum_component(Some(j), "centred_sum", v(), mid, r, false));
+                    components.push(count_component(Some(j), "count", count(v()), k));
                 }
                 // Variance from the centred sum (K·r), sum of squares (K·r²) and count (K).
                 AggKind::Variance { .. } | AggKind::Stddev { .. } => {
-                    push(Some(j), What::Sum, "centred_sum", Some(sum(centred())), k * r);
-                    push(Some(j), What::Sum, "centred_sum_of_squares", Some(sum(centred() * centred())), k * r * r);
-                    push(Some(j), What::Count, "count", Some(count(v())), k);
+                    components.push(sum_component(Some(j), "centred_sum", v(), mid, r, false));
+                    components.push(sum_component(Some(j), "centred_sum_of_squares", v(), mid, r * r, true));
+                    components.push(count_component(Some(j), "count", count(v()), k));
                 }
                 // One patient adds or removes at most K values of the group's multiset.
-                AggKind::Quantile(_) => push(Some(j), What::Quantile, "quantile", None, k),
+                AggKind::Quantile(_) => components.push(Component {
+                    agg: Some(j),
+                    what: What::Quantile,
+                    label: "quantile",
+                    expr: None,
+                    sensitivity: k,
+                    unit: 1.0,
+                    steps: bound as i64,
+                    epsilon: 0.0,
+                    scale_steps: 0.0,
+                    scale: 0.0,
+                }),
             }
         }
         if keys.is_none() {
             // Each patient is in at most `keys_per_unit` groups and adds 1 to each: ℓ∞ = 1.
             let l0 = a.keys_per_unit as f64;
-            push(None, What::Selection, "partition_selection", Some(count_distinct(Expr::Column(Column::from_name(PID)))), l0);
+            let mut c = count_component(None, "partition_selection", count_distinct(Expr::Column(Column::from_name(PID))), l0);
+            c.what = What::Selection;
+            components.push(c);
         }
         let mut release = Release { components, bound, keys, epsilon };
         release.set_epsilon(epsilon)?;
@@ -139,12 +204,12 @@ impl Release {
         self.epsilon = epsilon;
         for c in &mut self.components {
             c.epsilon = epsilon / n;
-            c.scale = match c.what {
-                What::Count => mechanisms::count_scale(c.sensitivity.round() as i64, c.epsilon),
-                What::Sum => mechanisms::sum_scale(c.sensitivity, c.epsilon),
+            c.scale_steps = match c.what {
+                What::Count | What::Sum => mechanisms::count_scale(c.steps, c.epsilon),
                 What::Quantile | What::Selection => Ok(0.0),
             }
             .map_err(|m| Refusal { rule: "epsilon", message: m })?;
+            c.scale = c.scale_steps * c.unit;
         }
         Ok(())
     }
@@ -157,8 +222,8 @@ impl Release {
         let mut worst: Option<f64> = None;
         for c in &self.components {
             let needed = match c.what {
-                What::Count => mechanisms::epsilon_for_count_accuracy(c.sensitivity, half_width),
-                What::Sum if c.label == "sum" => mechanisms::epsilon_for_sum_accuracy(c.sensitivity, half_width),
+                What::Count => mechanisms::epsilon_for_count_accuracy(c.steps as f64, half_width),
+                What::Sum if c.label == "sum" => mechanisms::epsilon_for_count_accuracy(c.steps as f64, half_width / c.unit),
                 _ => continue,
             }
             .map_err(|m| Refusal { rule: "target-ci", message: m })?;
@@ -208,12 +273,12 @@ impl Release {
                 let mechanism = match spec.kind {
                     AggKind::Quantile(_) => "exponential mechanism over candidates (OpenDP make_private_quantile)",
                     k if k.is_count() => "discrete Laplace (OpenDP make_laplace)",
-                    AggKind::Sum => "Laplace (OpenDP make_laplace)",
-                    _ => "Laplace on a centred sum and discrete Laplace on the count (OpenDP make_laplace)",
+                    AggKind::Sum => "discrete Laplace on an exact fixed-point sum (OpenDP make_laplace)",
+                    _ => "discrete Laplace on exact fixed-point centred sums and on the count (OpenDP make_laplace)",
                 };
                 let half = match spec.kind {
-                    k if k.is_count() => Some(mechanisms::count_accuracy(comps[0].scale)),
-                    AggKind::Sum => Some(mechanisms::sum_accuracy(comps[0].scale)),
+                    k if k.is_count() => Some(comps[0].accuracy()),
+                    AggKind::Sum => Some(comps[0].accuracy()),
                     _ => None,
                 };
                 AggregateReport {
@@ -255,101 +320,117 @@ impl Release {
         })
     }
 
-    /// Read the data (the debit is done), noise, post-process.
-    pub async fn execute(&self, p: &Prepared, noise: Noise) -> Result<Answer, QueryError> {
-        self.execute_inner(p, noise).await.map_err(|e| QueryError::Internal(crate::error::Error::Usage(e)))
+    /// The physical plans that read data: the exact components over the bounded relation, and
+    /// each quantile's values. Built, optimized and checked for totality before the debit,
+    /// from the SQL, the schema and the catalog's file list only.
+    pub(crate) async fn physical_plans(&self, ctx: &SessionContext, a: &Analysis, schemas: &Schemas) -> Result<Plans, Refusal> {
+        let nkeys = a.keys.len();
+        let plan_err = |e: datafusion::error::DataFusionError| Refusal { rule: "sql-error", message: first_line(&e) };
+        let relation = rewrite::bounded_relation(a, schemas, self.bound).map_err(plan_err)?;
+        let exact_comps: Vec<usize> = (0..self.components.len()).filter(|i| self.components[*i].expr.is_some()).collect();
+        let exact = if exact_comps.is_empty() {
+            None
+        } else {
+            let group: Vec<Expr> = (0..nkeys).map(|i| Expr::Column(Column::from_name(key_col(i)))).collect();
+            let aggs: Vec<Expr> =
+                exact_comps.iter().filter_map(|i| self.components[*i].expr.clone().map(|e| e.alias(format!("__c{i}")))).collect();
+            let plan = LogicalPlanBuilder::from(relation.clone()).aggregate(group, aggs).and_then(|b| b.build()).map_err(plan_err)?;
+            Some(super::physical(ctx, plan).await?)
+        };
+        let mut quantiles = Vec::new();
+        for (i, c) in self.components.iter().enumerate() {
+            let Some(j) = c.agg.filter(|_| c.what == What::Quantile) else { continue };
+            let mut cols: Vec<Expr> = (0..nkeys).map(|k| Expr::Column(Column::from_name(key_col(k)))).collect();
+            cols.push(Expr::Column(Column::from_name(value_col(j))));
+            let plan = LogicalPlanBuilder::from(relation.clone())
+                .filter(Expr::Column(Column::from_name(value_col(j))).is_not_null())
+                .and_then(|b| b.project(cols))
+                .and_then(|b| b.build())
+                .map_err(plan_err)?;
+            quantiles.push((i, super::physical(ctx, plan).await?));
+        }
+        Ok(Plans { exact_comps, exact, quantiles })
     }
 
-    async fn execute_inner(&self, p: &Prepared, noise: Noise) -> Result<Answer, String> {
+    /// Read the data (the debit is done), noise, post-process. An error here is reported by
+    /// its kind only: its text could quote a value.
+    pub(crate) async fn execute(&self, p: &Prepared, noise: Noise) -> Result<Answer, &'static str> {
         let a = &p.analysis;
         let ctx = &p.ctx;
         let nkeys = a.keys.len();
-        let df = |e: datafusion::error::DataFusionError| e.to_string();
+        let df = |e: datafusion::error::DataFusionError| super::error_kind(&e);
 
-        // Exact aggregates over the bounded relation.
-        let exact_comps: Vec<usize> = (0..self.components.len()).filter(|i| self.components[*i].expr.is_some()).collect();
-        let mut exact: HashMap<Vec<ScalarValue>, Vec<f64>> = HashMap::new();
-        if !exact_comps.is_empty() {
-            let relation = rewrite::bounded_relation(a, &p.schemas, self.bound).map_err(df)?;
-            let group: Vec<Expr> = (0..nkeys).map(|i| Expr::Column(Column::from_name(key_col(i)))).collect();
-            let aggs: Vec<Expr> =
-                exact_comps.iter().map(|i| self.components[*i].expr.clone().expect("exact").alias(format!("__c{i}"))).collect();
-            let plan = LogicalPlanBuilder::from(relation).aggregate(group, aggs).map_err(df)?.build().map_err(df)?;
-            for batch in collect(ctx, plan).await.map_err(df)? {
+        // Exact aggregates over the bounded relation: every component is an integer (a count,
+        // or a sum of fixed-point integers).
+        let plans = &p.plans;
+        let mut exact: HashMap<Vec<ScalarValue>, Vec<i64>> = HashMap::new();
+        if let Some(plan) = &plans.exact {
+            for batch in datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()).await.map_err(df)? {
                 for row in 0..batch.num_rows() {
                     let key: Vec<ScalarValue> =
                         (0..nkeys).map(|i| ScalarValue::try_from_array(batch.column(i), row)).collect::<Result<_, _>>().map_err(df)?;
-                    let vals = (0..exact_comps.len()).map(|c| as_f64(batch.column(nkeys + c), row).unwrap_or(0.0)).collect();
+                    let vals = (0..plans.exact_comps.len()).map(|c| as_i64(batch.column(nkeys + c), row).unwrap_or(0)).collect();
                     exact.insert(key, vals);
                 }
             }
         }
+        let exact_comps = &plans.exact_comps;
 
         // The released keys: public, or selected privately.
         let keys: Vec<Vec<ScalarValue>> = match &self.keys {
             Some(k) => k.clone(),
             None => {
-                let (sel, c) = self.components.iter().enumerate().find(|(_, c)| c.what == What::Selection).expect("selection");
-                let idx = exact_comps.iter().position(|c| *c == sel).expect("exact component");
+                let Some((sel, c)) = self.components.iter().enumerate().find(|(_, c)| c.what == What::Selection) else {
+                    return Err("release plan without partition selection");
+                };
+                let Some(idx) = exact_comps.iter().position(|c| *c == sel) else { return Err("release plan without selection counts") };
                 let mut by_name = HashMap::new();
                 let mut counts = HashMap::new();
                 for (k, v) in &exact {
                     let name = format!("{k:?}");
-                    counts.insert(name.clone(), v[idx] as i64);
+                    counts.insert(name.clone(), v[idx]);
                     by_name.insert(name, k.clone());
                 }
-                let (kept, _) = mechanisms::select_partitions(counts, c.sensitivity as u32, c.epsilon, p.delta, noise)?;
-                let mut keys: Vec<Vec<ScalarValue>> = kept.keys().map(|n| by_name[n].clone()).collect();
+                let (kept, _) = mechanisms::select_partitions(counts, c.sensitivity as u32, c.epsilon, p.delta, noise)
+                    .map_err(|_| "partition selection")?;
+                let mut keys: Vec<Vec<ScalarValue>> = kept.keys().filter_map(|n| by_name.get(n).cloned()).collect();
                 keys.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
                 keys
             }
         };
 
-        let mut noisy = self.noise_components(&keys, &exact, &exact_comps, noise)?;
+        let mut noisy = self.noise_components(&keys, &exact, exact_comps, noise).map_err(|_| "noise")?;
         // Quantiles, from the bounded rows of each released group.
-        let quantile_comps: Vec<usize> = (0..self.components.len()).filter(|i| self.components[*i].what == What::Quantile).collect();
-        if !quantile_comps.is_empty() {
-            let relation = rewrite::bounded_relation(a, &p.schemas, self.bound).map_err(df)?;
-            for i in quantile_comps {
-                let c = &self.components[i];
-                let j = c.agg.expect("quantile of an aggregate");
-                let spec = &a.aggs[j];
-                let AggKind::Quantile(q) = spec.kind else { unreachable!() };
-                let mut cols: Vec<Expr> = (0..nkeys).map(|k| Expr::Column(Column::from_name(key_col(k)))).collect();
-                cols.push(Expr::Column(Column::from_name(value_col(j))));
-                let plan = LogicalPlanBuilder::from(relation.clone())
-                    .filter(Expr::Column(Column::from_name(value_col(j))).is_not_null())
-                    .map_err(df)?
-                    .project(cols)
-                    .map_err(df)?
-                    .build()
-                    .map_err(df)?;
-                let mut groups: HashMap<Vec<ScalarValue>, Vec<f64>> = HashMap::new();
-                for batch in collect(ctx, plan).await.map_err(df)? {
-                    for row in 0..batch.num_rows() {
-                        let key: Vec<ScalarValue> =
-                            (0..nkeys).map(|k| ScalarValue::try_from_array(batch.column(k), row)).collect::<Result<_, _>>().map_err(df)?;
-                        if let Some(v) = as_f64(batch.column(nkeys), row) {
-                            groups.entry(key).or_default().push(v);
-                        }
+        for (i, plan) in &plans.quantiles {
+            let c = &self.components[*i];
+            let Some(j) = c.agg else { return Err("quantile without aggregate") };
+            let spec = &a.aggs[j];
+            let AggKind::Quantile(q) = spec.kind else { return Err("quantile of another aggregate") };
+            let mut groups: HashMap<Vec<ScalarValue>, Vec<f64>> = HashMap::new();
+            for batch in datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()).await.map_err(df)? {
+                for row in 0..batch.num_rows() {
+                    let key: Vec<ScalarValue> =
+                        (0..nkeys).map(|k| ScalarValue::try_from_array(batch.column(k), row)).collect::<Result<_, _>>().map_err(df)?;
+                    if let Some(v) = as_f64(batch.column(nkeys), row).filter(|v| v.is_finite()) {
+                        groups.entry(key).or_default().push(v);
                     }
                 }
-                let candidates = candidates(spec.bounds.expect("bounded"), is_integer(&spec.output_type));
-                let mut out = Vec::with_capacity(keys.len());
-                for k in &keys {
-                    let empty = Vec::new();
-                    let values = groups.get(k).unwrap_or(&empty);
-                    out.push(mechanisms::quantile(values, &candidates, q, self.bound, c.epsilon, noise)?);
-                }
-                noisy.insert(i, out);
             }
+            let candidates = candidates(spec.bounds.unwrap_or((0.0, 0.0)), is_integer(&spec.output_type));
+            let mut out = Vec::with_capacity(keys.len());
+            for k in &keys {
+                let empty = Vec::new();
+                let values = groups.get(k).unwrap_or(&empty);
+                out.push(mechanisms::quantile(values, &candidates, q, self.bound, c.epsilon, noise).map_err(|_| "quantile")?);
+            }
+            noisy.insert(*i, out);
         }
 
         // Post-processing: one (value, interval) per aggregate and key.
         let cells = self.post_process(a, &keys, &noisy, &p.policy);
 
         // HAVING, ORDER BY, LIMIT and output expressions, evaluated by DataFusion on the noisy table.
-        let (names, rows) = self.finish(ctx, a, &keys, &cells).await?;
+        let (names, rows) = self.finish(ctx, a, &keys, &cells).await.map_err(|_| "post-processing")?;
         Ok(Answer {
             columns: names,
             rows,
@@ -365,32 +446,24 @@ impl Release {
     }
 
     /// Noise, one vector per count or sum component over the released keys (missing keys are
-    /// zero-filled before noise).
+    /// zero-filled before noise). Counts and fixed-point sums are integers: discrete Laplace in
+    /// steps, then scaled to the released unit.
     fn noise_components(
         &self,
         keys: &[Vec<ScalarValue>],
-        exact: &HashMap<Vec<ScalarValue>, Vec<f64>>,
+        exact: &HashMap<Vec<ScalarValue>, Vec<i64>>,
         exact_comps: &[usize],
         noise: Noise,
     ) -> Result<HashMap<usize, Vec<f64>>, String> {
         let mut noisy: HashMap<usize, Vec<f64>> = HashMap::new();
         for (i, c) in self.components.iter().enumerate() {
-            let values = |i: usize| -> Vec<f64> {
-                let idx = exact_comps.iter().position(|c| *c == i).expect("exact component");
-                keys.iter().map(|k| exact.get(k).map_or(0.0, |v| v[idx])).collect()
-            };
-            match c.what {
-                What::Count => {
-                    let v: Vec<i64> = values(i).into_iter().map(|x| x as i64).collect();
-                    let (n, _) = mechanisms::laplace_counts(&v, c.sensitivity.round() as i64, c.epsilon, noise)?;
-                    noisy.insert(i, n.into_iter().map(|x| x as f64).collect());
-                }
-                What::Sum => {
-                    let (n, _) = mechanisms::laplace_sums(&values(i), c.sensitivity, c.epsilon, noise)?;
-                    noisy.insert(i, n);
-                }
-                What::Quantile | What::Selection => {}
+            if !matches!(c.what, What::Count | What::Sum) {
+                continue;
             }
+            let idx = exact_comps.iter().position(|e| *e == i).ok_or("component without an exact value")?;
+            let values: Vec<i64> = keys.iter().map(|k| exact.get(k).map_or(0, |v| v[idx])).collect();
+            let (n, _) = mechanisms::laplace_counts(&values, c.steps, c.epsilon, noise)?;
+            noisy.insert(i, n.into_iter().map(|x| x as f64 * c.unit).collect());
         }
         Ok(noisy)
     }
@@ -409,7 +482,9 @@ impl Release {
         }
         let keys = vec![vec![]];
         let exact_comps: Vec<usize> = (0..self.components.len()).collect();
-        let map = HashMap::from([(vec![], exact.to_vec())]);
+        // Real values to the components' integer steps, as the fixed-point kernel would round them.
+        let steps: Vec<i64> = exact.iter().zip(&self.components).map(|(x, c)| (x / c.unit).round() as i64).collect();
+        let map = HashMap::from([(vec![], steps)]);
         let noisy = self.noise_components(&keys, &map, &exact_comps, noise)?;
         let cells = self.post_process(&p.analysis, &keys, &noisy, &p.policy);
         Ok(cells[0]
@@ -445,7 +520,7 @@ impl Release {
                 let cell = match spec.kind {
                     k if k.is_count() => {
                         let v = get(0);
-                        let a = mechanisms::count_accuracy(scale(0));
+                        let a = self.components[cs[0]].accuracy();
                         let shown = v.max(0.0);
                         if policy.suppression_threshold > 0 && shown < policy.suppression_threshold as f64 {
                             Cell::Suppressed
@@ -454,7 +529,7 @@ impl Release {
                         }
                     }
                     AggKind::Sum => {
-                        let a = mechanisms::sum_accuracy(scale(0));
+                        let a = self.components[cs[0]].accuracy();
                         let v = get(0);
                         Cell::Noisy(round(v), Some((round(v - a), round(v + a))))
                     }
@@ -509,7 +584,8 @@ impl Release {
                         }
                     }
                     AggKind::Quantile(_) => Cell::Noisy(round(get(0)), None),
-                    _ => unreachable!(),
+                    // Counts are matched by the first arm; this is unreachable.
+                    _ => Cell::Suppressed,
                 };
                 row.push(cell);
             }
@@ -543,7 +619,8 @@ impl Release {
                     Cell::Suppressed => ScalarValue::try_from(ty).map_err(df)?,
                     Cell::Noisy(v, _) => {
                         let v = if is_integer(ty) || spec.kind.is_count() { v.round() } else { *v };
-                        ScalarValue::Float64(Some(v)).cast_to(ty).map_err(df)?
+                        // A noisy value outside the output type's range shows as NULL.
+                        ScalarValue::Float64(Some(v)).cast_to(ty).or_else(|_| ScalarValue::try_from(ty)).map_err(df)?
                     }
                 };
                 row.push(Expr::Literal(v, None));
@@ -679,6 +756,19 @@ fn candidates((lo, hi): (f64, f64), integer: bool) -> Vec<f64> {
     }
     let n = 1000;
     (0..=n).map(|i| lo + (hi - lo) * i as f64 / n as f64).collect()
+}
+
+fn first_line(e: &datafusion::error::DataFusionError) -> String {
+    e.strip_backtrace().lines().next().unwrap_or("").to_owned()
+}
+
+/// The data-reading plans of a release, made before the debit.
+pub(crate) struct Plans {
+    /// Components with an exact aggregate, in the order of the exact plan's columns.
+    exact_comps: Vec<usize>,
+    exact: Option<Arc<dyn ExecutionPlan>>,
+    /// (component, plan of its group keys and values)
+    quantiles: Vec<(usize, Arc<dyn ExecutionPlan>)>,
 }
 
 fn fmt_num(v: f64) -> String {

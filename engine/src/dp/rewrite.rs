@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Date32Array, Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::{CastOptions, cast, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, ScalarValue};
@@ -20,7 +20,10 @@ use datafusion::execution::context::SessionContext;
 use datafusion::functions::math::expr_fn::random;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::functions_window::expr_fn::row_number;
-use datafusion::logical_expr::{Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, lit, when};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDFImpl, Signature,
+    Volatility, lit,
+};
 
 use super::analyze::{Analysis, KeySpec, MAX_DOMAIN, Refusal, refuse};
 use crate::schema::{ColumnPolicy, ColumnType, Domain, DomainValue, Schemas};
@@ -70,10 +73,122 @@ fn truncate(plan: LogicalPlan, unit: Column, k: u32) -> datafusion::error::Resul
     }
 }
 
-/// `CAST(e AS DOUBLE)` clamped into `[lo, hi]`; NULL stays NULL.
-pub fn clamp(e: Expr, (lo, hi): (f64, f64)) -> datafusion::error::Result<Expr> {
-    let x = datafusion::logical_expr::cast(e, DataType::Float64);
-    when(x.clone().lt(lit(lo)), lit(lo)).when(x.clone().gt(lit(hi)), lit(hi)).otherwise(x)
+/// `e` as a double clamped into `[lo, hi]`; NULL and NaN become NULL (a NaN would pass any
+/// comparison-based clamp and poison a sum).
+pub fn clamp(e: Expr, (lo, hi): (f64, f64)) -> Expr {
+    Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+        Arc::new(datafusion::logical_expr::ScalarUDF::new_from_impl(Clamp::new(lo, hi))),
+        vec![e],
+    ))
+}
+
+/// The fixed-point integer of a clamped value: `round((x − centre) / unit)` (or of
+/// `(x − centre)²` when `square`), clamped to `[−STEPS, STEPS]`. Sums of these are exact
+/// (integer addition is associative), unlike float sums whose rounding depends on the order.
+pub fn fixed_point(e: Expr, centre: f64, unit: f64, square: bool) -> Expr {
+    Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+        Arc::new(datafusion::logical_expr::ScalarUDF::new_from_impl(FixedPoint::new(centre, unit, square))),
+        vec![e],
+    ))
+}
+
+/// Steps of the fixed-point grid between 0 and the largest magnitude a value may have.
+pub const STEPS: i64 = 1 << 20;
+
+/// The clamp kernel: never fails (a value that is not a number is NULL).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Clamp {
+    lo: u64,
+    hi: u64,
+    signature: Signature,
+}
+
+impl Clamp {
+    fn new(lo: f64, hi: f64) -> Clamp {
+        Clamp { lo: lo.to_bits(), hi: hi.to_bits(), signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for Clamp {
+    fn name(&self) -> &str {
+        "clamp"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        let (lo, hi) = (f64::from_bits(self.lo), f64::from_bits(self.hi));
+        // max/min rather than f64::clamp, which panics on inverted bounds.
+        Ok(map_f64(&args, |x| x.filter(|x| !x.is_nan()).map(|x| x.max(lo).min(hi)), |v: Vec<Option<f64>>| Float64Array::from(v)))
+    }
+}
+
+/// The fixed-point kernel (see [`fixed_point`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct FixedPoint {
+    centre: u64,
+    unit: u64,
+    square: bool,
+    signature: Signature,
+}
+
+impl FixedPoint {
+    fn new(centre: f64, unit: f64, square: bool) -> FixedPoint {
+        FixedPoint { centre: centre.to_bits(), unit: unit.to_bits(), square, signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for FixedPoint {
+    fn name(&self) -> &str {
+        "fixed_point"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Int64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        let (c, u, square) = (f64::from_bits(self.centre), f64::from_bits(self.unit), self.square);
+        let q = move |x: Option<f64>| -> Option<i64> {
+            let d = x.filter(|x| x.is_finite())? - c;
+            let v = if square { d * d } else { d };
+            // `as` saturates; the clamp makes the grid's bound exact whatever the rounding.
+            Some(((v / u).round() as i64).clamp(-STEPS, STEPS))
+        };
+        Ok(map_f64(&args, q, |v: Vec<Option<i64>>| Int64Array::from(v)))
+    }
+}
+
+/// Apply `f` to every value of the single argument read as f64 (a value that does not convert
+/// is NULL). Never fails.
+fn map_f64<T, A: Array + 'static>(
+    args: &ScalarFunctionArgs,
+    f: impl Fn(Option<f64>) -> Option<T>,
+    build: impl Fn(Vec<Option<T>>) -> A,
+) -> ColumnarValue {
+    let (n, scalar) = match &args.args[0] {
+        ColumnarValue::Scalar(_) => (1, true),
+        ColumnarValue::Array(a) => (a.len(), false),
+    };
+    let values: Vec<Option<f64>> = args.args[0]
+        .to_array(n)
+        .ok()
+        .and_then(|a| cast_with_options(&a, &DataType::Float64, &CastOptions { safe: true, ..Default::default() }).ok())
+        .map(|a| a.as_primitive::<datafusion::arrow::datatypes::Float64Type>().iter().collect())
+        .unwrap_or_else(|| vec![None; n]);
+    let out: ArrayRef = Arc::new(build(values.into_iter().map(f).collect()));
+    if scalar {
+        match ScalarValue::try_from_array(&out, 0) {
+            Ok(v) => ColumnarValue::Scalar(v),
+            Err(_) => ColumnarValue::Array(out),
+        }
+    } else {
+        ColumnarValue::Array(out)
+    }
 }
 
 /// The bounded relation: one row per retained source row, with columns `__pid`, `__k{i}` for
@@ -106,7 +221,7 @@ pub fn bounded_relation(analysis: &Analysis, schemas: &Schemas, bound: u32) -> d
     for (j, a) in analysis.aggs.iter().enumerate() {
         if let Some(v) = &a.value {
             let e = match a.bounds {
-                Some(b) => clamp(v.clone(), b)?,
+                Some(b) => clamp(v.clone(), b),
                 None => v.clone(),
             };
             exprs.push(e.alias(value_col(j)));

@@ -1,0 +1,906 @@
+//! Total semantics: no expression a researcher writes can fail on a data value.
+//!
+//! A query that fails only when some row matches its WHERE is a yes/no answer about the data
+//! that no ε can price. So the outcome of a query (answered, or failed after its debit) must be
+//! a function of the SQL, the schema and the policy alone. Refusing "what might fail" cannot be
+//! made complete (DataFusion has hundreds of functions, and its coercions change between
+//! versions), so the guarantee comes from the evaluator instead:
+//!
+//! 1. [`FUNCTIONS`] lists everything a researcher may write, each with its total behaviour.
+//!    Nothing else is admitted; the README's list of what is answered is printed from it.
+//! 2. [`make_total`] rewrites every expression of the analysed plan into
+//!    - nodes that Arrow evaluates without an error path once the planner has given both sides
+//!      one type: column references, literals, comparisons, AND/OR/NOT, IS [NOT] NULL/TRUE/
+//!      FALSE/UNKNOWN, IN lists, BETWEEN and CASE ([`Form::Native`]);
+//!    - our own kernels for arithmetic, negation, `||`, casts and pattern matching, which
+//!      compute in checked `i64` or in `f64` and give NULL where SQL would raise an error
+//!      (division by zero, overflow, a value that does not convert, an invalid pattern, a float
+//!      result that is not finite);
+//!    - every other admitted function wrapped in [`Total`]: DataFusion's own implementation over
+//!      the batch and, if it raises an error or panics, again row by row, with NULL for each
+//!      row that fails.
+//!
+//!    None of these kernels returns an error for any input: each `invoke_with_args` answers
+//!    `Ok`, falling back to NULLs, whatever the values.
+//! 3. [`check_total`] walks the plan that DataFusion will run, after its optimizer has
+//!    rewritten it, and refuses any expression that is not one of the above. It runs before
+//!    the debit and looks at the plan only, so a refusal there depends on the SQL, never on data.
+
+use std::any::Any;
+use std::hash::Hash;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray, new_null_array};
+use datafusion::arrow::compute::kernels::comparison::{ilike, like, nilike, nlike, regexp_is_match_scalar};
+use datafusion::arrow::compute::{CastOptions, cast_with_options, concat};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::expr::{AggregateFunction, Alias, Between, Case, InList, Like, ScalarFunction};
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::{
+    BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Operator, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Volatility,
+};
+
+use super::analyze::{Refusal, refuse};
+
+/// What an argument of an admitted function is (used by the generated oracle tests and the docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arg {
+    Int,
+    Float,
+    Text,
+    Date,
+    Bool,
+    /// A literal date part (`'year'`, `'month'`, ...): DataFusion types the result from it.
+    Part,
+    /// A LIKE or SIMILAR TO pattern.
+    Pattern,
+}
+
+/// How an admitted function or operator is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Evaluated by Arrow, which has no error path on operands of one type.
+    Native,
+    /// Our checked arithmetic kernel ([`Arithmetic`]).
+    Arithmetic(Operator),
+    /// Our checked negation ([`Negate`]).
+    Negation,
+    /// Our `||` ([`Concat`]).
+    Concat,
+    /// Our cast ([`TotalCast`]): CAST, TRY_CAST and the planner's implicit casts.
+    Cast,
+    /// Our LIKE / ILIKE / SIMILAR TO ([`Pattern`]).
+    Pattern,
+    /// DataFusion's function of this (planned) name, wrapped in [`Total`].
+    Function(&'static str),
+}
+
+/// One admitted function or operator.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted {
+    /// How a researcher writes it; `{0}`, `{1}`, ... stand for its arguments.
+    pub sql: &'static str,
+    pub form: Form,
+    pub args: &'static [Arg],
+    /// What it gives where a strict evaluator would raise an error.
+    pub total: &'static str,
+}
+
+const fn native(sql: &'static str, args: &'static [Arg], total: &'static str) -> Admitted {
+    Admitted { sql, form: Form::Native, args, total }
+}
+const fn function(name: &'static str, sql: &'static str, args: &'static [Arg], total: &'static str) -> Admitted {
+    Admitted { sql, form: Form::Function(name), args, total }
+}
+
+use Arg::*;
+
+const ONE_TYPE: &str = "no error path: the planner gives both sides one type first (through the total cast)";
+const WRAPPED: &str = "DataFusion's function; NULL for a row where it raises an error";
+
+/// Everything a researcher may write in WHERE, GROUP BY and aggregate arguments, with its total
+/// behaviour. Expressions over released aggregates (HAVING, ORDER BY, output arithmetic) use
+/// the same table.
+pub const FUNCTIONS: &[Admitted] = &[
+    native("{0} = {1}", &[Int, Int], ONE_TYPE),
+    native("{0} <> {1}", &[Int, Int], ONE_TYPE),
+    native("{0} < {1}", &[Int, Int], ONE_TYPE),
+    native("{0} <= {1}", &[Float, Float], ONE_TYPE),
+    native("{0} > {1}", &[Date, Date], ONE_TYPE),
+    native("{0} >= {1}", &[Text, Text], ONE_TYPE),
+    native("{0} IS DISTINCT FROM {1}", &[Int, Int], ONE_TYPE),
+    native("{0} IS NOT DISTINCT FROM {1}", &[Text, Text], ONE_TYPE),
+    native("{0} AND {1}", &[Bool, Bool], "no error path (three-valued logic)"),
+    native("{0} OR {1}", &[Bool, Bool], "no error path (three-valued logic)"),
+    native("NOT {0}", &[Bool], "no error path (three-valued logic)"),
+    native("{0} IS NULL", &[Int], "no error path"),
+    native("{0} IS NOT NULL", &[Text], "no error path"),
+    native("{0} IS TRUE", &[Bool], "no error path"),
+    native("{0} IS NOT FALSE", &[Bool], "no error path"),
+    native("{0} IN ({1}, {2})", &[Int, Int, Int], ONE_TYPE),
+    native("{0} NOT IN ({1}, {2})", &[Text, Text, Text], ONE_TYPE),
+    native("{0} BETWEEN {1} AND {2}", &[Int, Int, Int], ONE_TYPE),
+    native("CASE WHEN {0} THEN {1} ELSE {2} END", &[Bool, Int, Int], "no error path of its own; its branches are total"),
+    native("CASE {0} WHEN 1 THEN {1} ELSE {2} END", &[Int, Text, Text], "no error path of its own; its branches are total"),
+    Admitted {
+        sql: "{0} + {1}",
+        form: Form::Arithmetic(Operator::Plus),
+        args: &[Int, Int],
+        total: "NULL when an integer result overflows or a float result is not finite",
+    },
+    Admitted {
+        sql: "{0} - {1}",
+        form: Form::Arithmetic(Operator::Minus),
+        args: &[Int, Int],
+        total: "NULL when an integer result overflows or a float result is not finite",
+    },
+    Admitted {
+        sql: "{0} * {1}",
+        form: Form::Arithmetic(Operator::Multiply),
+        args: &[Int, Int],
+        total: "NULL when an integer result overflows or a float result is not finite",
+    },
+    Admitted {
+        sql: "{0} * {1}",
+        form: Form::Arithmetic(Operator::Multiply),
+        args: &[Float, Float],
+        total: "NULL when an integer result overflows or a float result is not finite",
+    },
+    Admitted {
+        sql: "{0} / {1}",
+        form: Form::Arithmetic(Operator::Divide),
+        args: &[Int, Int],
+        total: "NULL for a zero divisor and on overflow; integer division truncates towards zero",
+    },
+    Admitted {
+        sql: "{0} / {1}",
+        form: Form::Arithmetic(Operator::Divide),
+        args: &[Float, Float],
+        total: "NULL for a zero divisor and on overflow; integer division truncates towards zero",
+    },
+    Admitted { sql: "{0} % {1}", form: Form::Arithmetic(Operator::Modulo), args: &[Int, Int], total: "NULL for a zero divisor" },
+    Admitted { sql: "-({0})", form: Form::Negation, args: &[Int], total: "NULL for the negation of the smallest integer" },
+    Admitted { sql: "{0} || {1}", form: Form::Concat, args: &[Text, Text], total: "NULL if either side is NULL" },
+    Admitted {
+        sql: "CAST({0} AS BIGINT)",
+        form: Form::Cast,
+        args: &[Text],
+        total: "NULL for a value that does not convert (TRY_CAST semantics)",
+    },
+    Admitted {
+        sql: "CAST({0} AS BIGINT)",
+        form: Form::Cast,
+        args: &[Float],
+        total: "NULL for a value that does not convert (TRY_CAST semantics)",
+    },
+    Admitted {
+        sql: "CAST({0} AS INTEGER)",
+        form: Form::Cast,
+        args: &[Int],
+        total: "NULL for a value that does not convert (TRY_CAST semantics)",
+    },
+    Admitted {
+        sql: "CAST({0} AS DOUBLE)",
+        form: Form::Cast,
+        args: &[Text],
+        total: "NULL for a value that does not convert (TRY_CAST semantics)",
+    },
+    Admitted {
+        sql: "CAST({0} AS VARCHAR)",
+        form: Form::Cast,
+        args: &[Float],
+        total: "NULL for a value that does not convert (TRY_CAST semantics)",
+    },
+    Admitted {
+        sql: "CAST({0} AS DATE)",
+        form: Form::Cast,
+        args: &[Text],
+        total: "NULL for a value that does not convert (TRY_CAST semantics)",
+    },
+    Admitted {
+        sql: "CAST({0} AS TIMESTAMP)",
+        form: Form::Cast,
+        args: &[Date],
+        total: "NULL for a value that does not convert (TRY_CAST semantics)",
+    },
+    Admitted { sql: "TRY_CAST({0} AS BIGINT)", form: Form::Cast, args: &[Text], total: "NULL for a value that does not convert" },
+    Admitted { sql: "{0} LIKE {1}", form: Form::Pattern, args: &[Text, Pattern], total: "NULL for a pattern that does not compile" },
+    Admitted { sql: "{0} NOT LIKE {1}", form: Form::Pattern, args: &[Text, Pattern], total: "NULL for a pattern that does not compile" },
+    Admitted { sql: "{0} ILIKE {1}", form: Form::Pattern, args: &[Text, Pattern], total: "NULL for a pattern that does not compile" },
+    Admitted {
+        sql: "{0} SIMILAR TO {1}",
+        form: Form::Pattern,
+        args: &[Text, Pattern],
+        total: "regular-expression match; NULL for a pattern that does not compile",
+    },
+    function("abs", "abs({0})", &[Int], "NULL for the absolute value of the smallest integer"),
+    function("ceil", "ceil({0})", &[Float], WRAPPED),
+    function("floor", "floor({0})", &[Float], WRAPPED),
+    function("round", "round({0})", &[Float], WRAPPED),
+    function("round", "round({0}, {1})", &[Float, Int], WRAPPED),
+    function("trunc", "trunc({0})", &[Float], WRAPPED),
+    function("signum", "signum({0})", &[Float], WRAPPED),
+    function("isnan", "isnan({0})", &[Float], WRAPPED),
+    function("iszero", "iszero({0})", &[Float], WRAPPED),
+    function("greatest", "greatest({0}, {1})", &[Int, Int], WRAPPED),
+    function("least", "least({0}, {1})", &[Float, Float], WRAPPED),
+    function("coalesce", "coalesce({0}, {1})", &[Int, Int], WRAPPED),
+    function("nullif", "nullif({0}, {1})", &[Text, Text], WRAPPED),
+    function("nvl", "nvl({0}, {1})", &[Int, Int], WRAPPED),
+    function("lower", "lower({0})", &[Text], WRAPPED),
+    function("upper", "upper({0})", &[Text], WRAPPED),
+    function("btrim", "trim({0})", &[Text], WRAPPED),
+    function("ltrim", "ltrim({0})", &[Text], WRAPPED),
+    function("rtrim", "rtrim({0})", &[Text], WRAPPED),
+    function("character_length", "length({0})", &[Text], WRAPPED),
+    function("octet_length", "octet_length({0})", &[Text], WRAPPED),
+    function("starts_with", "starts_with({0}, {1})", &[Text, Text], WRAPPED),
+    function("ends_with", "ends_with({0}, {1})", &[Text, Text], WRAPPED),
+    function("strpos", "strpos({0}, {1})", &[Text, Text], WRAPPED),
+    function("substr", "substr({0}, {1})", &[Text, Int], "NULL for a position or length DataFusion rejects"),
+    function("substr", "substr({0}, {1}, {2})", &[Text, Int, Int], "NULL for a position or length DataFusion rejects (a negative length)"),
+    function("left", "left({0}, {1})", &[Text, Int], WRAPPED),
+    function("right", "right({0}, {1})", &[Text, Int], WRAPPED),
+    function("concat", "concat({0}, {1})", &[Text, Text], "NULL arguments count as empty strings"),
+    function("date_trunc", "date_trunc({0}, {1})", &[Part, Date], "the part must be a literal; NULL where DataFusion raises"),
+    function("date_part", "date_part({0}, {1})", &[Part, Date], "the part must be a literal; NULL where DataFusion raises"),
+    function("date_part", "EXTRACT(YEAR FROM {0})", &[Date], "NULL where DataFusion raises"),
+];
+
+/// Whether DataFusion's function `name` (as planned) is admitted.
+pub fn admitted_function(name: &str) -> bool {
+    FUNCTIONS.iter().any(|a| matches!(a.form, Form::Function(n) if n == name))
+}
+
+/// The admitted functions, one line each, for the README and `secretum functions`.
+pub fn describe() -> String {
+    let mut out = String::new();
+    for a in FUNCTIONS {
+        let mut sql = a.sql.to_owned();
+        for (i, arg) in a.args.iter().enumerate() {
+            let name = match arg {
+                Int => "int",
+                Float => "float",
+                Text => "text",
+                Date => "date",
+                Bool => "bool",
+                Part => "'part'",
+                Pattern => "pattern",
+            };
+            sql = sql.replace(&format!("{{{i}}}"), name);
+        }
+        out.push_str(&format!("{sql:<40} {}\n", a.total));
+    }
+    out
+}
+
+// ---- the rewrite -----------------------------------------------------------------------------
+
+/// Rewrite every expression of `plan` into its total form, keeping every output name (the
+/// release refers to the aggregate's outputs by name). Refuses what [`FUNCTIONS`] does not admit.
+pub fn make_total(plan: LogicalPlan) -> Result<LogicalPlan, Refusal> {
+    let mut refusal = None;
+    let rewritten = plan.transform_up(|node| {
+        let schema = input_schema(&node);
+        let names = NamePreserver::new(&node);
+        let node = node.map_expressions(|e| {
+            let saved = names.save(&e);
+            match total_expr(e.clone(), &schema) {
+                Ok(t) => Ok(Transformed::yes(saved.restore(t))),
+                Err(r) => {
+                    refusal.get_or_insert(r);
+                    Ok(Transformed::no(e))
+                }
+            }
+        })?;
+        Ok(Transformed::yes(node.data.recompute_schema()?))
+    });
+    if let Some(r) = refusal {
+        return Err(r);
+    }
+    rewritten.map(|t| t.data).map_err(|e| Refusal { rule: "sql-error", message: first_line(&e) })
+}
+
+/// The schema a node's expressions are evaluated against.
+fn input_schema(node: &LogicalPlan) -> Arc<DFSchema> {
+    match node.inputs().as_slice() {
+        [one] if !matches!(node, LogicalPlan::Join(_)) => one.schema().clone(),
+        _ => node.schema().clone(),
+    }
+}
+
+fn first_line(e: &datafusion::error::DataFusionError) -> String {
+    e.strip_backtrace().lines().next().unwrap_or("").to_owned()
+}
+
+fn udf(f: impl ScalarUDFImpl + 'static, args: Vec<Expr>) -> Expr {
+    Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(ScalarUDF::new_from_impl(f)), args))
+}
+
+/// The total form of one expression.
+pub fn total_expr(e: Expr, schema: &DFSchema) -> Result<Expr, Refusal> {
+    let rec = |x: Expr| total_expr(x, schema);
+    let boxed = |x: Box<Expr>| total_expr(*x, schema).map(Box::new);
+    let type_of = |x: &Expr| x.get_type(schema).map_err(|e| Refusal { rule: "sql-error", message: first_line(&e) });
+    Ok(match e {
+        Expr::Column(_) | Expr::Literal(..) => e,
+        Expr::Alias(Alias { expr, relation, name, metadata }) => Expr::Alias(Alias { expr: boxed(expr)?, relation, name, metadata }),
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            use Operator::*;
+            match op {
+                Eq | NotEq | Lt | LtEq | Gt | GtEq | And | Or | IsDistinctFrom | IsNotDistinctFrom => {
+                    Expr::BinaryExpr(BinaryExpr { left: boxed(left)?, op, right: boxed(right)? })
+                }
+                Plus | Minus | Multiply | Divide | Modulo => {
+                    let out = type_of(&Expr::BinaryExpr(BinaryExpr { left: left.clone(), op, right: right.clone() }))?;
+                    if !(out.is_integer() || out.is_floating()) {
+                        return refuse(
+                            "unsupported-expression",
+                            format!("arithmetic {op} on {out} is not supported (numbers only: cast or extract first)"),
+                        );
+                    }
+                    udf(Arithmetic::new(op, out), vec![rec(*left)?, rec(*right)?])
+                }
+                StringConcat => udf(Concat::new(), vec![rec(*left)?, rec(*right)?]),
+                LikeMatch | ILikeMatch | NotLikeMatch | NotILikeMatch => {
+                    let negated = matches!(op, NotLikeMatch | NotILikeMatch);
+                    let insensitive = matches!(op, ILikeMatch | NotILikeMatch);
+                    udf(Pattern::new(PatternKind::Like, negated, insensitive), vec![rec(*left)?, rec(*right)?])
+                }
+                other => return refuse("unsupported-expression", format!("operator {other} is not allowed")),
+            }
+        }
+        Expr::Like(l) => pattern(l, PatternKind::Like, schema)?,
+        Expr::SimilarTo(l) => pattern(l, PatternKind::Similar, schema)?,
+        Expr::Not(x) => Expr::Not(boxed(x)?),
+        Expr::IsNull(x) => Expr::IsNull(boxed(x)?),
+        Expr::IsNotNull(x) => Expr::IsNotNull(boxed(x)?),
+        Expr::IsTrue(x) => Expr::IsTrue(boxed(x)?),
+        Expr::IsFalse(x) => Expr::IsFalse(boxed(x)?),
+        Expr::IsUnknown(x) => Expr::IsUnknown(boxed(x)?),
+        Expr::IsNotTrue(x) => Expr::IsNotTrue(boxed(x)?),
+        Expr::IsNotFalse(x) => Expr::IsNotFalse(boxed(x)?),
+        Expr::IsNotUnknown(x) => Expr::IsNotUnknown(boxed(x)?),
+        Expr::Negative(x) => {
+            let ty = type_of(&x)?;
+            if !(ty.is_integer() || ty.is_floating()) {
+                return refuse("unsupported-expression", format!("negation of {ty} is not supported"));
+            }
+            udf(Negate::new(ty), vec![rec(*x)?])
+        }
+        Expr::Between(Between { expr, negated, low, high }) => {
+            Expr::Between(Between { expr: boxed(expr)?, negated, low: boxed(low)?, high: boxed(high)? })
+        }
+        Expr::InList(InList { expr, list, negated }) => {
+            Expr::InList(InList { expr: boxed(expr)?, list: list.into_iter().map(rec).collect::<Result<_, _>>()?, negated })
+        }
+        Expr::Case(Case { expr, when_then_expr, else_expr }) => Expr::Case(Case {
+            expr: expr.map(boxed).transpose()?,
+            when_then_expr: when_then_expr.into_iter().map(|(w, t)| Ok((boxed(w)?, boxed(t)?))).collect::<Result<_, Refusal>>()?,
+            else_expr: else_expr.map(boxed).transpose()?,
+        }),
+        Expr::Cast(c) => cast(*c.expr, c.field.data_type(), schema)?,
+        Expr::TryCast(c) => cast(*c.expr, c.field.data_type(), schema)?,
+        Expr::ScalarFunction(ScalarFunction { func, args }) => {
+            let name = func.name().to_ascii_lowercase();
+            if is_ours(&func) {
+                Expr::ScalarFunction(ScalarFunction { func, args: args.into_iter().map(rec).collect::<Result<_, _>>()? })
+            } else if admitted_function(&name) {
+                udf(Total::new(func), args.into_iter().map(rec).collect::<Result<_, _>>()?)
+            } else {
+                return refuse("unsupported-function", format!("function {name} is not admitted (`secretum functions` lists what is)"));
+            }
+        }
+        Expr::AggregateFunction(AggregateFunction { func, params }) => {
+            let mut params = params;
+            params.args = params.args.into_iter().map(rec).collect::<Result<_, _>>()?;
+            params.filter = params.filter.map(boxed).transpose()?;
+            params.order_by = params
+                .order_by
+                .into_iter()
+                .map(|mut s| {
+                    s.expr = rec(s.expr)?;
+                    Ok(s)
+                })
+                .collect::<Result<_, Refusal>>()?;
+            Expr::AggregateFunction(AggregateFunction { func, params })
+        }
+        other => return refuse("unsupported-expression", format!("expression {other} is not allowed")),
+    })
+}
+
+fn pattern(l: Like, kind: PatternKind, schema: &DFSchema) -> Result<Expr, Refusal> {
+    if l.escape_char.is_some_and(|c| c != '\\') {
+        return refuse("unsupported-expression", "LIKE ... ESCAPE with another character than '\\' is not supported");
+    }
+    Ok(udf(Pattern::new(kind, l.negated, l.case_insensitive), vec![total_expr(*l.expr, schema)?, total_expr(*l.pattern, schema)?]))
+}
+
+/// The casts we admit: to the stored types and their narrower integer and float siblings.
+fn castable(to: &DataType) -> bool {
+    use DataType::*;
+    matches!(
+        to,
+        Int8 | Int16
+            | Int32
+            | Int64
+            | UInt8
+            | UInt16
+            | UInt32
+            | UInt64
+            | Float32
+            | Float64
+            | Utf8
+            | LargeUtf8
+            | Utf8View
+            | Date32
+            | Boolean
+    ) || matches!(to, Timestamp(_, None))
+}
+
+fn cast(expr: Expr, to: &DataType, schema: &DFSchema) -> Result<Expr, Refusal> {
+    if !castable(to) {
+        return refuse("unsupported-expression", format!("a cast to {to} is not supported"));
+    }
+    let from = expr.get_type(schema).map_err(|e| Refusal { rule: "sql-error", message: first_line(&e) })?;
+    let expr = total_expr(expr, schema)?;
+    if &from == to {
+        return Ok(expr);
+    }
+    Ok(udf(TotalCast::new(to.clone()), vec![expr]))
+}
+
+// ---- the verifier ----------------------------------------------------------------------------
+
+/// Check that every expression of a plan about to run is total: one of our kernels, a native
+/// node of [`Form::Native`], or part of the release's own machinery (COUNT and SUM over our
+/// fixed-point integers, ROW_NUMBER over a random order for truncation). Looks at the plan only.
+pub fn check_total(plan: &LogicalPlan) -> Result<(), Refusal> {
+    let mut result = Ok(());
+    let _ = plan.apply_with_subqueries(|node| {
+        result = check_exprs(&node.expressions());
+        Ok(if result.is_ok() { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+    });
+    result
+}
+
+/// [`check_total`] for a list of expressions.
+pub fn check_exprs(exprs: &[Expr]) -> Result<(), Refusal> {
+    let mut bad: Option<String> = None;
+    for e in exprs {
+        let _ = e.apply(|x| {
+            if let Some(why) = not_total(x) {
+                bad.get_or_insert(why);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+    }
+    match bad {
+        None => Ok(()),
+        Some(why) => {
+            refuse("not-total", format!("the planned query would evaluate {why}, which is not known to be total; nothing was spent"))
+        }
+    }
+}
+
+fn not_total(e: &Expr) -> Option<String> {
+    use Operator::*;
+    match e {
+        Expr::Column(_) | Expr::Literal(..) | Expr::Alias(_) => None,
+        Expr::BinaryExpr(b) if matches!(b.op, Eq | NotEq | Lt | LtEq | Gt | GtEq | And | Or | IsDistinctFrom | IsNotDistinctFrom) => None,
+        Expr::Not(_)
+        | Expr::IsNull(_)
+        | Expr::IsNotNull(_)
+        | Expr::IsTrue(_)
+        | Expr::IsFalse(_)
+        | Expr::IsUnknown(_)
+        | Expr::IsNotTrue(_)
+        | Expr::IsNotFalse(_)
+        | Expr::IsNotUnknown(_)
+        | Expr::Between(_)
+        | Expr::InList(_)
+        | Expr::Case(_) => None,
+        Expr::ScalarFunction(f) if is_ours(&f.func) || f.func.name() == "random" => None,
+        // The release's own aggregates: COUNT never fails; SUM only ever sums our fixed-point
+        // BIGINTs (|value| ≤ 2^20), which cannot overflow under 2^43 rows.
+        Expr::AggregateFunction(f) if matches!(f.func.name(), "count" | "sum") => None,
+        Expr::WindowFunction(w) if w.fun.name() == "row_number" => None,
+        other => Some(format!("{other}")),
+    }
+}
+
+/// Whether a scalar function is one of our total kernels.
+fn is_ours(f: &ScalarUDF) -> bool {
+    let any: &dyn Any = f.inner().as_ref();
+    any.is::<Total>()
+        || any.is::<Arithmetic>()
+        || any.is::<Negate>()
+        || any.is::<Concat>()
+        || any.is::<TotalCast>()
+        || any.is::<Pattern>()
+        || any.is::<super::rewrite::Clamp>()
+        || any.is::<super::rewrite::FixedPoint>()
+}
+
+// ---- kernels -----------------------------------------------------------------------------------
+
+/// Evaluate `f` over the arguments; never fails: a kernel error or panic becomes all-NULL.
+/// All-scalar arguments give a scalar.
+fn never_fails(args: &ScalarFunctionArgs, out: &DataType, f: impl Fn(&[ArrayRef], usize) -> Option<ArrayRef>) -> ColumnarValue {
+    let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+    let n = if scalar { 1 } else { args.number_rows };
+    let arrays: Option<Vec<ArrayRef>> = args.args.iter().map(|a| a.to_array(n).ok()).collect();
+    let result = arrays.and_then(|arrays| catch_unwind(AssertUnwindSafe(|| f(&arrays, n))).ok().flatten());
+    let array = match result {
+        Some(a) if a.len() == n && a.data_type() == out => a,
+        _ => new_null_array(out, n),
+    };
+    if scalar {
+        ColumnarValue::Scalar(
+            ScalarValue::try_from_array(&array, 0).unwrap_or_else(|_| ScalarValue::try_from(out).unwrap_or(ScalarValue::Null)),
+        )
+    } else {
+        ColumnarValue::Array(array)
+    }
+}
+
+fn safe_cast(a: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
+    if a.data_type() == to {
+        return Some(a.clone());
+    }
+    cast_with_options(a, to, &CastOptions { safe: true, ..Default::default() }).ok()
+}
+
+/// Cast element by element where the whole-array cast fails: a value that does not convert
+/// becomes NULL.
+fn cast_each(a: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
+    if let Some(c) = safe_cast(a, to) {
+        return Some(c);
+    }
+    let parts: Vec<ArrayRef> = (0..a.len()).map(|i| safe_cast(&a.slice(i, 1), to).unwrap_or_else(|| new_null_array(to, 1))).collect();
+    let refs: Vec<&dyn Array> = parts.iter().map(|p| p.as_ref()).collect();
+    if refs.is_empty() { Some(new_null_array(to, 0)) } else { concat(&refs).ok() }
+}
+
+macro_rules! kernel_boilerplate {
+    () => {
+        fn signature(&self) -> &Signature {
+            &self.signature
+        }
+    };
+}
+
+/// `+ - * / %` on numbers: checked in `i64` for integer results, `f64` for float results, then
+/// cast (checked) to the planned type. NULL on overflow, division by zero, a non-finite float.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Arithmetic {
+    op: Operator,
+    out: DataType,
+    signature: Signature,
+}
+
+impl Arithmetic {
+    fn new(op: Operator, out: DataType) -> Arithmetic {
+        Arithmetic { op, out, signature: Signature::any(2, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for Arithmetic {
+    kernel_boilerplate!();
+    fn name(&self) -> &str {
+        match self.op {
+            Operator::Plus => "total_add",
+            Operator::Minus => "total_sub",
+            Operator::Multiply => "total_mul",
+            Operator::Divide => "total_div",
+            _ => "total_mod",
+        }
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(self.out.clone())
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        let op = self.op;
+        Ok(never_fails(&args, &self.out, |a, _| {
+            if self.out.is_integer() {
+                let (l, r) = (cast_each(&a[0], &DataType::Int64)?, cast_each(&a[1], &DataType::Int64)?);
+                let (l, r) = (l.as_primitive::<Int64Type>(), r.as_primitive::<Int64Type>());
+                let out: Int64Array = l
+                    .iter()
+                    .zip(r.iter())
+                    .map(|(x, y)| match (x, y) {
+                        (Some(x), Some(y)) => match op {
+                            Operator::Plus => x.checked_add(y),
+                            Operator::Minus => x.checked_sub(y),
+                            Operator::Multiply => x.checked_mul(y),
+                            Operator::Divide => x.checked_div(y),
+                            _ => x.checked_rem(y),
+                        },
+                        _ => None,
+                    })
+                    .collect();
+                cast_each(&(Arc::new(out) as ArrayRef), &self.out)
+            } else {
+                let (l, r) = (cast_each(&a[0], &DataType::Float64)?, cast_each(&a[1], &DataType::Float64)?);
+                let (l, r) = (l.as_primitive::<Float64Type>(), r.as_primitive::<Float64Type>());
+                let out: Float64Array = l
+                    .iter()
+                    .zip(r.iter())
+                    .map(|(x, y)| {
+                        let (x, y): (f64, f64) = (x?, y?);
+                        let v = match op {
+                            Operator::Plus => x + y,
+                            Operator::Minus => x - y,
+                            Operator::Multiply => x * y,
+                            Operator::Divide => x / y,
+                            _ => x % y,
+                        };
+                        v.is_finite().then_some(v)
+                    })
+                    .collect();
+                cast_each(&(Arc::new(out) as ArrayRef), &self.out)
+            }
+        }))
+    }
+}
+
+/// Unary minus: checked for integers (the smallest integer has no negation: NULL).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Negate {
+    ty: DataType,
+    signature: Signature,
+}
+
+impl Negate {
+    fn new(ty: DataType) -> Negate {
+        Negate { ty, signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for Negate {
+    kernel_boilerplate!();
+    fn name(&self) -> &str {
+        "total_negate"
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(self.ty.clone())
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        Ok(never_fails(&args, &self.ty, |a, _| {
+            let out: ArrayRef = if self.ty.is_integer() {
+                let x = cast_each(&a[0], &DataType::Int64)?;
+                Arc::new(x.as_primitive::<Int64Type>().iter().map(|v| v?.checked_neg()).collect::<Int64Array>())
+            } else {
+                let x = cast_each(&a[0], &DataType::Float64)?;
+                Arc::new(x.as_primitive::<Float64Type>().iter().map(|v| v.map(|v| -v)).collect::<Float64Array>())
+            };
+            cast_each(&out, &self.ty)
+        }))
+    }
+}
+
+/// `a || b`: NULL if either side is NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Concat {
+    signature: Signature,
+}
+
+impl Concat {
+    fn new() -> Concat {
+        Concat { signature: Signature::any(2, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for Concat {
+    kernel_boilerplate!();
+    fn name(&self) -> &str {
+        "total_concat"
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        Ok(never_fails(&args, &DataType::Utf8, |a, _| {
+            let (l, r) = (cast_each(&a[0], &DataType::Utf8)?, cast_each(&a[1], &DataType::Utf8)?);
+            let (l, r) = (l.as_string::<i32>(), r.as_string::<i32>());
+            let out: StringArray = l.iter().zip(r.iter()).map(|(x, y)| Some(format!("{}{}", x?, y?))).collect();
+            Some(Arc::new(out) as ArrayRef)
+        }))
+    }
+}
+
+/// CAST, TRY_CAST and the planner's implicit casts: a value that does not convert is NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TotalCast {
+    to: DataType,
+    signature: Signature,
+}
+
+impl TotalCast {
+    fn new(to: DataType) -> TotalCast {
+        TotalCast { to, signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for TotalCast {
+    kernel_boilerplate!();
+    fn name(&self) -> &str {
+        "total_cast"
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(self.to.clone())
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        Ok(never_fails(&args, &self.to, |a, _| {
+            let out = cast_each(&a[0], &self.to)?;
+            // Arrow's float-to-integer cast is checked; a float cast keeps only finite values.
+            if self.to.is_floating() {
+                let f = cast_each(&out, &DataType::Float64)?;
+                let f: Float64Array = f.as_primitive::<Float64Type>().iter().map(|v| v.filter(|v| v.is_finite())).collect();
+                return cast_each(&(Arc::new(f) as ArrayRef), &self.to);
+            }
+            Some(out)
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PatternKind {
+    Like,
+    Similar,
+}
+
+/// LIKE / ILIKE / NOT LIKE / SIMILAR TO: Arrow's kernels; a pattern that does not compile gives
+/// NULL for the rows that use it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    kind: PatternKind,
+    negated: bool,
+    insensitive: bool,
+    signature: Signature,
+}
+
+impl Pattern {
+    fn new(kind: PatternKind, negated: bool, insensitive: bool) -> Pattern {
+        Pattern { kind, negated, insensitive, signature: Signature::any(2, Volatility::Immutable) }
+    }
+
+    fn eval(&self, text: &ArrayRef, pattern: &ArrayRef) -> Option<BooleanArray> {
+        match self.kind {
+            PatternKind::Like => {
+                let f = match (self.negated, self.insensitive) {
+                    (false, false) => like,
+                    (false, true) => ilike,
+                    (true, false) => nlike,
+                    (true, true) => nilike,
+                };
+                f(text, pattern).ok()
+            }
+            PatternKind::Similar => {
+                // One pattern per row: match each row against its own pattern.
+                let (t, p) = (text.as_string::<i32>(), pattern.as_string::<i32>());
+                let flag = self.insensitive.then_some("i");
+                let out: BooleanArray = (0..t.len())
+                    .map(|i| {
+                        if t.is_null(i) || p.is_null(i) {
+                            return None;
+                        }
+                        let one = StringArray::from(vec![t.value(i)]);
+                        let m = regexp_is_match_scalar(&one, p.value(i), flag).ok()?.value(0);
+                        Some(m != self.negated)
+                    })
+                    .collect();
+                Some(out)
+            }
+        }
+    }
+}
+
+impl ScalarUDFImpl for Pattern {
+    kernel_boilerplate!();
+    fn name(&self) -> &str {
+        match self.kind {
+            PatternKind::Like => "total_like",
+            PatternKind::Similar => "total_similar_to",
+        }
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        Ok(never_fails(&args, &DataType::Boolean, |a, n| {
+            let (t, p) = (cast_each(&a[0], &DataType::Utf8)?, cast_each(&a[1], &DataType::Utf8)?);
+            if let Some(all) = self.eval(&t, &p) {
+                return Some(Arc::new(all) as ArrayRef);
+            }
+            // Row by row: only the rows whose pattern fails are NULL.
+            let parts: Vec<ArrayRef> = (0..n)
+                .map(|i| match self.eval(&t.slice(i, 1), &p.slice(i, 1)) {
+                    Some(b) => Arc::new(b) as ArrayRef,
+                    None => new_null_array(&DataType::Boolean, 1),
+                })
+                .collect();
+            let refs: Vec<&dyn Array> = parts.iter().map(|p| p.as_ref()).collect();
+            if refs.is_empty() { Some(new_null_array(&DataType::Boolean, 0)) } else { concat(&refs).ok() }
+        }))
+    }
+}
+
+/// An admitted DataFusion function, made total: evaluated over the batch, and where that raises
+/// an error or panics, row by row with NULL for each row that fails. Its type is the wrapped
+/// function's type (the planner's coercions already ran), always nullable.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Total {
+    inner: Arc<ScalarUDF>,
+    name: String,
+}
+
+impl Total {
+    fn new(inner: Arc<ScalarUDF>) -> Total {
+        let name = format!("total_{}", inner.name());
+        Total { inner, name }
+    }
+
+    fn call(&self, args: ScalarFunctionArgs) -> Option<ColumnarValue> {
+        catch_unwind(AssertUnwindSafe(|| self.inner.invoke_with_args(args))).ok()?.ok()
+    }
+}
+
+impl ScalarUDFImpl for Total {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> datafusion::error::Result<FieldRef> {
+        let f = self.inner.return_field_from_args(args)?;
+        Ok(Arc::new(Field::new(self.name(), f.data_type().clone(), true)))
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> datafusion::error::Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        let out = args.return_field.data_type().clone();
+        let n = args.number_rows;
+        if let Some(v) = self.call(args.clone()) {
+            let ok = match &v {
+                ColumnarValue::Array(a) => a.len() == n && a.data_type() == &out,
+                ColumnarValue::Scalar(s) => &s.data_type() == &out,
+            };
+            if ok {
+                return Ok(v);
+            }
+        }
+        // Row by row.
+        let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        if scalar {
+            return Ok(ColumnarValue::Scalar(ScalarValue::try_from(&out).unwrap_or(ScalarValue::Null)));
+        }
+        let mut parts: Vec<ArrayRef> = Vec::with_capacity(n);
+        for i in 0..n {
+            let row_args = args
+                .args
+                .iter()
+                .map(|a| match a {
+                    ColumnarValue::Array(a) => ColumnarValue::Array(a.slice(i, 1)),
+                    s => s.clone(),
+                })
+                .collect();
+            let one = ScalarFunctionArgs { args: row_args, number_rows: 1, ..args.clone() };
+            let cell = self.call(one).and_then(|v| v.to_array(1).ok()).filter(|a| a.len() == 1 && a.data_type() == &out);
+            parts.push(cell.unwrap_or_else(|| new_null_array(&out, 1)));
+        }
+        let refs: Vec<&dyn Array> = parts.iter().map(|p| p.as_ref()).collect();
+        let array = if refs.is_empty() { Some(new_null_array(&out, 0)) } else { concat(&refs).ok() };
+        Ok(ColumnarValue::Array(array.unwrap_or_else(|| new_null_array(&out, n))))
+    }
+}

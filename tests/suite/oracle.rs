@@ -1,0 +1,313 @@
+//! Oracle pairs: the outcome of a query (answered or refused, and by which rule) must be the same
+//! on two neighbouring warehouses, one with an extra patient whose rows match the query and one
+//! without. A query that fails only when that patient is there is a yes/no oracle.
+//!
+//! The queries are generated from the engine's table of admitted functions
+//! ([`secretum_engine::dp::total::FUNCTIONS`]), not picked by hand: for every function and
+//! operator, and every argument, each data-dependent extreme of the argument's kind (zero,
+//! negative, overflowing, out of range, an invalid pattern, an empty string, ...) is put into
+//! that argument inside `CASE WHEN <matches the extra patient>`, and the expression is used in
+//! WHERE, in an aggregate's argument, in a group key and in a clamped SUM. Random nestings of
+//! admitted functions (proptest) go through the same check.
+
+use std::io::Write;
+use std::path::Path;
+
+use proptest::prelude::*;
+use secretum_engine::Warehouse;
+use secretum_engine::budget::{Ledger, PolicyUpdate};
+use secretum_engine::dp::total::{Arg, FUNCTIONS};
+use secretum_engine::dp::{self, Noise, QueryError, QueryRequest};
+use secretum_engine::ingest::{self, IngestOptions};
+
+use crate::common::Fixture;
+
+/// The extra patient, and only them: born in 1901 (the synthetic population is younger).
+const TARGET: &str = "p.year_of_birth = 1901";
+const FROM: &str = "FROM person p JOIN condition_occurrence c ON p.person_id = c.person_id";
+const TABLES: [&str; 3] = ["person", "condition_occurrence", "measurement"];
+
+/// Values that make some function raise an error, overflow or misbehave, per argument kind.
+fn extremes(kind: Arg) -> &'static [&'static str] {
+    match kind {
+        Arg::Int => &["0", "-1", "9223372036854775807", "(-9223372036854775807 - 1)", "4611686018427387904 * 2", "NULL"],
+        Arg::Float => &["0.0", "-1.5", "1e308 * 10", "CAST('NaN' AS DOUBLE)", "-1e308", "NULL"],
+        Arg::Text => &["''", "'%'", "'('", "'99999999999999999999999'", "'2026-13-45'", "'ß\u{301}'", "NULL"],
+        Arg::Date => &["DATE '1970-01-01'", "CAST('9999-12-31' AS DATE)", "CAST('0001-01-01' AS DATE)", "NULL"],
+        Arg::Bool => &["NULL", "false", "true"],
+        Arg::Part => &["'nonsense'", "'epoch'", "'microsecond'"],
+        Arg::Pattern => &["'('", "'%'", "''", "'\\'", "'[a-'", "'_%_'", "NULL"],
+    }
+}
+
+/// An ordinary value of each kind, read from the data.
+fn normal(kind: Arg) -> &'static str {
+    match kind {
+        Arg::Int => "p.year_of_birth",
+        Arg::Float => "(p.year_of_birth * 1.5)",
+        Arg::Text => "c.condition_source_value",
+        Arg::Date => "c.condition_start_date",
+        Arg::Bool => "(p.year_of_birth > 1950)",
+        Arg::Part => "'year'",
+        Arg::Pattern => "'E1%'",
+    }
+}
+
+fn fill(template: &str, args: &[String]) -> String {
+    let mut s = template.to_owned();
+    for (i, a) in args.iter().enumerate() {
+        s = s.replace(&format!("{{{i}}}"), &format!("({a})"));
+    }
+    s
+}
+
+/// The queries that place an expression in each context. (sql, needs δ)
+fn contexts(e: &str) -> [String; 4] {
+    [
+        format!("SELECT COUNT(*) {FROM} WHERE ({e}) IS NOT NULL"),
+        format!("SELECT COUNT({e}) {FROM}"),
+        format!("SELECT {e} AS k, COUNT(*) {FROM} GROUP BY 1"),
+        format!("SELECT SUM(LEAST(GREATEST(TRY_CAST({e} AS DOUBLE), -1000), 1000)) {FROM}"),
+    ]
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Answered,
+    Refused(String),
+    Failed,
+    Budget,
+    Internal,
+}
+
+/// A warehouse with the synthetic population, and the same plus the extra patient.
+struct Pair {
+    _base: Fixture,
+    _extra: Fixture,
+    warehouses: [(Warehouse, Ledger); 2],
+}
+
+fn extra_patient_files(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    // A synthetic patient with conditions and measurements, born in 1901.
+    let raw = dir.join("extra-raw");
+    let mut seed = 7000;
+    loop {
+        secretum_engine::synth::generate(1, seed, &raw, None).unwrap();
+        let lines = |t: &str| std::fs::read_to_string(raw.join(format!("{t}.csv"))).unwrap().lines().count();
+        if lines("condition_occurrence") > 2 && lines("measurement") > 1 {
+            break;
+        }
+        seed += 1;
+    }
+    let person = std::fs::read_to_string(raw.join("person.csv")).unwrap();
+    let mut lines = person.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let mut row: Vec<String> = lines.next().unwrap().split(',').map(str::to_owned).collect();
+    let b = header.iter().position(|h| *h == "birth_date").unwrap();
+    row[b] = "1901-06-15".into();
+    let out = dir.join("extra-person.csv");
+    let mut w = std::fs::File::create(&out).unwrap();
+    writeln!(w, "{}\n{}", header.join(","), row.join(",")).unwrap();
+    (out, raw.join("condition_occurrence.csv"), raw.join("measurement.csv"))
+}
+
+fn pair() -> Pair {
+    let base = Fixture::new(40, 11);
+    let extra = Fixture::new(40, 11);
+    for fx in [&base, &extra] {
+        let mut wh = fx.open();
+        for t in TABLES {
+            ingest::ingest(&mut wh, &fx.key(), &IngestOptions::new(t, &fx.raw(t))).unwrap();
+        }
+    }
+    let (p, c, m) = extra_patient_files(extra.dir.path());
+    {
+        let mut wh = extra.open();
+        for (t, f) in [("person", &p), ("condition_occurrence", &c), ("measurement", &m)] {
+            ingest::ingest(&mut wh, &extra.key(), &IngestOptions::new(t, f)).unwrap();
+        }
+    }
+    let open = |fx: &Fixture| {
+        let mut ledger = Ledger::open(&fx.data).unwrap();
+        ledger
+            .set_policy(&PolicyUpdate {
+                patient_epsilon_cap: Some(1e12),
+                patient_delta_cap: Some(0.99),
+                suppression_threshold: Some(0),
+                ..Default::default()
+            })
+            .unwrap();
+        let tables: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+        ledger.create_project("oracle", 1e12, 0.9, &tables).unwrap();
+        (fx.open(), ledger)
+    };
+    let warehouses = [open(&base), open(&extra)];
+    Pair { _base: base, _extra: extra, warehouses }
+}
+
+impl Pair {
+    fn outcomes(&mut self, rt: &tokio::runtime::Runtime, sql: &str) -> [Outcome; 2] {
+        let req = QueryRequest {
+            actor: "oracle-test".into(),
+            project: "oracle".into(),
+            sql: sql.into(),
+            epsilon: 1.0,
+            delta: Some(1e-6),
+            ..Default::default()
+        };
+        self.warehouses.each_mut().map(|(wh, ledger)| match rt.block_on(dp::run(wh, ledger, &req, Noise::Exact)) {
+            Ok(_) => Outcome::Answered,
+            Err(QueryError::Refused(r)) => Outcome::Refused(r.rule.to_owned()),
+            Err(QueryError::Failed(_)) => Outcome::Failed,
+            Err(QueryError::Budget(_)) => Outcome::Budget,
+            Err(QueryError::Internal(_)) => Outcome::Internal,
+        })
+    }
+
+    fn exact_count(&mut self, rt: &tokio::runtime::Runtime, i: usize, sql: &str) -> f64 {
+        let (wh, ledger) = &mut self.warehouses[i];
+        let req =
+            QueryRequest { actor: "oracle-test".into(), project: "oracle".into(), sql: sql.into(), epsilon: 1.0, ..Default::default() };
+        let a = rt.block_on(dp::run(wh, ledger, &req, Noise::Exact)).unwrap();
+        a.rows[0][0]["value"].as_f64().unwrap()
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn every_admitted_function_with_extreme_values_has_the_same_outcome_with_and_without_the_patient() {
+    let rt = rt();
+    let mut pair = pair();
+    // The neighbours differ by the extra patient, and the target condition sees only them.
+    let probe = format!("SELECT COUNT(*) {FROM} WHERE {TARGET}");
+    assert_eq!(pair.exact_count(&rt, 0, &probe), 0.0, "the base population must not match the target");
+    assert!(pair.exact_count(&rt, 1, &probe) > 0.0, "the extra patient must match the target");
+
+    let mut mismatches = Vec::new();
+    let mut failures = Vec::new();
+    let mut answered = vec![0usize; FUNCTIONS.len()];
+    let mut runs = 0;
+    for (f, entry) in FUNCTIONS.iter().enumerate() {
+        let mut n = 0usize;
+        for (i, kind) in entry.args.iter().enumerate() {
+            for extreme in extremes(*kind) {
+                let args: Vec<String> =
+                    entry
+                        .args
+                        .iter()
+                        .enumerate()
+                        .map(|(j, k)| {
+                            if j == i {
+                                format!("CASE WHEN {TARGET} THEN {extreme} ELSE {} END", normal(*k))
+                            } else {
+                                normal(*k).to_owned()
+                            }
+                        })
+                        .collect();
+                let expr = fill(entry.sql, &args);
+                // Every context for the first extreme of each argument; then one context per
+                // extreme in turn, so every (function, argument, extreme) runs at least once.
+                let chosen: Vec<String> = if n == 0 { contexts(&expr).to_vec() } else { vec![contexts(&expr)[n % 4].clone()] };
+                n += 1;
+                for sql in chosen {
+                    runs += 1;
+                    let [a, b] = pair.outcomes(&rt, &sql);
+                    if a == Outcome::Answered {
+                        answered[f] += 1;
+                    }
+                    for o in [&a, &b] {
+                        if matches!(o, Outcome::Failed | Outcome::Internal | Outcome::Budget) {
+                            failures.push(format!("{o:?}: {sql}"));
+                        }
+                    }
+                    if a != b {
+                        mismatches.push(format!("without the patient {a:?}, with {b:?}: {sql}"));
+                    }
+                }
+            }
+        }
+    }
+    println!("oracle pairs: {runs} queries over {} admitted functions", FUNCTIONS.len());
+    assert!(mismatches.is_empty(), "{} oracle(s):\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(failures.is_empty(), "{} queries failed after analysis (total semantics broken):\n{}", failures.len(), failures.join("\n"));
+    let never: Vec<&str> = FUNCTIONS.iter().zip(&answered).filter(|(_, n)| **n == 0).map(|(f, _)| f.sql).collect();
+    assert!(never.is_empty(), "these admitted functions were never answered, so the test says nothing about them: {never:?}");
+}
+
+#[test]
+fn the_published_attacks_have_the_same_outcome_with_and_without_the_patient() {
+    let rt = rt();
+    let mut pair = pair();
+    for sql in [
+        format!("SELECT SUM(p.year_of_birth / CAST(0.5 AS BIGINT)) {FROM} WHERE {TARGET}"),
+        format!("SELECT COUNT(p.year_of_birth / CAST(0.5 AS BIGINT)) {FROM} WHERE {TARGET} AND c.condition_source_value LIKE '%'"),
+        format!("SELECT COUNT(*) {FROM} WHERE abs(CASE WHEN {TARGET} THEN 4611686018427387904 * 2 ELSE 0 END) >= 0"),
+        format!("SELECT COUNT(*) {FROM} WHERE CAST(CASE WHEN {TARGET} THEN 'x' ELSE '1' END AS BIGINT) >= 0"),
+        format!("SELECT COUNT(*) {FROM} WHERE substr(c.condition_source_value, 1, CASE WHEN {TARGET} THEN -1 ELSE 2 END) = 'E1'"),
+        format!("SELECT COUNT(*) {FROM} WHERE c.condition_source_value SIMILAR TO CASE WHEN {TARGET} THEN '(' ELSE 'E.*' END"),
+        format!("SELECT SUM(LEAST(GREATEST(p.year_of_birth % CASE WHEN {TARGET} THEN 0 ELSE 7 END, 0), 6)) {FROM}"),
+        format!("SELECT AVG(LEAST(GREATEST(CASE WHEN {TARGET} THEN 1e308 * 10 ELSE 1.0 END, 0), 2)) {FROM}"),
+    ] {
+        let [a, b] = pair.outcomes(&rt, &sql);
+        assert_eq!(a, b, "an oracle: {sql}");
+        assert!(!matches!(a, Outcome::Failed | Outcome::Internal), "{a:?}: {sql}");
+    }
+}
+
+/// A random expression built from admitted functions, with extreme or normal leaves of the
+/// kind each argument wants; some leaves only for the extra patient.
+fn nested() -> impl Strategy<Value = String> {
+    let leaf = |kind: Arg| {
+        let options: Vec<String> = extremes(kind)
+            .iter()
+            .map(|x| format!("CASE WHEN {TARGET} THEN {x} ELSE {} END", normal(kind)))
+            .chain([normal(kind).to_owned()])
+            .collect();
+        proptest::sample::select(options)
+    };
+    // Outer function, inner function for its first argument (when kinds agree), leaves elsewhere.
+    (0..FUNCTIONS.len(), 0..FUNCTIONS.len(), any::<u64>()).prop_flat_map(move |(outer, inner, _)| {
+        let o = &FUNCTIONS[outer];
+        let i = &FUNCTIONS[inner];
+        let inner_args: Vec<BoxedStrategy<String>> = i.args.iter().map(|k| leaf(*k).boxed()).collect();
+        let outer_args: Vec<BoxedStrategy<String>> = o.args.iter().map(|k| leaf(*k).boxed()).collect();
+        (inner_args, outer_args).prop_map(move |(ia, mut oa)| {
+            let inner_expr = fill(i.sql, &ia);
+            if !oa.is_empty() {
+                // Nest when the inner result can stand where the outer's first argument goes.
+                oa[0] = format!("TRY_CAST(({inner_expr}) AS {})", sql_type(o.args[0]));
+            }
+            fill(o.sql, &oa)
+        })
+    })
+}
+
+fn sql_type(kind: Arg) -> &'static str {
+    match kind {
+        Arg::Int => "BIGINT",
+        Arg::Float => "DOUBLE",
+        Arg::Text | Arg::Part | Arg::Pattern => "VARCHAR",
+        Arg::Date => "DATE",
+        Arg::Bool => "BOOLEAN",
+    }
+}
+
+#[test]
+fn random_nestings_of_admitted_functions_are_no_oracle() {
+    let rt = rt();
+    let pair = std::cell::RefCell::new(pair());
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config { cases: 96, ..Default::default() });
+    let result = runner.run(&(nested(), 0usize..4), |(expr, context)| {
+        let sql = contexts(&expr)[context].clone();
+        let [a, b] = pair.borrow_mut().outcomes(&rt, &sql);
+        prop_assert_eq!(&a, &b, "an oracle: {}", sql);
+        prop_assert!(!matches!(a, Outcome::Failed | Outcome::Internal), "{:?}: {}", a, sql);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
