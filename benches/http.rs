@@ -17,10 +17,11 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use parquet::arrow::ArrowWriter;
 use secretum_api::server::{AppState, Config};
 use secretum_engine::Warehouse;
-use secretum_engine::accounts::{Accounts, Role};
-use secretum_engine::budget::{Ledger, PolicyUpdate};
+use secretum_engine::budget::Ledger;
 use secretum_engine::catalog::{Catalog, FileEntry, NewIngest};
 use secretum_engine::dp::{self, Noise, QueryRequest};
+use secretum_engine::governance::accounts::{Accounts, Role};
+use secretum_engine::governance::{Governance, PolicyUpdate};
 
 const CLIENTS: usize = 16;
 const QUERIES: &[&str] = &["SELECT COUNT(*) FROM person", "SELECT gender_concept_id, COUNT(*) FROM person GROUP BY 1"];
@@ -69,9 +70,10 @@ fn build(dir: &Path, patients: usize) -> std::path::PathBuf {
         files: &files,
     };
     wh.catalog.commit_ingest(&ingest).expect("commit");
-    let mut ledger = Ledger::open(&data).expect("ledger");
-    ledger.set_policy(&PolicyUpdate { patient_epsilon_cap: Some(1e12), ..Default::default() }).expect("policy");
-    ledger.create_project("bench", 1e12, 0.0, &["person".into()]).expect("project");
+    let mut g = Governance::open(&data).expect("governance");
+    g.set_policy("bench", &PolicyUpdate { patient_epsilon_cap: Some(1e12), ..Default::default() }).expect("policy");
+    let tables = ["person".to_string()];
+    g.create_project("bench", "bench", 1e12, 0.0, &tables, &tables).expect("project");
     data
 }
 

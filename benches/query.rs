@@ -13,14 +13,17 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use criterion::{Criterion, criterion_group};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::context::SessionContext;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use secretum_engine::Warehouse;
-use secretum_engine::budget::{Ledger, PolicyUpdate};
+use secretum_engine::budget::Ledger;
 use secretum_engine::catalog::{FileEntry, NewIngest};
 use secretum_engine::dp::{self, Noise, QueryRequest};
+use secretum_engine::governance::{Governance, PolicyUpdate};
 
 const QUERIES: &[(&str, &str)] = &[
     ("count", "SELECT COUNT(*) FROM measurement"),
@@ -100,16 +103,35 @@ fn build(dir: &Path, rows: usize) -> std::path::PathBuf {
         "measurement_source_value" => Arc::new(StringArray::from_iter_values((start..start + n).map(|_| "4548-4"))),
         other => panic!("measurement column {other}"),
     });
-    let mut ledger = Ledger::open(&data).expect("ledger");
-    ledger.set_policy(&PolicyUpdate { patient_epsilon_cap: Some(1e12), ..Default::default() }).expect("policy");
-    ledger.create_project("bench", 1e12, 1e-3, &["person".into(), "measurement".into()]).expect("project");
+    let mut g = Governance::open(&data).expect("governance");
+    g.set_policy("bench", &PolicyUpdate { patient_epsilon_cap: Some(1e12), ..Default::default() }).expect("policy");
+    let tables = ["person".to_string(), "measurement".into()];
+    g.create_project("bench", "bench", 1e12, 1e-3, &tables, &tables).expect("project");
     data
 }
 
-/// Plain DataFusion over the same files, with the same session settings.
+/// Plain DataFusion over the same Parquet files (its default settings: it may answer a count
+/// from the files' footers).
 fn plain_context(data: &Path) -> SessionContext {
     let wh = Warehouse::open(data).expect("open");
-    dp::session(&wh.layout, &wh, &["person".into(), "measurement".into()]).expect("session")
+    let ctx = SessionContext::new();
+    for table in ["person", "measurement"] {
+        let urls: Vec<ListingTableUrl> = wh
+            .catalog
+            .files(table)
+            .expect("files")
+            .iter()
+            .map(|f| {
+                ListingTableUrl::parse(wh.layout.root.join(&f.path).canonicalize().expect("path").to_string_lossy().as_ref()).expect("url")
+            })
+            .collect();
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(wh.schemas.get(table).expect("policy").stored_schema());
+        ctx.register_table(table, Arc::new(ListingTable::try_new(config).expect("table"))).expect("register");
+    }
+    ctx
 }
 
 async fn plain(ctx: &SessionContext, sql: &str) -> usize {
@@ -118,7 +140,7 @@ async fn plain(ctx: &SessionContext, sql: &str) -> usize {
 
 async fn private(wh: &Warehouse, ledger: &mut Ledger, sql: &str) -> usize {
     let req = QueryRequest { actor: "bench".into(), project: "bench".into(), sql: sql.into(), epsilon: 0.5, ..Default::default() };
-    dp::run(wh, ledger, &req, Noise::OpenDp).await.expect("dp").rows.len()
+    dp::run(wh, ledger, &req, Noise::OpenDp).await.expect("dp").batch.num_rows()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -1,14 +1,19 @@
-//! The `secretum` command line.
+//! The `secretum` command line: its arguments (clap) and the dispatch to [`crate::commands`],
+//! [`crate::client`], [`crate::demo`] and [`crate::server`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 
-use secretum_engine::ingest::{self, Format, IngestOptions, Progress};
-use secretum_engine::{Error, Result, Warehouse, synth};
+use secretum_engine::dp::QueryRequest;
+use secretum_engine::governance::accounts::Role;
+use secretum_engine::governance::{Approval, PolicyUpdate, Transition};
+use secretum_engine::ingest::Format;
+use secretum_engine::{Error, Result};
+
+use crate::commands::{self, local_actor};
+use crate::output;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -315,42 +320,70 @@ fn init_tracing(default: &str) {
 pub fn run(cli: Cli) -> Result<()> {
     let explicit_data_dir = cli.global.data_dir.clone();
     let data_dir = cli.global.data_dir();
+    let d = data_dir.as_path();
     match cli.command {
-        Command::Init { key_file, schemas } => {
-            let report = Warehouse::init(&data_dir, key_file.as_deref(), schemas.as_deref())?;
-            println!("initialized warehouse {}", report.data_dir.display());
-            println!(
-                "pseudonymization key: {} (mode 0600; keep it safe, it is never stored in the warehouse's data)",
-                report.key_file.display()
-            );
-            println!("tables: {}", report.tables.join(", "));
-            Ok(())
-        }
-        Command::Generate { patients, seed, out } => generate(patients, seed, &out),
+        Command::Init { key_file, schemas } => commands::warehouse::init(d, key_file.as_deref(), schemas.as_deref()),
+        Command::Generate { patients, seed, out } => commands::warehouse::generate(patients, seed, &out),
         Command::Ingest { table, file, format, key_file, allow_duplicate } => {
             let format = match format {
-                Some(f) => {
-                    Some(Format::parse(&f).ok_or_else(|| Error::Usage(format!("unknown format `{f}`: expected csv, parquet or ndjson")))?)
-                }
+                Some(f) => Some(
+                    Format::parse(&f).ok_or_else(|| Error::BadRequest(format!("unknown format `{f}`: expected csv, parquet or ndjson")))?,
+                ),
                 None => None,
             };
-            let mut wh = Warehouse::open(&data_dir)?;
-            let key = wh.key(key_file.as_deref())?;
-            ingest_one(&mut wh, &key, &table, &file, format, allow_duplicate)
+            commands::warehouse::ingest(d, &table, &file, format, key_file.as_deref(), allow_duplicate)
         }
-        Command::Tables => {
-            let wh = Warehouse::open(&data_dir)?;
-            print_tables(&wh)
-        }
-        Command::Project(cmd) => crate::local::project(&data_dir, cmd),
-        Command::Policy(cmd) => crate::local::policy(&data_dir, cmd),
-        Command::Query(args) => match (&args.server, &args.token) {
-            (Some(server), Some(token)) => crate::client::query(server, token, &args),
-            (Some(_), None) => Err(Error::Usage("--server needs --token (or SECRETUM_TOKEN)".into())),
-            (None, _) => crate::local::query(&data_dir, &args),
+        Command::Tables => commands::warehouse::tables(d),
+        Command::Project(cmd) => match cmd {
+            ProjectCommand::Create { name, epsilon, delta, tables } => commands::projects::create(d, &name, epsilon, delta, &tables),
+            ProjectCommand::List => commands::projects::list(d),
+            ProjectCommand::Show { name } => commands::projects::show(d, &name),
+            ProjectCommand::Approve { project, epsilon, delta, tables, expires_at } => {
+                commands::projects::approve(d, &project, &Approval { epsilon, delta, tables, expires_at })
+            }
+            ProjectCommand::Reject { project, reason } => commands::projects::reject(d, &project, &reason),
+            ProjectCommand::Suspend { project, reason } => {
+                commands::projects::transition(d, &project, Transition::Suspend, reason.as_deref())
+            }
+            ProjectCommand::Resume { project } => commands::projects::transition(d, &project, Transition::Resume, None),
+            ProjectCommand::Close { project } => commands::projects::transition(d, &project, Transition::Close, None),
         },
-        Command::User(cmd) => crate::local::user(&data_dir, cmd),
-        Command::Audit(cmd) => crate::local::audit(&data_dir, cmd),
+        Command::Policy(cmd) => match cmd {
+            PolicyCommand::Set { patient_epsilon_cap, patient_delta_cap, query_epsilon_cap, suppression_threshold, round_digits } => {
+                let update =
+                    PolicyUpdate { patient_epsilon_cap, patient_delta_cap, query_epsilon_cap, suppression_threshold, round_digits };
+                commands::policy::set(d, &update)
+            }
+            PolicyCommand::Show => commands::policy::show(d),
+        },
+        Command::Query(args) => {
+            let format: output::Format = args.format.parse()?;
+            let req = QueryRequest {
+                actor: local_actor(),
+                project: args.project,
+                sql: args.sql,
+                epsilon: args.epsilon,
+                delta: args.delta,
+                dry_run: args.dry_run,
+                target_ci: args.target_ci,
+                max_groups: args.max_groups,
+            };
+            match (&args.server, &args.token) {
+                (Some(server), Some(token)) => crate::client::query(server, token, args.ca_cert.as_deref(), &req, format),
+                (Some(_), None) => Err(Error::BadRequest("--server needs --token (or SECRETUM_TOKEN)".into())),
+                (None, _) => commands::query::run(d, &req, format),
+            }
+        }
+        Command::User(cmd) => match cmd {
+            UserCommand::Add { name, role } => commands::users::add(d, &name, role.parse::<Role>()?),
+            UserCommand::List => commands::users::list(d),
+            UserCommand::Revoke { name } => commands::users::revoke(d, &name),
+            UserCommand::Rotate { name } => commands::users::rotate(d, &name),
+        },
+        Command::Audit(cmd) => match cmd {
+            AuditCommand::Verify => commands::audit::verify(d),
+            AuditCommand::Export { out } => commands::audit::export(d, out.as_deref()),
+        },
         Command::Openapi => {
             println!("{}", crate::server::openapi::document());
             Ok(())
@@ -360,7 +393,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(explicit_data_dir, args),
-        Command::Demo { patients, seed, keep } => demo(patients, seed, keep),
+        Command::Demo { patients, seed, keep } => crate::demo::run(patients, seed, keep),
     }
 }
 
@@ -389,117 +422,6 @@ fn serve(data_dir: Option<PathBuf>, args: ServeArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Usage(format!("cannot start the runtime: {e}")))?;
+        .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
     rt.block_on(crate::server::serve(config))
-}
-
-fn generate(patients: u64, seed: u64, out: &Path) -> Result<()> {
-    let started = Instant::now();
-    let bar = ProgressBar::new(patients).with_style(
-        ProgressStyle::with_template("generating {bar:30} {pos}/{len} patients ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let report = synth::generate(patients, seed, out, Some(&|done| bar.set_position(done)))?;
-    bar.finish_and_clear();
-    println!("generated {patients} synthetic patients (seed {seed}) in {:.1}s:", started.elapsed().as_secs_f64());
-    for (table, path, rows) in &report.files {
-        println!("  {table:<22} {rows:>10} rows  {}", path.display());
-    }
-    Ok(())
-}
-
-fn ingest_one(
-    wh: &mut Warehouse,
-    key: &secretum_engine::pseudonym::Key,
-    table: &str,
-    file: &Path,
-    format: Option<Format>,
-    allow_duplicate: bool,
-) -> Result<()> {
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("ingesting {msg:<20} {bar:30} {bytes}/{total_bytes} ({binary_bytes_per_sec})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(table.to_owned());
-    let on_progress = |p: Progress| {
-        bar.set_length(p.bytes_total);
-        bar.set_position(p.bytes_read);
-    };
-    let user = std::env::var("USER").unwrap_or_else(|_| "steward".into());
-    let mut opts = IngestOptions::new(table, file);
-    opts.format = format;
-    opts.allow_duplicate = allow_duplicate;
-    opts.progress = Some(&on_progress);
-    opts.actor = &user;
-    let result = ingest::ingest(wh, key, &opts);
-    bar.finish_and_clear();
-    let report = result?;
-    let secs = report.elapsed.as_secs_f64().max(1e-9);
-    println!(
-        "ingested {} rows into {} ({} file{}, {}) in {:.2}s, {:.0} rows/s",
-        report.rows,
-        report.table,
-        report.files.len(),
-        if report.files.len() == 1 { "" } else { "s" },
-        human_bytes(report.bytes),
-        secs,
-        report.rows as f64 / secs
-    );
-    Ok(())
-}
-
-fn print_tables(wh: &Warehouse) -> Result<()> {
-    let summary = wh.catalog.summary(wh.schemas.tables.keys().cloned())?;
-    println!("{:<22} {:>6} {:>12} {:>12}", "table", "files", "rows", "bytes");
-    for s in &summary {
-        println!("{:<22} {:>6} {:>12} {:>12}", s.table, s.files, s.rows, human_bytes(s.bytes));
-    }
-    let (files, rows, bytes) = summary.iter().fold((0, 0, 0), |a, s| (a.0 + s.files, a.1 + s.rows, a.2 + s.bytes));
-    println!("{:<22} {:>6} {:>12} {:>12}", "total", files, rows, human_bytes(bytes));
-    Ok(())
-}
-
-fn demo(patients: u64, seed: u64, keep: bool) -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("secretum-demo-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let root = dir.path().to_owned();
-    println!("== secretum demo in {}", root.display());
-    println!("\n== 1. generate synthetic raw extracts (with direct identifiers: NIR, names, birth dates, postcodes)");
-    let raw = root.join("raw");
-    generate(patients, seed, &raw)?;
-    println!("\n== 2. init a warehouse (catalog, OMOP table policies, new pseudonymization key)");
-    let data = root.join("data");
-    let key_file = root.join("steward.key");
-    let report = Warehouse::init(&data, Some(&key_file), None)?;
-    println!("warehouse {}, key {}", report.data_dir.display(), report.key_file.display());
-    println!("\n== 3. ingest every table: validate, pseudonymize, generalize, write Parquet, commit");
-    let mut wh = Warehouse::open(&data)?;
-    let key = wh.key(None)?;
-    for table in synth::TABLES {
-        let file = raw.join(format!("{table}.csv"));
-        ingest_one(&mut wh, &key, table, &file, None, false)?;
-    }
-    println!("\n== 4. what is stored");
-    print_tables(&wh)?;
-    let person = wh.schemas.get("person")?;
-    let stored: Vec<&str> = person.stored_columns().map(|c| c.name.as_str()).collect();
-    let dropped: Vec<&str> = person.columns.iter().filter(|c| !c.is_stored()).map(|c| c.name.as_str()).collect();
-    println!("\nperson keeps {}; never stored: {}", stored.join(", "), dropped.join(", "));
-    drop(wh);
-    crate::local::demo_queries(&data)?;
-    if keep {
-        let kept = dir.keep();
-        println!("\nkept {}", kept.display());
-    }
-    Ok(())
-}
-
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }

@@ -1,7 +1,15 @@
 //! secretum's command line and HTTP service.
+//!
+//! - [`cli`]: the command line's arguments and dispatch.
+//! - [`commands`]: what each command does, on plain arguments.
+//! - [`output`]: answers rendered as JSON, CSV, Arrow IPC and text.
+//! - [`client`]: `secretum query --server`.
+//! - [`demo`]: `secretum demo`.
+//! - [`server`]: `secretum serve`, the governed HTTP service.
 
 pub mod cli;
 pub mod client;
-pub mod format;
-pub mod local;
+pub mod commands;
+pub mod demo;
+pub mod output;
 pub mod server;

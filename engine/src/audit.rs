@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::now_rfc3339;
+use crate::db::now_rfc3339;
 use crate::error::Result;
 
 /// The hash before the first entry.

@@ -1,115 +1,15 @@
 //! The catalog: which Parquet files make up each table, and where they came from.
 //!
-//! Embedded SQLite (WAL, `synchronous = FULL`). An ingest becomes visible in exactly one
+//! Embedded SQLite ([`crate::db`]). An ingest becomes visible in exactly one
 //! transaction that records the ingest and all of its files; queries read only the files the
 //! catalog lists, so a file on disk that no committed transaction names is never read.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::error::{Error, IoContext, Result};
-
-/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE ingests (
-    id            TEXT PRIMARY KEY,
-    table_name    TEXT NOT NULL,
-    source_path   TEXT NOT NULL,
-    source_sha256 TEXT NOT NULL,
-    rows          INTEGER NOT NULL,
-    bytes         INTEGER NOT NULL,
-    committed_at  TEXT NOT NULL,
-    actor         TEXT NOT NULL
-);
-CREATE INDEX ingests_by_source ON ingests (table_name, source_sha256);
-CREATE TABLE files (
-    path       TEXT PRIMARY KEY,
-    ingest_id  TEXT NOT NULL REFERENCES ingests (id),
-    table_name TEXT NOT NULL,
-    rows       INTEGER NOT NULL,
-    bytes      INTEGER NOT NULL
-);
-CREATE INDEX files_by_table ON files (table_name);
-"#,
-    r#"
-CREATE TABLE projects (
-    id         INTEGER PRIMARY KEY,
-    name       TEXT NOT NULL UNIQUE,
-    epsilon    REAL NOT NULL,
-    delta      REAL NOT NULL,
-    tables     TEXT NOT NULL,
-    status     TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE ledger (
-    id          INTEGER PRIMARY KEY,
-    project_id  INTEGER NOT NULL REFERENCES projects (id),
-    epsilon     REAL NOT NULL,
-    delta       REAL NOT NULL,
-    sql         TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    finished_at TEXT
-);
-CREATE INDEX ledger_by_project ON ledger (project_id);
-"#,
-    r#"
-CREATE TABLE users (
-    id         INTEGER PRIMARY KEY,
-    name       TEXT NOT NULL UNIQUE,
-    role       TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE tokens (
-    id           INTEGER PRIMARY KEY,
-    user_id      INTEGER NOT NULL REFERENCES users (id),
-    hash         TEXT NOT NULL UNIQUE,
-    prefix       TEXT NOT NULL,
-    created_at   TEXT NOT NULL,
-    revoked_at   TEXT,
-    last_used_at TEXT
-);
-ALTER TABLE projects ADD COLUMN title TEXT NOT NULL DEFAULT '';
-ALTER TABLE projects ADD COLUMN purpose TEXT NOT NULL DEFAULT '';
-ALTER TABLE projects ADD COLUMN owner TEXT;
-ALTER TABLE projects ADD COLUMN requested_epsilon REAL;
-ALTER TABLE projects ADD COLUMN requested_delta REAL;
-ALTER TABLE projects ADD COLUMN requested_tables TEXT;
-ALTER TABLE projects ADD COLUMN duration_days INTEGER;
-ALTER TABLE projects ADD COLUMN expires_at TEXT;
-ALTER TABLE projects ADD COLUMN decided_by TEXT;
-ALTER TABLE projects ADD COLUMN decided_at TEXT;
-ALTER TABLE projects ADD COLUMN reason TEXT;
-CREATE TABLE project_members (
-    project_id INTEGER NOT NULL REFERENCES projects (id),
-    user_name  TEXT NOT NULL,
-    PRIMARY KEY (project_id, user_name)
-);
-CREATE TABLE audit (
-    id            INTEGER PRIMARY KEY,
-    at            TEXT NOT NULL,
-    actor         TEXT NOT NULL,
-    action        TEXT NOT NULL,
-    project       TEXT,
-    sql           TEXT,
-    epsilon       REAL,
-    delta         REAL,
-    outcome       TEXT NOT NULL,
-    detail        TEXT,
-    result_digest TEXT,
-    prev_hash     TEXT NOT NULL,
-    hash          TEXT NOT NULL
-);
-CREATE INDEX audit_by_project ON audit (project);
-CREATE INDEX audit_by_actor ON audit (actor);
-"#,
-];
+use crate::db::now_rfc3339;
+use crate::error::{Error, Result};
 
 /// One committed Parquet file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,32 +59,9 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Open (creating if needed) the catalog database and bring it to the current version.
+    /// Open (creating if needed) the warehouse database.
     pub fn open(path: &Path) -> Result<Catalog> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut catalog = Catalog { conn };
-        catalog.migrate()?;
-        Ok(catalog)
-    }
-
-    fn migrate(&mut self) -> Result<()> {
-        // The common case (already current) takes no write lock.
-        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version as usize >= MIGRATIONS.len() {
-            return Ok(());
-        }
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        }
-        tx.commit()?;
-        Ok(())
+        Ok(Catalog { conn: crate::db::open(path)? })
     }
 
     pub fn into_connection(self) -> Connection {
@@ -319,45 +196,7 @@ impl Catalog {
 }
 
 fn duplicate_error(table: &str, id: &str, at: &str) -> Error {
-    Error::Usage(format!(
+    Error::Conflict(format!(
         "this file's content was already ingested into `{table}` (ingest {id} at {at}); nothing was committed. Pass --allow-duplicate if loading it again is intended"
     ))
-}
-
-/// The current UTC time, RFC 3339 with microseconds (sorts as text).
-pub fn now_rfc3339() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-/// Files and directories of a warehouse.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    pub root: PathBuf,
-}
-
-impl Layout {
-    pub fn new(root: impl Into<PathBuf>) -> Layout {
-        Layout { root: root.into() }
-    }
-    pub fn catalog(&self) -> PathBuf {
-        self.root.join("catalog.sqlite")
-    }
-    pub fn schemas(&self) -> PathBuf {
-        self.root.join("schemas")
-    }
-    pub fn tables(&self) -> PathBuf {
-        self.root.join("tables")
-    }
-    pub fn table_dir(&self, table: &str) -> PathBuf {
-        self.tables().join(table)
-    }
-    pub fn staging(&self) -> PathBuf {
-        self.root.join("staging")
-    }
-    pub fn create_dirs(&self) -> Result<()> {
-        for d in [self.root.clone(), self.schemas(), self.tables(), self.staging()] {
-            std::fs::create_dir_all(&d).at(&d)?;
-        }
-        Ok(())
-    }
 }

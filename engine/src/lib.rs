@@ -1,18 +1,27 @@
 //! secretum's engine: everything that touches data or privacy.
 //!
+//! From the ground up:
+//! - [`db`]: the warehouse's directory layout, its SQLite database and migrations, the clock.
+//! - [`error`]: the one error type.
+//! - [`audit`]: the append-only, hash-chained log.
 //! - [`schema`]: privacy-annotated table definitions.
+//! - [`pseudonym`]: keyed pseudonyms.
+//! - [`catalog`]: which Parquet files make up each table.
+//! - [`governance`]: policy, projects and their lifecycle, accounts.
+//! - [`budget`]: the ledger: debit before read, settle after, per-patient caps.
 //! - [`ingest`]: validate, pseudonymize, generalize, write Parquet, commit.
-//! - [`catalog`]: which files make up each table (embedded SQLite).
+//! - [`dp`]: differentially-private answers to researcher SQL.
 //! - [`synth`]: deterministic synthetic raw extracts for demos, tests and benches.
+//! - [`warehouse`]: one data directory: layout, schemas, catalog.
 
-pub mod accounts;
 pub mod audit;
 pub mod budget;
 pub mod catalog;
+pub mod db;
 pub mod dp;
 pub mod error;
+pub mod governance;
 pub mod ingest;
-pub mod projects;
 pub mod pseudonym;
 pub mod schema;
 pub mod synth;

@@ -302,7 +302,7 @@ pub struct Schemas {
 
 impl Schemas {
     pub fn get(&self, table: &str) -> Result<&TablePolicy> {
-        self.tables.get(table).ok_or_else(|| Error::UnknownTable(table.to_owned()))
+        self.tables.get(table).ok_or_else(|| Error::not_found("table", format!("`{table}`")))
     }
 
     /// The schemas shipped with secretum.
@@ -311,7 +311,7 @@ impl Schemas {
         let mut problems = Vec::new();
         let mut tables = BTreeMap::new();
         for (name, text) in BUNDLED.iter().filter(|(n, _)| n.ends_with(".toml")) {
-            let read_vocab = |p: &str| vocab.get(p).map(|s| s.to_string()).ok_or_else(|| "file not found".to_string());
+            let read_vocab = |p: &str| vocab.get(p).map(|s| s.to_string()).ok_or_else(|| Problem::from("file not found"));
             match parse_table(name, text, &read_vocab) {
                 Ok(t) => {
                     tables.insert(t.name.clone(), t);
@@ -359,7 +359,7 @@ impl Schemas {
                     continue;
                 }
             };
-            let read_vocab = |p: &str| std::fs::read_to_string(dir.join(p)).map_err(|e| e.to_string());
+            let read_vocab = |p: &str| std::fs::read_to_string(dir.join(p)).map_err(|e| Problem(e.to_string()));
             match parse_table(&shown, &text, &read_vocab) {
                 Ok(mut t) => {
                     t.file = file.clone();
@@ -420,7 +420,7 @@ struct ColumnToml {
 fn parse_table(
     file: &str,
     text: &str,
-    read_vocab: &dyn Fn(&str) -> std::result::Result<String, String>,
+    read_vocab: &dyn Fn(&str) -> std::result::Result<String, Problem>,
 ) -> std::result::Result<TablePolicy, Vec<SchemaProblem>> {
     let raw: TableToml = toml::from_str(text).map_err(|e| {
         vec![SchemaProblem {
@@ -439,7 +439,7 @@ fn parse_table(
         push(None, "table name must be lowercase letters, digits and underscores".into());
     }
     let max_rows_per_unit = match raw.max_rows_per_unit {
-        Some(n) if n >= 1 && n <= 1_000_000 => n as u32,
+        Some(n) if (1..=1_000_000).contains(&n) => n as u32,
         Some(n) => {
             push(None, format!("max_rows_per_unit must be between 1 and 1000000, not {n}"));
             1
@@ -510,7 +510,7 @@ fn parse_table(
             match parsed {
                 Ok(b) => Some(b),
                 Err(e) => {
-                    push(col, e);
+                    push(col, e.0);
                     None
                 }
             }
@@ -521,7 +521,7 @@ fn parse_table(
         let domain = c.domain.as_ref().and_then(|d| match parse_domain(ty, d, read_vocab) {
             Ok(d) => Some(d),
             Err(e) => {
-                push(col, e);
+                push(col, e.0);
                 None
             }
         });
@@ -638,29 +638,45 @@ fn is_identifier(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn parse_bounds(ty: ColumnType, b: &[toml::Value]) -> std::result::Result<(f64, f64), String> {
-    if b.len() != 2 {
-        return Err(format!("bounds must be [lo, hi], got {} values", b.len()));
+/// What is wrong with one field of a schema (becomes a [`SchemaProblem`]'s text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Problem(String);
+
+impl From<String> for Problem {
+    fn from(s: String) -> Problem {
+        Problem(s)
     }
-    let one = |v: &toml::Value| -> std::result::Result<f64, String> {
+}
+
+impl From<&str> for Problem {
+    fn from(s: &str) -> Problem {
+        Problem(s.to_owned())
+    }
+}
+
+fn parse_bounds(ty: ColumnType, b: &[toml::Value]) -> std::result::Result<(f64, f64), Problem> {
+    if b.len() != 2 {
+        return Err(format!("bounds must be [lo, hi], got {} values", b.len()).into());
+    }
+    let one = |v: &toml::Value| -> std::result::Result<f64, Problem> {
         match (ty, v) {
             (ColumnType::Integer, toml::Value::Integer(i)) => Ok(*i as f64),
             (ColumnType::Float, toml::Value::Integer(i)) => Ok(*i as f64),
             (ColumnType::Float, toml::Value::Float(f)) if f.is_finite() => Ok(*f),
             (ColumnType::Date, toml::Value::String(s)) => {
-                parse_date(s).map(|d| d as f64).ok_or_else(|| format!("bound `{s}` is not a date (YYYY-MM-DD)"))
+                parse_date(s).map(|d| d as f64).ok_or_else(|| format!("bound `{s}` is not a date (YYYY-MM-DD)").into())
             }
             (ColumnType::Date, toml::Value::Datetime(d)) => {
-                parse_date(&d.to_string()).map(|d| d as f64).ok_or_else(|| format!("bound `{d}` is not a date (YYYY-MM-DD)"))
+                parse_date(&d.to_string()).map(|d| d as f64).ok_or_else(|| format!("bound `{d}` is not a date (YYYY-MM-DD)").into())
             }
             (ColumnType::Varchar(_), _) => Err("bounds apply to numeric and date columns, not varchar".into()),
             (ColumnType::Datetime, _) => Err("bounds are not supported on datetime columns".into()),
-            (_, v) => Err(format!("bound {v} does not match the column type {}", ty.name())),
+            (_, v) => Err(format!("bound {v} does not match the column type {}", ty.name()).into()),
         }
     };
     let (lo, hi) = (one(&b[0])?, one(&b[1])?);
     if lo > hi {
-        return Err(format!("bounds lo > hi ({} > {})", b[0], b[1]));
+        return Err(format!("bounds lo > hi ({} > {})", b[0], b[1]).into());
     }
     Ok((lo, hi))
 }
@@ -668,13 +684,13 @@ fn parse_bounds(ty: ColumnType, b: &[toml::Value]) -> std::result::Result<(f64, 
 fn parse_domain(
     ty: ColumnType,
     d: &toml::Value,
-    read_vocab: &dyn Fn(&str) -> std::result::Result<String, String>,
-) -> std::result::Result<Domain, String> {
-    let value = |v: &toml::Value| -> std::result::Result<DomainValue, String> {
+    read_vocab: &dyn Fn(&str) -> std::result::Result<String, Problem>,
+) -> std::result::Result<Domain, Problem> {
+    let value = |v: &toml::Value| -> std::result::Result<DomainValue, Problem> {
         match (ty, v) {
             (ColumnType::Integer, toml::Value::Integer(i)) => Ok(DomainValue::Int(*i)),
             (ColumnType::Varchar(_), toml::Value::String(s)) => Ok(DomainValue::Str(s.clone())),
-            (_, v) => Err(format!("domain value {v} does not match the column type {}", ty.name())),
+            (_, v) => Err(format!("domain value {v} does not match the column type {}", ty.name()).into()),
         }
     };
     match d {
@@ -685,7 +701,7 @@ fn parse_domain(
             let mut set = BTreeSet::new();
             for v in items {
                 if !set.insert(value(v)?) {
-                    return Err(format!("domain lists {v} twice"));
+                    return Err(format!("domain lists {v} twice").into());
                 }
             }
             Ok(Domain::Values(set))
@@ -699,7 +715,7 @@ fn parse_domain(
                 return Err("domain.range applies to integer columns".into());
             }
             if lo > hi {
-                return Err(format!("domain.range lo > hi ({lo} > {hi})"));
+                return Err(format!("domain.range lo > hi ({lo} > {hi})").into());
             }
             if hi - lo >= 1_000_000 {
                 return Err("domain.range has more than 1000000 values".into());
@@ -709,9 +725,9 @@ fn parse_domain(
         toml::Value::Table(t) if t.len() == 1 && t.contains_key("vocabulary") => {
             let path = t["vocabulary"].as_str().ok_or("domain.vocabulary must be a file name")?;
             if path.contains("..") || path.starts_with('/') {
-                return Err(format!("vocabulary `{path}` must be a path inside the schema directory"));
+                return Err(format!("vocabulary `{path}` must be a path inside the schema directory").into());
             }
-            let text = read_vocab(path).map_err(|e| format!("vocabulary `{path}`: {e}"))?;
+            let text = read_vocab(path).map_err(|e| format!("vocabulary `{path}`: {}", e.0))?;
             let mut set = BTreeSet::new();
             for (i, line) in text.lines().enumerate() {
                 let line = line.trim();
@@ -721,19 +737,19 @@ fn parse_domain(
                 let code = line.split(['\t', ' ']).next().unwrap_or(line);
                 let v = match ty {
                     ColumnType::Integer => DomainValue::Int(
-                        code.parse().map_err(|_| format!("vocabulary `{path}` line {}: `{code}` is not an integer", i + 1))?,
+                        code.parse().map_err(|_| Problem(format!("vocabulary `{path}` line {}: `{code}` is not an integer", i + 1)))?,
                     ),
                     ColumnType::Varchar(_) => DomainValue::Str(code.to_owned()),
-                    _ => return Err(format!("a public domain cannot be declared on a {} column", ty.name())),
+                    _ => return Err(format!("a public domain cannot be declared on a {} column", ty.name()).into()),
                 };
                 set.insert(v);
             }
             if set.is_empty() {
-                return Err(format!("vocabulary `{path}` lists no values"));
+                return Err(format!("vocabulary `{path}` lists no values").into());
             }
             Ok(Domain::Values(set))
         }
-        other => Err(format!("domain must be a list, {{ range = [lo, hi] }} or {{ vocabulary = \"file\" }}, not {other}")),
+        other => Err(format!("domain must be a list, {{ range = [lo, hi] }} or {{ vocabulary = \"file\" }}, not {other}").into()),
     }
 }
 

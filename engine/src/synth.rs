@@ -92,7 +92,7 @@ const CONDITIONS: &[Condition] = &[
     Condition { icd10: "I63.9", concept: 443454, prevalence: |a, _| ramp(a, 50.0, 90.0, 0.06), drugs: &[("B01AC06", 1112807, 0.8)] },
     Condition { icd10: "E66.9", concept: 433736, prevalence: |a, _| ramp(a, 10.0, 60.0, 0.17), drugs: &[] },
     Condition { icd10: "M54.5", concept: 194133, prevalence: |a, _| ramp(a, 18.0, 50.0, 0.12), drugs: &[("N02BE01", 1125315, 0.8)] },
-    Condition { icd10: "J18.9", concept: 255848, prevalence: |a, _| if a < 5.0 || a > 70.0 { 0.06 } else { 0.02 }, drugs: &[] },
+    Condition { icd10: "J18.9", concept: 255848, prevalence: |a, _| if !(5.0..=70.0).contains(&a) { 0.06 } else { 0.02 }, drugs: &[] },
 ];
 
 const FIRST_F: &[&str] = &[
@@ -472,17 +472,17 @@ pub fn generate(patients: u64, seed: u64, out: &Path, progress: Option<&dyn Fn(u
         }
 
         if dies {
-            let cause = CONDITIONS.iter().filter(|c| has.contains(&c.icd10)).last();
+            let cause = CONDITIONS.iter().filter(|c| has.contains(&c.icd10)).next_back();
             let (cc, cs) = match cause {
                 Some(c) => (c.concept.to_string(), c.icd10.to_owned()),
                 None => (String::new(), String::new()),
             };
             death.row(&[&nir, &fmt_date(obs_end), "32817", &cc, &cs])?;
         }
-        if let Some(p) = progress {
-            if (i + 1) % 10_000 == 0 || i + 1 == patients {
-                p(i + 1);
-            }
+        if let Some(p) = progress
+            && ((i + 1) % 10_000 == 0 || i + 1 == patients)
+        {
+            p(i + 1);
         }
     }
     let mut files = Vec::new();

@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::catalog::{Catalog, Layout};
+use crate::catalog::Catalog;
+use crate::db::Layout;
 use crate::error::{Error, IoContext, Result};
 use crate::pseudonym::Key;
 use crate::schema::Schemas;
@@ -27,8 +28,8 @@ impl Warehouse {
     /// or the bundled OMOP subset; they are validated before anything is written.
     pub fn init(data_dir: &Path, key_file: Option<&Path>, schemas_dir: Option<&Path>) -> Result<InitReport> {
         let layout = Layout::new(data_dir);
-        if layout.catalog().exists() {
-            return Err(Error::Usage(format!("{} is already a secretum warehouse; nothing was changed", data_dir.display())));
+        if layout.database().exists() {
+            return Err(Error::Conflict(format!("{} is already a secretum warehouse; nothing was changed", data_dir.display())));
         }
         let schemas = match schemas_dir {
             Some(dir) => Schemas::load_dir(dir)?,
@@ -51,25 +52,28 @@ impl Warehouse {
         }
         let key = Key::create_file(&key_file)?;
         let key_file = std::fs::canonicalize(&key_file).at(&key_file)?;
-        let catalog = Catalog::open(&layout.catalog())?;
+        let catalog = Catalog::open(&layout.database())?;
         catalog.set_meta("key_file", &key_file.to_string_lossy())?;
         catalog.set_meta("key_fingerprint", &key.fingerprint())?;
-        catalog.set_meta("created_at", &crate::catalog::now_rfc3339())?;
+        catalog.set_meta("created_at", &crate::db::now_rfc3339())?;
         Ok(InitReport { data_dir: data_dir.to_owned(), key_file, tables: schemas.tables.keys().cloned().collect() })
     }
 
     /// Open an existing warehouse.
     pub fn open(data_dir: &Path) -> Result<Warehouse> {
         let layout = Layout::new(data_dir);
-        if !layout.catalog().exists() {
-            return Err(Error::Usage(format!(
-                "no secretum warehouse at {}: run `secretum init --data-dir {}` first (or set SECRETUM_DATA_DIR)",
-                data_dir.display(),
-                data_dir.display()
-            )));
+        if !layout.database().exists() {
+            return Err(Error::not_found(
+                "warehouse",
+                format!(
+                    "at {}: run `secretum init --data-dir {}` first (or set SECRETUM_DATA_DIR)",
+                    data_dir.display(),
+                    data_dir.display()
+                ),
+            ));
         }
         let schemas = Schemas::load_dir(&layout.schemas())?;
-        let catalog = Catalog::open(&layout.catalog())?;
+        let catalog = Catalog::open(&layout.database())?;
         Ok(Warehouse { layout, schemas, catalog })
     }
 
@@ -79,7 +83,9 @@ impl Warehouse {
         let path = match key_file {
             Some(p) => p.to_owned(),
             None => PathBuf::from(
-                self.catalog.meta("key_file")?.ok_or_else(|| Error::Usage("this warehouse records no key file: pass --key-file".into()))?,
+                self.catalog
+                    .meta("key_file")?
+                    .ok_or_else(|| Error::BadRequest("this warehouse records no key file: pass --key-file".into()))?,
             ),
         };
         let key = Key::load(&path)?;
@@ -96,7 +102,7 @@ impl Warehouse {
 
 fn copy_schema_dir(from: &Path, to: &Path) -> Result<()> {
     for entry in walk(from)? {
-        let rel = entry.strip_prefix(from).map_err(|e| Error::Usage(e.to_string()))?;
+        let rel = entry.strip_prefix(from).map_err(|e| Error::internal(format!("{}: {e}", entry.display())))?;
         let dest = to.join(rel);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).at(parent)?;

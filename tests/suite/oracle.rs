@@ -15,9 +15,11 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use secretum_engine::Warehouse;
-use secretum_engine::budget::{Ledger, PolicyUpdate};
+use secretum_engine::budget::Ledger;
 use secretum_engine::dp::total::{Arg, FUNCTIONS};
-use secretum_engine::dp::{self, Noise, QueryError, QueryRequest};
+use secretum_engine::dp::{self, Noise, QueryRequest};
+use secretum_engine::error::Error;
+use secretum_engine::governance::{Governance, PolicyUpdate};
 use secretum_engine::ingest::{self, IngestOptions};
 
 use crate::common::Fixture;
@@ -128,18 +130,17 @@ fn pair() -> Pair {
         }
     }
     let open = |fx: &Fixture| {
-        let mut ledger = Ledger::open(&fx.data).unwrap();
-        ledger
-            .set_policy(&PolicyUpdate {
-                patient_epsilon_cap: Some(1e12),
-                patient_delta_cap: Some(0.99),
-                suppression_threshold: Some(0),
-                ..Default::default()
-            })
-            .unwrap();
+        let mut g = Governance::open(&fx.data).unwrap();
+        let update = PolicyUpdate {
+            patient_epsilon_cap: Some(1e12),
+            patient_delta_cap: Some(0.99),
+            suppression_threshold: Some(0),
+            ..Default::default()
+        };
+        g.set_policy("oracle-test", &update).unwrap();
         let tables: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
-        ledger.create_project("oracle", 1e12, 0.9, &tables).unwrap();
-        (fx.open(), ledger)
+        g.create_project("oracle-test", "oracle", 1e12, 0.9, &tables, &tables).unwrap();
+        (fx.open(), Ledger::open(&fx.data).unwrap())
     };
     let warehouses = [open(&base), open(&extra)];
     Pair { _base: base, _extra: extra, warehouses }
@@ -157,10 +158,10 @@ impl Pair {
         };
         self.warehouses.each_mut().map(|(wh, ledger)| match rt.block_on(dp::run(wh, ledger, &req, Noise::Exact)) {
             Ok(_) => Outcome::Answered,
-            Err(QueryError::Refused(r)) => Outcome::Refused(r.rule.to_owned()),
-            Err(QueryError::Failed(_)) => Outcome::Failed,
-            Err(QueryError::Budget(_)) => Outcome::Budget,
-            Err(QueryError::Internal(_)) => Outcome::Internal,
+            Err(Error::Refused { rule, .. }) => Outcome::Refused(rule.name().to_owned()),
+            Err(Error::QueryFailed { .. }) => Outcome::Failed,
+            Err(Error::Budget(_)) => Outcome::Budget,
+            Err(_) => Outcome::Internal,
         })
     }
 
@@ -169,7 +170,7 @@ impl Pair {
         let req =
             QueryRequest { actor: "oracle-test".into(), project: "oracle".into(), sql: sql.into(), epsilon: 1.0, ..Default::default() };
         let a = rt.block_on(dp::run(wh, ledger, &req, Noise::Exact)).unwrap();
-        a.rows[0][0]["value"].as_f64().unwrap()
+        secretum_api::output::json(&a).rows[0][0]["value"].as_f64().unwrap()
     }
 }
 

@@ -6,8 +6,10 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 
 use secretum_engine::Warehouse;
-use secretum_engine::budget::{Ledger, PolicyUpdate, Refused};
-use secretum_engine::dp::{self, Noise, QueryError, QueryRequest};
+use secretum_engine::budget::{Charge, Ledger};
+use secretum_engine::dp::{self, Noise, QueryRequest};
+use secretum_engine::error::{BudgetRefusal, Error};
+use secretum_engine::governance::{Governance, PolicyUpdate};
 use secretum_engine::ingest::{self, IngestOptions};
 
 use crate::common::{Fixture, secretum, stdout};
@@ -26,9 +28,21 @@ fn ingest_tables(fx: &Fixture, tables: &[&str]) {
 }
 
 fn project(data: &Path, name: &str, epsilon: f64, tables: &[&str]) {
-    let mut ledger = Ledger::open(data).unwrap();
     let tables: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
-    ledger.create_project(name, epsilon, 1e-4, &tables).unwrap();
+    let known: Vec<String> = Warehouse::open(data).unwrap().schemas.tables.keys().cloned().collect();
+    Governance::open(data).unwrap().create_project("test", name, epsilon, 1e-4, &tables, &known).unwrap();
+}
+
+fn policy(data: &Path, update: PolicyUpdate) {
+    Governance::open(data).unwrap().set_policy("test", &update).unwrap();
+}
+
+fn spent(data: &Path, name: &str) -> f64 {
+    Governance::open(data).unwrap().existing(name).unwrap().epsilon_spent
+}
+
+fn charge<'a>(project: &'a str, epsilon: f64, delta: f64) -> Charge<'a> {
+    Charge { actor: "test", project, sql: "SELECT COUNT(*) FROM person", epsilon, delta }
 }
 
 fn req(project: &str, sql: &str, epsilon: f64) -> QueryRequest {
@@ -40,10 +54,9 @@ fn empty_warehouse() -> (tempfile::TempDir, Warehouse, Ledger) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     Warehouse::init(&data, Some(&dir.path().join("key")), None).unwrap();
-    let mut ledger = Ledger::open(&data).unwrap();
-    ledger.set_policy(&PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() }).unwrap();
+    policy(&data, PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() });
     project(&data, "stats", 1e9, &["person", "measurement"]);
-    (dir, Warehouse::open(&data).unwrap(), ledger)
+    (dir, Warehouse::open(&data).unwrap(), Ledger::open(&data).unwrap())
 }
 
 fn laplace_cdf(x: f64) -> f64 {
@@ -64,14 +77,14 @@ const RELEASES: usize = 4000;
 
 #[test]
 fn count_noise_has_the_promised_scale_and_its_intervals_cover_95_percent() {
-    let (_d, wh, ledger) = empty_warehouse();
+    let (_d, wh, _ledger) = empty_warehouse();
     let rt = rt();
     // COUNT(*) over person: one row per patient, Δ = 1; ε = 0.1 gives a discrete Laplace of scale 10.
-    let p = rt.block_on(dp::prepare(&wh, &ledger, &req("stats", "SELECT COUNT(*) FROM person", 0.1))).unwrap();
+    let p = rt.block_on(dp::prepare(&wh, &req("stats", "SELECT COUNT(*) FROM person", 0.1))).unwrap();
     let exact = 2000.0;
     let (mut errors, mut covered) = (Vec::new(), 0);
     for _ in 0..RELEASES {
-        let cells = p.release.release_exact_components(&p, &[exact], Noise::OpenDp).unwrap();
+        let cells = p.release_exact_components(&[exact], Noise::OpenDp).unwrap();
         let (v, ci) = cells[0];
         let (v, (lo, hi)) = (v.unwrap(), ci.unwrap());
         errors.push(v - exact);
@@ -89,17 +102,17 @@ fn count_noise_has_the_promised_scale_and_its_intervals_cover_95_percent() {
 
 #[test]
 fn sum_noise_is_laplace_with_the_promised_scale_and_intervals_cover_95_percent() {
-    let (_d, wh, ledger) = empty_warehouse();
+    let (_d, wh, _ledger) = empty_warehouse();
     let rt = rt();
     // SUM(year_of_birth): one row per patient, values clamped to [1900, 2026]: Δ = 2026; ε = 1.
-    let p = rt.block_on(dp::prepare(&wh, &ledger, &req("stats", "SELECT SUM(year_of_birth) FROM person", 1.0))).unwrap();
-    let report = &p.release.dry_run(&p).unwrap().aggregates[0];
+    let p = rt.block_on(dp::prepare(&wh, &req("stats", "SELECT SUM(year_of_birth) FROM person", 1.0))).unwrap();
+    let report = &p.dry_run().unwrap().report.aggregates[0];
     assert_eq!(report.sensitivity, vec![("sum".to_string(), 2026.0)]);
     let scale = 2026.0;
     let exact = 3_950_000.0;
     let (mut z, mut covered) = (Vec::new(), 0);
     for _ in 0..RELEASES {
-        let cells = p.release.release_exact_components(&p, &[exact], Noise::OpenDp).unwrap();
+        let cells = p.release_exact_components(&[exact], Noise::OpenDp).unwrap();
         let (v, ci) = cells[0];
         let (v, (lo, hi)) = (v.unwrap(), ci.unwrap());
         z.push((v - exact) / scale);
@@ -116,20 +129,20 @@ fn sum_noise_is_laplace_with_the_promised_scale_and_intervals_cover_95_percent()
 
 #[test]
 fn mean_noise_and_interval_coverage() {
-    let (_d, wh, ledger) = empty_warehouse();
+    let (_d, wh, _ledger) = empty_warehouse();
     let rt = rt();
     // AVG over measurement values bounded by WHERE to [0, 20], 20 rows per patient: the
     // centred sum has Δ = 20·10 = 200 and the count Δ = 20, each with ε / 2.
     let sql = "SELECT AVG(value_as_number) FROM measurement WHERE value_as_number BETWEEN 0 AND 20";
-    let p = rt.block_on(dp::prepare(&wh, &ledger, &req("stats", sql, 1.0))).unwrap();
-    let report = &p.release.dry_run(&p).unwrap().aggregates[0];
-    assert_eq!(report.sensitivity, vec![("centred_sum".to_string(), 200.0), ("count".to_string(), 20.0)]);
+    let p = rt.block_on(dp::prepare(&wh, &req("stats", sql, 1.0))).unwrap();
+    let report = &p.dry_run().unwrap().report.aggregates[0];
+    assert_eq!(report.sensitivity, vec![("centred_sum".to_string(), 200.0), ("values".to_string(), 20.0)]);
     // 20,000 values of mean 6.5: centred sum = 20,000 · (6.5 − 10).
     let (n, mean) = (20_000.0, 6.5);
     let exact = [n * (mean - 10.0), n];
     let (mut errors, mut covered) = (Vec::new(), 0);
     for _ in 0..RELEASES {
-        let cells = p.release.release_exact_components(&p, &exact, Noise::OpenDp).unwrap();
+        let cells = p.release_exact_components(&exact, Noise::OpenDp).unwrap();
         let (v, ci) = cells[0];
         let (v, (lo, hi)) = (v.unwrap(), ci.unwrap());
         errors.push(v - mean);
@@ -188,7 +201,7 @@ fn attacker_files(dir: &Path, copies: usize) -> (std::path::PathBuf, std::path::
 
 fn exact_answer(wh: &Warehouse, ledger: &mut Ledger, sql: &str) -> Vec<Vec<serde_json::Value>> {
     let a = rt().block_on(dp::run(wh, ledger, &req("bounds", sql, 1.0), Noise::Exact)).unwrap();
-    a.rows
+    secretum_api::output::json(&a).rows
 }
 
 fn cell(v: &serde_json::Value) -> f64 {
@@ -212,8 +225,8 @@ fn one_patient_with_a_million_rows_or_extreme_values_moves_no_aggregate_beyond_i
     }
     let mut results = Vec::new();
     for fx in [&fx, &attacked] {
+        policy(&fx.data, PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() });
         let mut ledger = Ledger::open(&fx.data).unwrap();
-        ledger.set_policy(&PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() }).unwrap();
         project(&fx.data, "bounds", 1e9, &["person", "condition_occurrence", "measurement"]);
         let wh = fx.open();
         let q = |sql: &str, ledger: &mut Ledger| exact_answer(&wh, ledger, sql);
@@ -259,13 +272,13 @@ fn concurrent_queries_never_overspend_the_budget() {
             std::thread::spawn(move || {
                 let mut ledger = Ledger::open(&data).unwrap();
                 barrier.wait();
-                ledger.debit(&req("ten", "SELECT COUNT(*) FROM person", 0.1), 0.1, 0.0).unwrap().is_ok()
+                ledger.debit(&charge("ten", 0.1, 0.0)).is_ok()
             })
         })
         .collect();
     let granted = handles.into_iter().map(|h| h.join().unwrap()).filter(|ok| *ok).count();
     assert_eq!(granted, 10, "budget for 10 queries of ε 0.1 granted {granted}");
-    let spent = Ledger::open(&data).unwrap().project("ten").unwrap().unwrap().epsilon_spent;
+    let spent = spent(&data, "ten");
     assert!((spent - 1.0).abs() < 1e-9, "spent {spent}");
 }
 
@@ -288,7 +301,7 @@ fn concurrent_full_queries_release_at_most_what_the_budget_allows() {
     let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let released = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(released, 5);
-    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, QueryError::Budget(Refused::Epsilon { .. }))));
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, Error::Budget(BudgetRefusal::Epsilon { .. }))));
 }
 
 #[test]
@@ -305,40 +318,40 @@ fn exhausted_budget_is_refused_before_any_data_is_read_and_failures_stay_charged
     let rt = rt();
     // Over budget: refused by the ledger, so the corrupt files were never touched.
     let over = rt.block_on(dp::run(&wh, &mut ledger, &req("small", "SELECT COUNT(*) FROM person", 0.6), Noise::OpenDp));
-    assert!(matches!(over, Err(QueryError::Budget(Refused::Epsilon { .. }))), "{over:?}");
+    assert!(matches!(over, Err(Error::Budget(BudgetRefusal::Epsilon { .. }))), "{over:?}");
     // A dry run reads nothing and spends nothing.
     let dry = QueryRequest { dry_run: true, ..req("small", "SELECT COUNT(*) FROM person", 0.4) };
     rt.block_on(dp::run(&wh, &mut ledger, &dry, Noise::OpenDp)).unwrap();
-    assert_eq!(ledger.project("small").unwrap().unwrap().epsilon_spent, 0.0);
+    assert_eq!(spent(&fx.data, "small"), 0.0);
     // Within budget: debited first, then the read fails, with a generic message; the debit stays.
     let failed = rt.block_on(dp::run(&wh, &mut ledger, &req("small", "SELECT COUNT(*) FROM person", 0.4), Noise::OpenDp));
-    let Err(QueryError::Failed(id)) = failed else { panic!("expected a generic failure, got {failed:?}") };
-    let msg = QueryError::Failed(id).to_string();
+    let Err(Error::QueryFailed { entry }) = failed else { panic!("expected a generic failure, got {failed:?}") };
+    let msg = Error::QueryFailed { entry }.to_string();
     assert!(!msg.contains("parquet") && !msg.contains("person"), "failure message leaks details: {msg}");
-    let p = ledger.project("small").unwrap().unwrap();
+    let p = Governance::open(&fx.data).unwrap().existing("small").unwrap();
     assert!((p.epsilon_spent - 0.4).abs() < 1e-12);
-    assert_eq!(ledger.history("small").unwrap()[0].3, "failed");
+    assert_eq!(ledger.entries("small").unwrap()[0].status, "failed");
 }
 
 #[test]
 fn warehouse_wide_patient_cap_limits_all_projects_together() {
     let (_d, wh, mut ledger) = empty_warehouse();
-    ledger.set_policy(&PolicyUpdate { patient_epsilon_cap: Some(1.0), ..Default::default() }).unwrap();
+    policy(&wh.layout.root, PolicyUpdate { patient_epsilon_cap: Some(1.0), ..Default::default() });
     let data = wh.layout.root.clone();
     project(&data, "a", 1.0, &["person"]);
     project(&data, "b", 1.0, &["person"]);
-    assert!(ledger.debit(&req("a", "q", 0.6), 0.6, 0.0).unwrap().is_ok());
-    let second = ledger.debit(&req("b", "q", 0.6), 0.6, 0.0).unwrap();
-    assert!(matches!(second, Err(Refused::PatientCap { .. })), "{second:?}");
-    assert!(ledger.debit(&req("b", "q", 0.4), 0.4, 0.0).unwrap().is_ok());
+    assert!(ledger.debit(&charge("a", 0.6, 0.0)).is_ok());
+    let second = ledger.debit(&charge("b", 0.6, 0.0));
+    assert!(matches!(second, Err(Error::Budget(BudgetRefusal::PatientCap { .. }))), "{second:?}");
+    assert!(ledger.debit(&charge("b", 0.4, 0.0)).is_ok());
 }
 
 #[test]
 fn epsilon_and_delta_outside_the_policy_are_refused_with_their_rule() {
-    let (_d, wh, ledger) = empty_warehouse();
+    let (_d, wh, _ledger) = empty_warehouse();
     let rt = rt();
-    let rule = |r: QueryRequest| match rt.block_on(dp::prepare(&wh, &ledger, &r)) {
-        Err(QueryError::Refused(r)) => r.rule,
+    let rule = |r: QueryRequest| match rt.block_on(dp::prepare(&wh, &r)) {
+        Err(Error::Refused { rule, .. }) => rule.name(),
         Err(e) => panic!("{e}"),
         Ok(_) => "accepted",
     };
@@ -361,7 +374,7 @@ fn a_killed_query_never_loses_a_debit_that_preceded_a_release() {
     let sql = "SELECT gender_concept_id, COUNT(DISTINCT person_id) FROM person JOIN condition_occurrence USING (person_id) GROUP BY 1";
     let mut answered = 0;
     for delay_ms in [0u64, 5, 10, 20, 40, 80, 160, 400] {
-        let before = Ledger::open(&fx.data).unwrap().project("crash").unwrap().unwrap().epsilon_spent;
+        let before = spent(&fx.data, "crash");
         let mut child = std::process::Command::new(crate::common::BIN)
             .args(["query", "--data-dir", &data, "--project", "crash", "--epsilon", "0.5", "--format", "json", sql])
             .stdout(std::process::Stdio::piped())
@@ -372,7 +385,7 @@ fn a_killed_query_never_loses_a_debit_that_preceded_a_release() {
         let _ = child.kill(); // SIGKILL
         let out = child.wait_with_output().unwrap();
         let released = String::from_utf8_lossy(&out.stdout).contains("\"rows\"");
-        let after = Ledger::open(&fx.data).unwrap().project("crash").unwrap().unwrap().epsilon_spent;
+        let after = spent(&fx.data, "crash");
         if released {
             answered += 1;
             assert!((after - before - 0.5).abs() < 1e-9, "a release without its debit: spent {before} -> {after}");
@@ -433,12 +446,12 @@ fn cli_query_json_table_csv_dry_run_and_refusals() {
 fn concurrent_debits_never_overspend_the_per_patient_delta_cap() {
     // The same race as the ε cap: 100 threads, each asking δ 1e-7 against a cap of 1e-6 shared
     // by two projects whose own grants would allow far more.
-    let (_d, wh, mut ledger) = empty_warehouse();
-    ledger.set_policy(&PolicyUpdate { patient_delta_cap: Some(1e-6), ..Default::default() }).unwrap();
+    let (_d, wh, _ledger) = empty_warehouse();
     let data = wh.layout.root.clone();
+    policy(&data, PolicyUpdate { patient_delta_cap: Some(1e-6), ..Default::default() });
     for name in ["d1", "d2"] {
-        let mut l = Ledger::open(&data).unwrap();
-        l.create_project(name, 1000.0, 1e-3, &["person".to_string()]).unwrap();
+        let mut g = Governance::open(&data).unwrap();
+        g.create_project("test", name, 1000.0, 1e-3, &["person".to_string()], &["person".to_string()]).unwrap();
     }
     let barrier = Arc::new(Barrier::new(100));
     let handles: Vec<_> = (0..100)
@@ -448,7 +461,7 @@ fn concurrent_debits_never_overspend_the_per_patient_delta_cap() {
                 let mut ledger = Ledger::open(&data).unwrap();
                 let project = if i % 2 == 0 { "d1" } else { "d2" };
                 barrier.wait();
-                ledger.debit(&req(project, "SELECT COUNT(*) FROM person", 0.01), 0.01, 1e-7).unwrap()
+                ledger.debit(&charge(project, 0.01, 1e-7))
             })
         })
         .collect();
@@ -456,13 +469,12 @@ fn concurrent_debits_never_overspend_the_per_patient_delta_cap() {
     let granted = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(granted, 10, "a δ cap of 1e-6 admits 10 debits of 1e-7, granted {granted}");
     assert!(
-        results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, Refused::PatientDeltaCap { .. })),
+        results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, Error::Budget(BudgetRefusal::PatientDeltaCap { .. }))),
         "every other debit is refused by the δ cap: {results:?}"
     );
-    let ledger = Ledger::open(&data).unwrap();
-    let spent = ledger.warehouse_delta_spent().unwrap();
+    let spent = Ledger::open(&data).unwrap().spent().unwrap().delta;
     assert!(spent <= 1e-6 * (1.0 + 1e-9), "δ spent {spent:e} over the cap");
-    assert!(ledger.policy().unwrap().patient_delta_cap == 1e-6);
+    assert!(Governance::open(&data).unwrap().policy().unwrap().patient_delta_cap == 1e-6);
     // The default is conservative and shown by `policy show`.
     let fresh = tempfile::tempdir().unwrap();
     Warehouse::init(&fresh.path().join("w"), Some(&fresh.path().join("k")), None).unwrap();
@@ -509,8 +521,8 @@ fn an_adversarial_float_sum_moves_the_release_by_at_most_its_sensitivity() {
     }
     let mut sums = Vec::new();
     for fx in [&fx, &attacked] {
+        policy(&fx.data, PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() });
         let mut ledger = Ledger::open(&fx.data).unwrap();
-        ledger.set_policy(&PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() }).unwrap();
         project(&fx.data, "bounds", 1e9, &["measurement"]);
         let wh = fx.open();
         let mut answers = Vec::new();

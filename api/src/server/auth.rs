@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
-use secretum_engine::accounts::{Accounts, Principal, Role};
 use secretum_engine::audit::{self, Event};
+use secretum_engine::governance::accounts::{Accounts, Principal, Role};
 
 use super::AppState;
 use super::error::ApiError;

@@ -1,17 +1,32 @@
-//! Errors as HTTP answers: `{"error": {"code": "...", "message": "..."}}` with the right status.
+//! Errors as HTTP answers: `{"error": {"code": "...", "message": "...", "rule": "..."}}` with the
+//! right status, decided here and nowhere else.
 //!
-//! Messages come from the request, the schema, the policy and the budget only. Internal
-//! errors are logged with their cause and answered with a generic message.
+//! | engine error | HTTP | `code` |
+//! | --- | --- | --- |
+//! | SQL refused by a rule | 422 | `sql_refused` (+ `rule`) |
+//! | budget exhausted, per-patient cap reached | 409 | `budget_exhausted` |
+//! | project not active | 409 | `project_not_active` |
+//! | a state conflict | 409 | `conflict` |
+//! | not found | 404 | `not_found` |
+//! | bad request, bad input, malformed JSON | 400 | `malformed` |
+//! | body over the limit | 413 | `payload_too_large` |
+//! | a query that failed after its debit | 500 | `query_failed` (+ ledger entry) |
+//! | anything else | 500 | `internal` (+ an id the server log has) |
+//!
+//! Messages come from the request, the schema, the policy and the budget only. Internal errors
+//! are logged with their cause under an id and answered with the id alone.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use secretum_engine::Error;
-use secretum_engine::budget::Refused;
-use secretum_engine::dp::QueryError;
+use secretum_engine::error::BudgetRefusal;
 
 /// An error answer.
 #[derive(Debug, Clone)]
@@ -58,8 +73,14 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
-    pub fn internal() -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details")
+    /// An internal failure: logged under a new id, answered with the id only.
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        let id = secretum_engine::error::new_id();
+        tracing::error!(id = %id, "internal error: {detail}");
+        ApiError::with_id(&id)
+    }
+    fn with_id(id: &str) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("internal error {id}; the server log has the details"))
     }
 }
 
@@ -81,32 +102,22 @@ impl IntoResponse for ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         match e {
-            Error::Usage(m) => ApiError::malformed(m),
+            Error::Refused { rule, detail } => ApiError {
+                rule: Some(rule.name()),
+                ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "sql_refused", format!("refused ({rule}): {detail}"))
+            },
+            Error::Budget(r @ BudgetRefusal::NotActive { .. }) => ApiError::new(StatusCode::CONFLICT, "project_not_active", r.to_string()),
+            Error::Budget(r) => ApiError::new(StatusCode::CONFLICT, "budget_exhausted", r.to_string()),
+            e @ Error::QueryFailed { .. } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query_failed", e.to_string()),
+            e @ (Error::BadRequest(_)
+            | Error::InvalidInput { .. }
+            | Error::UnreadableInput { .. }
+            | Error::Schema(_)
+            | Error::Key { .. }) => ApiError::malformed(e.to_string()),
             Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            Error::NotFound(m) => ApiError::not_found(m),
-            Error::UnknownTable(t) => ApiError::malformed(format!("unknown table `{t}`")),
-            other => {
-                tracing::error!("internal error: {other}");
-                ApiError::internal()
-            }
-        }
-    }
-}
-
-impl From<QueryError> for ApiError {
-    fn from(e: QueryError) -> ApiError {
-        match e {
-            QueryError::Refused(r) => ApiError {
-                rule: Some(r.rule),
-                ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "sql_refused", format!("refused ({}): {}", r.rule, r.message))
-            },
-            QueryError::Budget(r) => match r {
-                Refused::UnknownProject(p) => ApiError::not_found(format!("project {p:?}")),
-                Refused::NotActive { .. } => ApiError::new(StatusCode::CONFLICT, "project_not_active", r.to_string()),
-                other => ApiError::new(StatusCode::CONFLICT, "budget_exhausted", other.to_string()),
-            },
-            QueryError::Failed(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "query_failed", e.to_string()),
-            QueryError::Internal(e) => e.into(),
+            e @ Error::NotFound { .. } => ApiError::not_found(e.to_string()),
+            Error::Internal { id } => ApiError::with_id(&id),
+            other => ApiError::internal(other),
         }
     }
 }
@@ -130,7 +141,49 @@ impl From<QueryRejection> for ApiError {
 
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> ApiError {
-        tracing::error!("request task failed: {e}");
-        ApiError::internal()
+        ApiError::internal(format!("request task failed: {e}"))
+    }
+}
+
+/// A JSON request body, rejected with our error type when malformed (axum's
+/// "customize extractor error" pattern): handlers receive the value or never run.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Body<T>, ApiError> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Body(value))
+    }
+}
+
+/// A JSON body that may be absent (no content): `None` then; malformed is still refused.
+pub struct OptionalBody<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<OptionalBody<T>, ApiError> {
+        let headers = req.headers();
+        let has_body = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v != "0")
+            || headers.contains_key(header::TRANSFER_ENCODING);
+        if !has_body {
+            return Ok(OptionalBody(None));
+        }
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(OptionalBody(Some(value)))
+    }
+}
+
+/// Query-string parameters, rejected with our error type when malformed.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Params<T>, ApiError> {
+        let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Params(value))
     }
 }

@@ -27,7 +27,9 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use secretum_engine::budget::Ledger;
-use secretum_engine::catalog::{Catalog, Layout};
+use secretum_engine::catalog::Catalog;
+use secretum_engine::db::{self, Layout};
+use secretum_engine::governance::Governance;
 use secretum_engine::schema::Schemas;
 use secretum_engine::{Error, Result, Warehouse};
 
@@ -76,7 +78,7 @@ impl Default for Config {
 impl Config {
     pub fn from_file(path: &std::path::Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Usage(format!("{}: {}", path.display(), e.message())))
+        toml::from_str(&text).map_err(|e| Error::BadRequest(format!("{}: {}", path.display(), e.message())))
     }
 }
 
@@ -109,25 +111,38 @@ impl AppState {
         })
     }
 
-    /// A fresh connection to the catalog database (migrations already applied).
+    /// A fresh connection to the warehouse database (migrations already applied).
     pub fn connection(&self) -> Result<Connection> {
-        Ok(Catalog::open(&self.inner.layout.catalog())?.into_connection())
+        db::open(&self.inner.layout.database())
     }
 
     pub fn ledger(&self) -> Result<Ledger> {
-        Ok(Ledger::from_catalog(Catalog::open(&self.inner.layout.catalog())?))
+        Ok(Ledger::from_connection(self.connection()?))
+    }
+
+    pub fn governance(&self) -> Result<Governance> {
+        Ok(Governance::from_connection(self.connection()?))
     }
 
     pub fn warehouse(&self) -> Result<Warehouse> {
         Ok(Warehouse {
             layout: self.inner.layout.clone(),
             schemas: self.inner.schemas.clone(),
-            catalog: Catalog::open(&self.inner.layout.catalog())?,
+            catalog: Catalog::open(&self.inner.layout.database())?,
         })
     }
 
     pub fn schemas(&self) -> &Schemas {
         &self.inner.schemas
+    }
+
+    /// One of the permits that bound how many queries execute at once; waits for one.
+    pub async fn query_permit(&self) -> std::result::Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.inner
+            .queries
+            .acquire()
+            .await
+            .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down"))
     }
 
     /// Run SQLite work on the blocking pool.
@@ -192,7 +207,7 @@ pub async fn serve(config: Config) -> Result<()> {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
-                .map_err(|e| Error::Usage(format!("TLS certificate {} / key {}: {e}", cert.display(), key.display())))?;
+                .map_err(|e| Error::BadRequest(format!("TLS certificate {} / key {}: {e}", cert.display(), key.display())))?;
             let handle = axum_server::Handle::new();
             let h = handle.clone();
             tokio::spawn(async move {
@@ -201,7 +216,7 @@ pub async fn serve(config: Config) -> Result<()> {
             });
             let listener = std::net::TcpListener::bind(config.listen)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", config.listen)))?;
+                .map_err(|e| Error::BadRequest(format!("cannot listen on {}: {e}", config.listen)))?;
             let addr = listener.local_addr().map_err(|e| Error::io(&config.data_dir, e))?;
             eprintln!("secretum serving https://{addr} (data {})", config.data_dir.display());
             axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(router).await.map_err(|e| Error::io(&config.data_dir, e))
@@ -209,13 +224,13 @@ pub async fn serve(config: Config) -> Result<()> {
         (None, None) => {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
-                .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", config.listen)))?;
+                .map_err(|e| Error::BadRequest(format!("cannot listen on {}: {e}", config.listen)))?;
             let addr = listener.local_addr().map_err(|e| Error::io(&config.data_dir, e))?;
             // Tests and scripts read this line to learn the port when listening on port 0.
             eprintln!("secretum serving http://{addr} (data {})", config.data_dir.display());
             axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| Error::io(&config.data_dir, e))
         }
-        _ => Err(Error::Usage("TLS needs both --tls-cert and --tls-key".into())),
+        _ => Err(Error::BadRequest("TLS needs both --tls-cert and --tls-key".into())),
     }
 }
 

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes;
+use super::routes::{audit, catalog, projects, queries, service, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,11 +16,11 @@ use super::routes;
         license(name = "Apache-2.0")
     ),
     paths(
-        routes::health, routes::openapi_json, routes::me, routes::tables, routes::ingests,
-        routes::request_project, routes::list_projects, routes::get_project, routes::approve, routes::reject,
-        routes::suspend, routes::resume, routes::close, routes::query, routes::history,
-        routes::audit_log, routes::audit_verify, routes::policy,
-        routes::list_users, routes::add_user, routes::revoke_user, routes::rotate_user,
+        service::health, service::openapi_json, service::me, catalog::tables, catalog::ingests,
+        projects::request_project, projects::list_projects, projects::get_project, projects::approve, projects::reject,
+        projects::transition, queries::query, queries::history,
+        audit::audit_log, audit::audit_verify, audit::policy,
+        users::list_users, users::add_user, users::revoke_user, users::rotate_user,
     ),
     modifiers(&Bearer),
     tags(

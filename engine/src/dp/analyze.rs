@@ -13,33 +13,31 @@
 //! ```
 //!
 //! and whose every expression passes [`Analyzer::check_expr`]: no privacy unit or identifier
-//! anywhere but the join keys and `COUNT(DISTINCT person_id)`, no function that can fail on a
-//! data value (so that an error can never reveal one), nothing non-deterministic.
+//! anywhere but the join keys and `COUNT(DISTINCT person_id)`, only admitted functions (each
+//! evaluated with total semantics, [`super::total`]), nothing non-deterministic. Deny by
+//! default: every plan node and expression not named here is refused with a rule.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, ScalarValue};
 use datafusion::logical_expr::expr::{AggregateFunction, Alias, ScalarFunction};
 use datafusion::logical_expr::{Aggregate, BinaryExpr, Expr, JoinType, LogicalPlan, Operator};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
 
-use crate::schema::{ColumnPolicy, ColumnType, Role, Schemas, TablePolicy};
+use super::bounds::{self, Intervals, bare_column, literal_number, literal_string};
+use super::groups::public_domain_size;
+use super::rule::Rule;
+use crate::error::{Error, Result};
+use crate::schema::{ColumnPolicy, Role, Schemas, TablePolicy};
 
 /// The largest SQL text accepted.
 pub const MAX_SQL_BYTES: usize = 64 * 1024;
 
-/// A refusal: the rule broken, in words that never contain data.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("refused by rule `{rule}`: {message}")]
-pub struct Refusal {
-    pub rule: &'static str,
-    pub message: String,
-}
-
-pub(crate) fn refuse<T>(rule: &'static str, message: impl Into<String>) -> Result<T, Refusal> {
-    Err(Refusal { rule, message: message.into() })
+fn refuse<T>(rule: Rule, detail: impl Into<String>) -> Result<T> {
+    Err(Error::refused(rule, detail))
 }
 
 /// What an aggregate computes, and so which sensitivity it has.
@@ -80,6 +78,21 @@ impl AggKind {
             AggKind::Quantile(q) => format!("quantile({q})"),
         }
     }
+
+    /// In words, for plan summaries.
+    pub fn describe(self) -> String {
+        match self {
+            AggKind::CountRows => "count of rows".into(),
+            AggKind::CountValues => "count of values".into(),
+            AggKind::CountPatients => "count of patients".into(),
+            AggKind::Sum => "sum".into(),
+            AggKind::Mean => "mean".into(),
+            AggKind::Variance { sample } => if sample { "sample variance" } else { "population variance" }.into(),
+            AggKind::Stddev { sample } => if sample { "sample standard deviation" } else { "population standard deviation" }.into(),
+            AggKind::Quantile(0.5) => "median".into(),
+            AggKind::Quantile(q) => format!("{q}-quantile"),
+        }
+    }
 }
 
 /// One aggregate of the query.
@@ -112,6 +125,8 @@ pub struct KeySpec {
 pub struct Analysis {
     /// The analyzed logical plan of the whole query.
     pub plan: LogicalPlan,
+    /// Its aggregate node (what gets noise; the nodes above it post-process).
+    aggregate: Aggregate,
     /// Base tables read, in plan order (qualifier, table).
     pub tables: Vec<(String, String)>,
     /// The privacy-unit column of the first table, as the plan names it.
@@ -132,11 +147,12 @@ impl Analysis {
     /// Rewrite every expression of the query into its total form ([`super::total`]): the plan
     /// (WHERE, the aggregate, and the expressions over its noisy output), the group keys, the
     /// aggregated values and the WHERE conjuncts. Names and types stay as planned.
-    pub(crate) fn make_total(mut self) -> Result<Analysis, Refusal> {
+    pub(crate) fn make_total(mut self) -> Result<Analysis> {
         let plan = super::total::make_total(self.plan)?;
         let Some(agg) = find_aggregate(&plan) else {
-            return refuse("aggregate-required", "a query must compute at least one aggregate (COUNT, SUM, AVG, ...)");
+            return refuse(Rule::AggregateRequired, "a query must compute at least one aggregate (COUNT, SUM, AVG, ...)");
         };
+        self.aggregate = agg.clone();
         let schema = agg.input.schema().clone();
         let total = |e: Expr| super::total::total_expr(e, &schema);
         for k in &mut self.keys {
@@ -149,17 +165,38 @@ impl Analysis {
         }
         self.filters = self.filters.into_iter().map(total).collect::<Result<_, _>>()?;
         // What runs over the noisy output (HAVING, ORDER BY, output arithmetic) is total too.
-        let mut node = &plan;
-        while !matches!(node, LogicalPlan::Aggregate(_)) {
+        for node in above_aggregate(&plan) {
             super::total::check_exprs(&node.expressions())?;
-            node = node.inputs()[0];
         }
         self.plan = plan;
         Ok(self)
     }
 
     pub fn aggregate(&self) -> &Aggregate {
-        find_aggregate(&self.plan).expect("analysis found it")
+        &self.aggregate
+    }
+
+    /// A column as `table.column` (the table's name, whatever alias the query gave it).
+    pub fn column_name(&self, c: &Column) -> String {
+        let table = c.relation.as_ref().and_then(|r| self.tables.iter().find(|(q, _)| q == r.table())).map(|(_, t)| t.as_str());
+        match table {
+            Some(t) => format!("{t}.{}", c.name),
+            None => c.name.clone(),
+        }
+    }
+
+    /// An aggregated expression in words: the column it is, or the columns it reads.
+    pub fn describe(&self, e: &Expr) -> String {
+        if let Some(c) = bare_column(e).or_else(|| match e {
+            Expr::ScalarFunction(f) if f.args.len() == 1 && f.func.name() == "total_cast" => bare_column(&f.args[0]),
+            _ => None,
+        }) {
+            return self.column_name(c);
+        }
+        let mut names: Vec<String> = e.column_refs().into_iter().map(|c| self.column_name(c)).collect();
+        names.sort();
+        names.dedup();
+        if names.is_empty() { "a constant".into() } else { format!("an expression of {}", names.join(", ")) }
     }
     /// Whether every group key has a public domain (no partition selection needed).
     pub fn public_groups(&self) -> bool {
@@ -168,6 +205,31 @@ impl Analysis {
     pub fn max_rows_per_table(&self, schemas: &Schemas) -> BTreeMap<String, u32> {
         self.tables.iter().filter_map(|(_, t)| schemas.tables.get(t).map(|p| (t.clone(), p.max_rows_per_unit))).collect()
     }
+}
+
+/// Whether a plan sorts or limits rows before they are aggregated (the order would have to
+/// come from the data).
+fn ordered_or_limited(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|n| {
+        found |= matches!(n, LogicalPlan::Limit(_) | LogicalPlan::Sort(_));
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
+}
+
+/// The nodes above the aggregate (post-processing of its noisy output), top first.
+pub(crate) fn above_aggregate(plan: &LogicalPlan) -> Vec<&LogicalPlan> {
+    let mut out = Vec::new();
+    let mut node = plan;
+    while !matches!(node, LogicalPlan::Aggregate(_)) {
+        out.push(node);
+        match node.inputs().first() {
+            Some(input) => node = input,
+            None => break,
+        }
+    }
+    out
 }
 
 pub(crate) fn find_aggregate(plan: &LogicalPlan) -> Option<&Aggregate> {
@@ -181,51 +243,47 @@ pub(crate) fn find_aggregate(plan: &LogicalPlan) -> Option<&Aggregate> {
 }
 
 /// Checks on the parsed statement, before any planning.
-pub fn check_statement(sql: &str, statements: &[DFStatement]) -> Result<(), Refusal> {
+pub fn check_statement(sql: &str, statements: &[DFStatement]) -> Result<()> {
     if sql.len() > MAX_SQL_BYTES {
-        return refuse("sql-too-long", format!("the SQL text is {} bytes; the limit is {MAX_SQL_BYTES}", sql.len()));
+        return refuse(Rule::SqlTooLong, format!("the SQL text is {} bytes; the limit is {MAX_SQL_BYTES}", sql.len()));
     }
     let [statement] = statements else {
-        return refuse("single-select", format!("exactly one SELECT statement per query, found {}", statements.len()));
+        return refuse(Rule::SingleSelect, format!("exactly one SELECT statement per query, found {}", statements.len()));
     };
     let DFStatement::Statement(s) = statement else {
-        return refuse("single-select", "only SELECT queries are answered (no CREATE EXTERNAL TABLE, COPY or EXPLAIN)");
+        return refuse(Rule::SingleSelect, "only SELECT queries are answered (no CREATE EXTERNAL TABLE, COPY or EXPLAIN)");
     };
     let Statement::Query(q) = s.as_ref() else {
-        return refuse("single-select", "only SELECT queries are answered (no DDL, DML, EXPLAIN, SET or PREPARE)");
+        return refuse(Rule::SingleSelect, "only SELECT queries are answered (no DDL, DML, EXPLAIN, SET or PREPARE)");
     };
     if q.with.is_some() {
-        return refuse("subquery", "WITH (common table expressions) is not supported: write one SELECT over the tables");
+        return refuse(Rule::Subquery, "WITH (common table expressions) is not supported: write one SELECT over the tables");
     }
     match q.body.as_ref() {
         SetExpr::Select(_) => Ok(()),
-        SetExpr::SetOperation { .. } => refuse("set-operation", "UNION, INTERSECT and EXCEPT are not allowed: run one query per part"),
-        SetExpr::Query(_) => refuse("subquery", "subqueries are not allowed"),
-        _ => refuse("single-select", "only SELECT queries are answered"),
+        SetExpr::SetOperation { .. } => refuse(Rule::SetOperation, "UNION, INTERSECT and EXCEPT are not allowed: run one query per part"),
+        SetExpr::Query(_) => refuse(Rule::Subquery, "subqueries are not allowed"),
+        _ => refuse(Rule::SingleSelect, "only SELECT queries are answered"),
     }
 }
 
 /// Checks the table names a statement references against the project.
-pub fn check_tables(
-    references: &[datafusion::common::TableReference],
-    schemas: &Schemas,
-    project_tables: &[String],
-) -> Result<(), Refusal> {
+pub fn check_tables(references: &[datafusion::common::TableReference], schemas: &Schemas, project_tables: &[String]) -> Result<()> {
     for r in references {
         let datafusion::common::TableReference::Bare { table } = r else {
-            return refuse("table-reference", format!("table {r} must be a plain table name of the project"));
+            return refuse(Rule::TableReference, format!("table {r} must be a plain table name of the project"));
         };
         if project_tables.iter().any(|t| t == table.as_ref()) {
             continue;
         }
         if schemas.tables.contains_key(table.as_ref()) {
             return refuse(
-                "table-not-in-project",
+                Rule::TableNotInProject,
                 format!("table {table} is not among this project's tables ({})", project_tables.join(", ")),
             );
         }
         return refuse(
-            "table-reference",
+            Rule::TableReference,
             format!("{table:?} is not a table of the catalog (file paths, URLs and table functions are not allowed)"),
         );
     }
@@ -265,7 +323,7 @@ impl<'a> Analyzer<'a> {
     }
 
     /// Analyze an analyzed (type-coerced) logical plan.
-    pub fn analyze(mut self, plan: LogicalPlan, max_groups: Option<u32>) -> Result<Analysis, Refusal> {
+    pub fn analyze(mut self, plan: LogicalPlan, max_groups: Option<u32>) -> Result<Analysis> {
         // Upper nodes: post-processing of the noisy aggregate output.
         let mut node = &plan;
         let aggregate = loop {
@@ -285,28 +343,27 @@ impl<'a> Analyzer<'a> {
                     node = &s.input;
                 }
                 LogicalPlan::Limit(l) => node = &l.input,
-                LogicalPlan::Window(_) => return refuse("window-function", "window functions are not allowed"),
+                LogicalPlan::Window(_) => return refuse(Rule::WindowFunction, "window functions are not allowed"),
                 LogicalPlan::Distinct(_) => {
-                    return refuse("aggregate-required", "SELECT DISTINCT lists values: use GROUP BY with an aggregate");
+                    return refuse(Rule::AggregateRequired, "SELECT DISTINCT lists values: use GROUP BY with an aggregate");
                 }
-                LogicalPlan::Union(_) => return refuse("set-operation", "UNION, INTERSECT and EXCEPT are not allowed"),
-                LogicalPlan::Subquery(_) | LogicalPlan::SubqueryAlias(_) => return refuse("subquery", "subqueries are not allowed"),
+                LogicalPlan::Union(_) => return refuse(Rule::SetOperation, "UNION, INTERSECT and EXCEPT are not allowed"),
+                LogicalPlan::Subquery(_) | LogicalPlan::SubqueryAlias(_) => return refuse(Rule::Subquery, "subqueries are not allowed"),
                 LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
-                    return refuse("table-reference", "a query must aggregate over the project's tables");
+                    return refuse(Rule::TableReference, "a query must aggregate over the project's tables");
                 }
                 LogicalPlan::TableScan(_) | LogicalPlan::Join(_) => {
                     return refuse(
-                        "aggregate-required",
+                        Rule::AggregateRequired,
                         "every output column must be an aggregate or a GROUP BY key (no SELECT *, no row-level columns)",
                     );
                 }
-                _ => return refuse("single-select", "only SELECT queries over the project's tables are answered"),
+                _ => return refuse(Rule::SingleSelect, "only SELECT queries over the project's tables are answered"),
             }
         };
 
         // The source: filters over inner joins on the privacy unit over scans.
         self.source(&aggregate.input)?;
-        let input_schema = aggregate.input.schema().clone();
         let (first_q, first_t) = self.tables[0].clone();
         let first = self.schemas.tables[&first_t].privacy_unit().name.clone();
         let unit = Column::new(Some(first_q), first);
@@ -315,16 +372,16 @@ impl<'a> Analyzer<'a> {
         let mut keys = Vec::new();
         for (i, e) in aggregate.group_expr.iter().enumerate() {
             if matches!(e, Expr::GroupingSet(_)) {
-                return refuse("unsupported-grouping", "GROUPING SETS, CUBE and ROLLUP are not supported");
+                return refuse(Rule::UnsupportedGrouping, "GROUPING SETS, CUBE and ROLLUP are not supported");
             }
-            self.check_expr(e, Ctx::Key, &input_schema)?;
+            self.check_expr(e, Ctx::Key)?;
             let mut columns = Vec::new();
             for c in e.column_refs() {
                 let (_, policy) = self.resolve(c, Ctx::Key)?;
                 columns.push((c.clone(), policy.clone()));
             }
             if columns.is_empty() {
-                return refuse("unsupported-grouping", "a GROUP BY key must read a column");
+                return refuse(Rule::UnsupportedGrouping, "a GROUP BY key must read a column");
             }
             let public = columns.iter().all(|(_, p)| public_domain_size(p).is_some());
             let name = aggregate.schema.field(i).name().clone();
@@ -340,12 +397,12 @@ impl<'a> Analyzer<'a> {
                 other => other,
             };
             let Expr::AggregateFunction(f) = inner else {
-                return refuse("unsupported-aggregate", "aggregates must be plain aggregate calls");
+                return refuse(Rule::UnsupportedAggregate, "aggregates must be plain aggregate calls");
             };
-            aggs.push(self.aggregate(f, field.name().clone(), field.data_type().clone(), &input_schema)?);
+            aggs.push(self.aggregate(f, field.name().clone(), field.data_type().clone())?);
         }
         if aggs.is_empty() {
-            return refuse("aggregate-required", "a query must compute at least one aggregate (COUNT, SUM, AVG, ...)");
+            return refuse(Rule::AggregateRequired, "a query must compute at least one aggregate (COUNT, SUM, AVG, ...)");
         }
 
         // Contribution bounds. After the join, one patient's rows are bounded by the largest
@@ -356,7 +413,7 @@ impl<'a> Analyzer<'a> {
         // largest default applies (a patient's K rows fall in at most K groups anyway).
         let schema_groups = self.tables.iter().map(|(_, t)| self.schemas.tables[t].max_groups_per_unit).max().unwrap_or(1).max(1);
         let groups_per_unit = match max_groups {
-            Some(0) => return refuse("max-groups", "the groups-per-patient bound must be at least 1"),
+            Some(0) => return refuse(Rule::MaxGroups, "the groups-per-patient bound must be at least 1"),
             Some(g) => g.min(schema_groups),
             None => schema_groups,
         };
@@ -371,20 +428,21 @@ impl<'a> Analyzer<'a> {
         let keys_per_unit = if keys.is_empty() || single_valued { 1 } else { groups_per_unit.min(rows_per_unit) };
         let tables = self.tables.clone();
         let filters = self.conjuncts.clone();
-        Ok(Analysis { plan: plan.clone(), tables, unit, rows_per_unit, groups_per_unit, keys_per_unit, keys, aggs, filters })
+        let aggregate = aggregate.clone();
+        Ok(Analysis { plan: plan.clone(), aggregate, tables, unit, rows_per_unit, groups_per_unit, keys_per_unit, keys, aggs, filters })
     }
 
-    fn source(&mut self, plan: &LogicalPlan) -> Result<(), Refusal> {
+    fn source(&mut self, plan: &LogicalPlan) -> Result<()> {
         match plan {
             LogicalPlan::Filter(f) => {
                 self.source(&f.input)?;
-                self.check_expr(&f.predicate, Ctx::Where, f.input.schema())?;
+                self.check_expr(&f.predicate, Ctx::Where)?;
                 self.conjuncts.extend(split_conjunction(&f.predicate).into_iter().cloned());
                 Ok(())
             }
             LogicalPlan::Join(j) => {
                 if j.join_type != JoinType::Inner {
-                    return refuse("join-on-unit", "only inner joins on the privacy unit are allowed");
+                    return refuse(Rule::JoinOnUnit, "only inner joins on the privacy unit are allowed");
                 }
                 let before = self.tables.len();
                 self.source(&j.left)?;
@@ -395,25 +453,25 @@ impl<'a> Analyzer<'a> {
                     for conjunct in split_conjunction(filter) {
                         match conjunct {
                             Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => pairs.push((*left.clone(), *right.clone())),
-                            _ => return refuse("join-on-unit", "a join condition may only equate the tables' privacy units"),
+                            _ => return refuse(Rule::JoinOnUnit, "a join condition may only equate the tables' privacy units"),
                         }
                     }
                 }
                 let mut linked = false;
                 for (a, b) in &pairs {
                     let (Some(a), Some(b)) = (bare_column(a), bare_column(b)) else {
-                        return refuse("join-on-unit", "a join condition may only equate the tables' privacy units");
+                        return refuse(Rule::JoinOnUnit, "a join condition may only equate the tables' privacy units");
                     };
                     let (qa, pa) = self.resolve_any(a)?;
                     let (qb, pb) = self.resolve_any(b)?;
                     if pa.role != Role::PrivacyUnit || pb.role != Role::PrivacyUnit {
-                        return refuse("join-on-unit", format!("joins must be on the privacy unit, not on {} = {}", a.name, b.name));
+                        return refuse(Rule::JoinOnUnit, format!("joins must be on the privacy unit, not on {} = {}", a.name, b.name));
                     }
                     linked |= left.contains(&qa) != left.contains(&qb);
                 }
                 if !linked {
                     return refuse(
-                        "join-on-unit",
+                        Rule::JoinOnUnit,
                         "tables must be joined on the privacy unit (USING (person_id) or ON a.person_id = b.person_id)",
                     );
                 }
@@ -421,33 +479,38 @@ impl<'a> Analyzer<'a> {
             }
             LogicalPlan::SubqueryAlias(s) => match s.input.as_ref() {
                 LogicalPlan::TableScan(t) => self.scan(s.alias.table(), t.table_name.table()),
-                _ => refuse("subquery", "subqueries are not allowed in FROM"),
+                inner if ordered_or_limited(inner) => {
+                    refuse(Rule::LimitBelowAggregate, "ORDER BY, LIMIT and OFFSET may only apply to the aggregated output")
+                }
+                _ => refuse(Rule::Subquery, "subqueries are not allowed in FROM"),
             },
             LogicalPlan::TableScan(t) => self.scan(t.table_name.table(), t.table_name.table()),
-            LogicalPlan::Limit(_) => refuse("limit-below-aggregate", "LIMIT and OFFSET may only apply to the aggregated output"),
-            LogicalPlan::Sort(_) => refuse("limit-below-aggregate", "ORDER BY may only apply to the aggregated output"),
-            LogicalPlan::Window(_) => refuse("window-function", "window functions are not allowed"),
-            LogicalPlan::Union(_) => refuse("set-operation", "UNION, INTERSECT and EXCEPT are not allowed"),
-            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => refuse("subquery", "nested aggregation is not allowed"),
-            LogicalPlan::Projection(_) | LogicalPlan::Subquery(_) => refuse("subquery", "subqueries are not allowed"),
-            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => refuse("table-reference", "a query must read the project's tables"),
-            _ => refuse("single-select", "unsupported query shape"),
+            LogicalPlan::Limit(_) => refuse(Rule::LimitBelowAggregate, "LIMIT and OFFSET may only apply to the aggregated output"),
+            LogicalPlan::Sort(_) => refuse(Rule::LimitBelowAggregate, "ORDER BY may only apply to the aggregated output"),
+            LogicalPlan::Window(_) => refuse(Rule::WindowFunction, "window functions are not allowed"),
+            LogicalPlan::Union(_) => refuse(Rule::SetOperation, "UNION, INTERSECT and EXCEPT are not allowed"),
+            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => refuse(Rule::Subquery, "nested aggregation is not allowed"),
+            LogicalPlan::Projection(_) | LogicalPlan::Subquery(_) => refuse(Rule::Subquery, "subqueries are not allowed"),
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+                refuse(Rule::TableReference, "a query must read the project's tables")
+            }
+            _ => refuse(Rule::SingleSelect, "unsupported query shape"),
         }
     }
 
-    fn scan(&mut self, qualifier: &str, table: &str) -> Result<(), Refusal> {
+    fn scan(&mut self, qualifier: &str, table: &str) -> Result<()> {
         let Some(policy) = self.schemas.tables.get(table) else {
-            return refuse("table-reference", format!("{table:?} is not a table of the catalog"));
+            return refuse(Rule::TableReference, format!("{table:?} is not a table of the catalog"));
         };
         if self.qualifiers.insert(qualifier.to_owned(), policy).is_some() || self.tables.iter().any(|(_, t)| t == table) {
-            return refuse("self-join", format!("table {table} appears twice: self-joins are not allowed"));
+            return refuse(Rule::SelfJoin, format!("table {table} appears twice: self-joins are not allowed"));
         }
         self.tables.push((qualifier.to_owned(), table.to_owned()));
         Ok(())
     }
 
     /// Resolve a column to its table and policy, whatever its role.
-    fn resolve_any(&self, c: &Column) -> Result<(String, &'a ColumnPolicy), Refusal> {
+    fn resolve_any(&self, c: &Column) -> Result<(String, &'a ColumnPolicy)> {
         let found: Vec<(String, &ColumnPolicy)> = match &c.relation {
             Some(r) => {
                 self.qualifiers.get(r.table()).and_then(|t| t.column(&c.name)).map(|p| (r.table().to_owned(), p)).into_iter().collect()
@@ -456,7 +519,7 @@ impl<'a> Analyzer<'a> {
         };
         match found.as_slice() {
             [one] => Ok(one.clone()),
-            [] => refuse("unknown-column", format!("column {} is not a stored column of the query's tables", c.name)),
+            [] => refuse(Rule::UnknownColumn, format!("column {} is not a stored column of the query's tables", c.name)),
             many => {
                 // Ambiguous: the strictest role wins.
                 let p = many.iter().find(|(_, p)| !p.is_releasable()).unwrap_or(&many[0]);
@@ -466,12 +529,12 @@ impl<'a> Analyzer<'a> {
     }
 
     /// Resolve a column that is used as data: it must be releasable.
-    fn resolve(&self, c: &Column, ctx: Ctx) -> Result<(String, &'a ColumnPolicy), Refusal> {
+    fn resolve(&self, c: &Column, ctx: Ctx) -> Result<(String, &'a ColumnPolicy)> {
         let (q, p) = self.resolve_any(c)?;
         if !p.is_releasable() {
             let what = if p.role == Role::PrivacyUnit { "the privacy unit" } else { "an identifier" };
             return refuse(
-                "unit-or-identifier",
+                Rule::UnitOrIdentifier,
                 format!(
                     "column {} is {what}: it may not appear in {} (only COUNT(DISTINCT {}) and join keys may use it)",
                     c.name,
@@ -483,22 +546,22 @@ impl<'a> Analyzer<'a> {
         Ok((q, p))
     }
 
-    fn aggregate(&self, f: &AggregateFunction, name: String, output_type: DataType, schema: &DFSchema) -> Result<AggSpec, Refusal> {
+    fn aggregate(&self, f: &AggregateFunction, name: String, output_type: DataType) -> Result<AggSpec> {
         let fname = f.func.name().to_ascii_lowercase();
         let p = &f.params;
         if p.filter.is_some() {
-            return refuse("aggregate-filter", "FILTER (WHERE ...) on an aggregate is not supported: put the condition in WHERE");
+            return refuse(Rule::AggregateFilter, "FILTER (WHERE ...) on an aggregate is not supported: put the condition in WHERE");
         }
         let spec =
             |kind, value: Option<Expr>, bounds| AggSpec { kind, name: name.clone(), value, bounds, output_type: output_type.clone() };
         match fname.as_str() {
             "min" | "max" => refuse(
-                "min-max",
+                Rule::MinMax,
                 format!("{} on raw values releases a record's value: use MEDIAN or APPROX_PERCENTILE_CONT", fname.to_uppercase()),
             ),
             "count" => {
                 if !p.order_by.is_empty() || p.args.len() != 1 {
-                    return refuse("unsupported-aggregate", "COUNT takes one argument");
+                    return refuse(Rule::UnsupportedAggregate, "COUNT takes one argument");
                 }
                 let arg = &p.args[0];
                 if p.distinct {
@@ -508,23 +571,23 @@ impl<'a> Analyzer<'a> {
                             return Ok(spec(AggKind::CountPatients, None, None));
                         }
                     }
-                    return refuse("count-distinct", "COUNT(DISTINCT ...) is only allowed on the privacy unit (patients)");
+                    return refuse(Rule::CountDistinct, "COUNT(DISTINCT ...) is only allowed on the privacy unit (patients)");
                 }
                 if let Expr::Literal(v, _) = arg
                     && !v.is_null()
                 {
                     return Ok(spec(AggKind::CountRows, None, None));
                 }
-                self.check_expr(arg, Ctx::Value, schema)?;
+                self.check_expr(arg, Ctx::Value)?;
                 Ok(spec(AggKind::CountValues, Some(arg.clone()), None))
             }
             "sum" | "avg" | "mean" | "var" | "var_samp" | "var_sample" | "var_pop" | "variance" | "variance_samp" | "variance_pop"
             | "stddev" | "stddev_samp" | "stddev_pop" | "median" | "approx_median" => {
                 if p.distinct {
-                    return refuse("unsupported-aggregate", format!("{}(DISTINCT ...) is not supported", fname.to_uppercase()));
+                    return refuse(Rule::UnsupportedAggregate, format!("{}(DISTINCT ...) is not supported", fname.to_uppercase()));
                 }
                 if !p.order_by.is_empty() || p.args.len() != 1 {
-                    return refuse("unsupported-aggregate", format!("{} takes one argument", fname.to_uppercase()));
+                    return refuse(Rule::UnsupportedAggregate, format!("{} takes one argument", fname.to_uppercase()));
                 }
                 let kind = match fname.as_str() {
                     "sum" => AggKind::Sum,
@@ -535,12 +598,12 @@ impl<'a> Analyzer<'a> {
                     "stddev" | "stddev_samp" => AggKind::Stddev { sample: true },
                     _ => AggKind::Quantile(0.5),
                 };
-                let value = self.bounded_value(&p.args[0], schema, &fname)?;
+                let value = self.bounded_value(&p.args[0], &fname)?;
                 Ok(spec(kind, Some(value.0), Some(value.1)))
             }
             "approx_percentile_cont" | "percentile_cont" | "quantile_cont" => {
                 if p.distinct {
-                    return refuse("unsupported-aggregate", "DISTINCT quantiles are not supported");
+                    return refuse(Rule::UnsupportedAggregate, "DISTINCT quantiles are not supported");
                 }
                 let (value, q) = if let Some(o) = p.order_by.first() {
                     // WITHIN GROUP (ORDER BY value): the percentile is the literal argument.
@@ -549,13 +612,13 @@ impl<'a> Analyzer<'a> {
                     (p.args.first().cloned().unwrap_or(Expr::Literal(ScalarValue::Null, None)), p.args.get(1))
                 };
                 let Some(q) = q.and_then(literal_number).filter(|q| (0.0..=1.0).contains(q)) else {
-                    return refuse("unsupported-aggregate", "the percentile must be a literal between 0 and 1");
+                    return refuse(Rule::UnsupportedAggregate, "the percentile must be a literal between 0 and 1");
                 };
-                let value = self.bounded_value(&value, schema, &fname)?;
+                let value = self.bounded_value(&value, &fname)?;
                 Ok(spec(AggKind::Quantile(q), Some(value.0), Some(value.1)))
             }
             other => refuse(
-                "unsupported-aggregate",
+                Rule::UnsupportedAggregate,
                 format!(
                     "{other} is not a supported aggregate (COUNT, COUNT(DISTINCT person_id), SUM, AVG, VARIANCE, STDDEV, MEDIAN, APPROX_PERCENTILE_CONT)"
                 ),
@@ -563,11 +626,12 @@ impl<'a> Analyzer<'a> {
         }
     }
 
-    fn bounded_value(&self, e: &Expr, schema: &DFSchema, fname: &str) -> Result<(Expr, (f64, f64)), Refusal> {
-        self.check_expr(e, Ctx::Value, schema)?;
-        let Some(bounds) = self.bounds(e).map(|b| self.tighten(e, b)) else {
+    fn bounded_value(&self, e: &Expr, fname: &str) -> Result<(Expr, (f64, f64))> {
+        self.check_expr(e, Ctx::Value)?;
+        let resolve = |c: &Column| self.resolve_any(c).ok().map(|(_, p)| p);
+        let Some(bounds) = Intervals::new(&resolve).of(e).map(|b| bounds::tighten(e, b, &self.conjuncts)) else {
             return refuse(
-                "unbounded-value",
+                Rule::UnboundedValue,
                 format!(
                     "{} needs public bounds on its argument: aggregate a numeric column whose schema declares bounds, or arithmetic of such columns and literals",
                     fname.to_uppercase()
@@ -577,172 +641,9 @@ impl<'a> Analyzer<'a> {
         Ok((e.clone(), bounds))
     }
 
-    /// Narrow a column's bounds with WHERE conditions on it (`x BETWEEN a AND b`, `x >= a`,
-    /// `x < b`, ...): rows outside are filtered out, and whatever bounds we pick the values are
-    /// clamped into them, so narrower bounds only lower the sensitivity.
-    fn tighten(&self, e: &Expr, (mut lo, mut hi): (f64, f64)) -> (f64, f64) {
-        let target = strip_cast(e);
-        if !matches!(target, Expr::Column(_)) {
-            return (lo, hi);
-        }
-        let is_target = |x: &Expr| strip_cast(x) == target;
-        for c in &self.conjuncts {
-            match c {
-                Expr::Between(b) if !b.negated && is_target(&b.expr) => {
-                    if let (Some(l), Some(h)) = (literal_number(&b.low), literal_number(&b.high)) {
-                        lo = lo.max(l);
-                        hi = hi.min(h);
-                    }
-                }
-                Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                    let (op, v) = if is_target(left) {
-                        (*op, literal_number(right))
-                    } else if is_target(right) {
-                        match op.swap() {
-                            Some(o) => (o, literal_number(left)),
-                            None => continue,
-                        }
-                    } else {
-                        continue;
-                    };
-                    let Some(v) = v else { continue };
-                    match op {
-                        Operator::Gt | Operator::GtEq => lo = lo.max(v),
-                        Operator::Lt | Operator::LtEq => hi = hi.min(v),
-                        Operator::Eq => {
-                            lo = lo.max(v);
-                            hi = hi.min(v);
-                        }
-                        _ => {}
-                    }
-                }
-                _ => {}
-            }
-        }
-        if lo > hi { (hi, hi) } else { (lo, hi) }
-    }
-
-    /// Bounds that may be known on one side only: GREATEST(x, a) ≥ a whatever x is, and
-    /// LEAST(x, b) ≤ b. NULL arguments are ignored by both functions, so they move no bound.
-    fn half_bounds(&self, e: &Expr) -> (Option<f64>, Option<f64>) {
-        if let Some(v) = literal_number(e) {
-            return (Some(v), Some(v));
-        }
-        let e = match e {
-            Expr::Alias(a) => a.expr.as_ref(),
-            other => other,
-        };
-        if let Expr::ScalarFunction(ScalarFunction { func, args }) = e
-            && matches!(func.name(), "greatest" | "least")
-        {
-            let parts: Vec<(Option<f64>, Option<f64>)> = args.iter().map(|a| self.half_bounds(a)).collect();
-            let known = |v: Vec<Option<f64>>, pick: fn(f64, f64) -> f64| v.into_iter().flatten().reduce(pick);
-            let all = |v: Vec<Option<f64>>, pick: fn(f64, f64) -> f64| {
-                v.into_iter().collect::<Option<Vec<f64>>>().and_then(|v| v.into_iter().reduce(pick))
-            };
-            let los: Vec<Option<f64>> = parts.iter().map(|p| p.0).collect();
-            let his: Vec<Option<f64>> = parts.iter().map(|p| p.1).collect();
-            return if func.name() == "greatest" {
-                // Greater than or equal to every argument: any known lower bound bounds it.
-                (known(los, f64::max), all(his, f64::max))
-            } else {
-                (all(los, f64::min), known(his, f64::min))
-            };
-        }
-        match self.bounds(e) {
-            Some((lo, hi)) => (Some(lo), Some(hi)),
-            None => (None, None),
-        }
-    }
-
-    /// Public bounds of a numeric expression, by interval arithmetic over the schema's bounds.
-    fn bounds(&self, e: &Expr) -> Option<(f64, f64)> {
-        let b = match e {
-            Expr::Alias(a) => self.bounds(&a.expr)?,
-            Expr::Column(c) => {
-                let (_, p) = self.resolve_any(c).ok()?;
-                if !p.stored_type().is_numeric() {
-                    return None;
-                }
-                p.bounds?
-            }
-            Expr::Cast(c) if c.field.data_type().is_numeric() => self.bounds(&c.expr)?,
-            Expr::TryCast(c) if c.field.data_type().is_numeric() => self.bounds(&c.expr)?,
-            Expr::Negative(x) => {
-                let (lo, hi) = self.bounds(x)?;
-                (-hi, -lo)
-            }
-            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                let l = literal_number(left).map(|v| (v, v)).or_else(|| self.bounds(left))?;
-                let r = literal_number(right).map(|v| (v, v)).or_else(|| self.bounds(right))?;
-                match op {
-                    Operator::Plus => (l.0 + r.0, l.1 + r.1),
-                    Operator::Minus => (l.0 - r.1, l.1 - r.0),
-                    Operator::Multiply => {
-                        let p = [l.0 * r.0, l.0 * r.1, l.1 * r.0, l.1 * r.1];
-                        (p.iter().cloned().fold(f64::INFINITY, f64::min), p.iter().cloned().fold(f64::NEG_INFINITY, f64::max))
-                    }
-                    // Only by a positive literal (check_expr enforces it); integer division
-                    // truncates towards zero, which stays inside these bounds widened by one.
-                    Operator::Divide if r.0 == r.1 && r.0 > 0.0 => (l.0 / r.0 - 1.0, l.1 / r.0 + 1.0),
-                    _ => return None,
-                }
-            }
-            Expr::ScalarFunction(ScalarFunction { func, args }) => match func.name() {
-                "date_part" => {
-                    let part = args.first().and_then(literal_string)?.to_ascii_lowercase();
-                    match part.as_str() {
-                        "year" | "years" => {
-                            let c = bare_column(args.get(1)?)?;
-                            let (_, p) = self.resolve_any(c).ok()?;
-                            let (lo, hi) = p.bounds?;
-                            (year_of_day(lo) as f64, year_of_day(hi) as f64)
-                        }
-                        "month" => (1.0, 12.0),
-                        "day" => (1.0, 31.0),
-                        "dow" => (0.0, 6.0),
-                        "doy" => (1.0, 366.0),
-                        "quarter" => (1.0, 4.0),
-                        "week" => (1.0, 53.0),
-                        _ => return None,
-                    }
-                }
-                "abs" => {
-                    let (lo, hi) = self.bounds(args.first()?)?;
-                    (if lo <= 0.0 && hi >= 0.0 { 0.0 } else { lo.abs().min(hi.abs()) }, lo.abs().max(hi.abs()))
-                }
-                "floor" | "ceil" | "round" | "trunc" => {
-                    let (lo, hi) = self.bounds(args.first()?)?;
-                    (lo.floor() - 1.0, hi.ceil() + 1.0)
-                }
-                // An explicit clamp: LEAST(GREATEST(x, a), b) is in [a, b] whatever x is.
-                "greatest" | "least" => match self.half_bounds(e) {
-                    (Some(lo), Some(hi)) => (lo, hi),
-                    _ => return None,
-                },
-                _ => return None,
-            },
-            Expr::Case(c) => {
-                let mut out: Option<(f64, f64)> = None;
-                let branches = c.when_then_expr.iter().map(|(_, t)| t.as_ref()).chain(c.else_expr.as_deref());
-                for t in branches {
-                    let b = match literal_number(t) {
-                        Some(v) => (v, v),
-                        None if is_null_literal(t) => continue,
-                        None => self.bounds(t)?,
-                    };
-                    out = Some(out.map_or(b, |o| (o.0.min(b.0), o.1.max(b.1))));
-                }
-                out?
-            }
-            _ => literal_number(e).map(|v| (v, v))?,
-        };
-        (b.0.is_finite() && b.1.is_finite() && b.0 <= b.1).then_some(b)
-    }
-
     /// The expression allow-list.
-    fn check_expr(&self, e: &Expr, ctx: Ctx, schema: &DFSchema) -> Result<(), Refusal> {
-        let rec = |x: &Expr| self.check_expr(x, ctx, schema);
+    fn check_expr(&self, e: &Expr, ctx: Ctx) -> Result<()> {
+        let rec = |x: &Expr| self.check_expr(x, ctx);
         match e {
             Expr::Alias(a) => rec(&a.expr),
             Expr::Column(c) => self.resolve(c, ctx).map(|_| ()),
@@ -753,7 +654,7 @@ impl<'a> Analyzer<'a> {
                     // Division and modulo by zero, and overflow, give NULL (total semantics).
                     Eq | NotEq | Lt | LtEq | Gt | GtEq | And | Or | Plus | Minus | Multiply | Divide | Modulo | IsDistinctFrom
                     | IsNotDistinctFrom | StringConcat | LikeMatch | ILikeMatch | NotLikeMatch | NotILikeMatch => {}
-                    _ => return refuse("unsupported-expression", format!("operator {op} is not allowed")),
+                    _ => return refuse(Rule::UnsupportedExpression, format!("operator {op} is not allowed")),
                 }
                 rec(left)?;
                 rec(right)
@@ -802,18 +703,21 @@ impl<'a> Analyzer<'a> {
                 let name = func.name().to_ascii_lowercase();
                 match name.as_str() {
                     "random" | "uuid" | "now" | "current_date" | "current_time" | "current_timestamp" => {
-                        return refuse("nondeterministic", format!("{name}() is not deterministic"));
+                        return refuse(Rule::Nondeterministic, format!("{name}() is not deterministic"));
                     }
                     // DataFusion types these from their first argument: it must be a literal.
                     "date_trunc" | "date_part" => {
-                        if !args.first().is_some_and(|a| literal_string(a).is_some()) {
-                            return refuse("literal-argument", format!("{name}'s first argument must be a literal ('year', 'month', ...)"));
+                        if args.first().is_none_or(|a| literal_string(a).is_none()) {
+                            return refuse(
+                                Rule::LiteralArgument,
+                                format!("{name}'s first argument must be a literal ('year', 'month', ...)"),
+                            );
                         }
                     }
                     n if super::total::admitted_function(n) => {}
                     _ => {
                         return refuse(
-                            "unsupported-function",
+                            Rule::UnsupportedFunction,
                             format!("function {name} is not on the allow-list (`secretum functions` lists every admitted function)"),
                         );
                     }
@@ -821,21 +725,21 @@ impl<'a> Analyzer<'a> {
                 args.iter().try_for_each(rec)
             }
             Expr::AggregateFunction(_) => {
-                refuse("unsupported-aggregate", "aggregates may not be nested or used outside the SELECT list and HAVING")
+                refuse(Rule::UnsupportedAggregate, "aggregates may not be nested or used outside the SELECT list and HAVING")
             }
-            Expr::WindowFunction(_) => refuse("window-function", "window functions are not allowed"),
+            Expr::WindowFunction(_) => refuse(Rule::WindowFunction, "window functions are not allowed"),
             Expr::Exists(_) | Expr::InSubquery(_) | Expr::ScalarSubquery(_) | Expr::SetComparison(_) | Expr::OuterReferenceColumn(..) => {
-                refuse("subquery", "subqueries are not allowed")
+                refuse(Rule::Subquery, "subqueries are not allowed")
             }
-            Expr::Placeholder(_) => refuse("unsupported-expression", "placeholders are not allowed"),
-            _ => refuse("unsupported-expression", format!("expression {e} is not allowed")),
+            Expr::Placeholder(_) => refuse(Rule::UnsupportedExpression, "placeholders are not allowed"),
+            _ => refuse(Rule::UnsupportedExpression, format!("expression {e} is not allowed")),
         }
     }
 }
 
 /// Expressions above the aggregate see only noisy outputs; they may not hide subqueries or
 /// window functions.
-fn check_upper_exprs(exprs: &[Expr]) -> Result<(), Refusal> {
+fn check_upper_exprs(exprs: &[Expr]) -> Result<()> {
     for e in exprs {
         let mut bad = None;
         let _ = e.apply(|x| {
@@ -848,16 +752,14 @@ fn check_upper_exprs(exprs: &[Expr]) -> Result<(), Refusal> {
             Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
         });
         match bad {
-            Some("subquery") => return refuse("subquery", "subqueries are not allowed"),
-            Some("window-function") => return refuse("window-function", "window functions are not allowed"),
-            Some(_) => return refuse("nondeterministic", "non-deterministic functions are not allowed"),
+            Some("subquery") => return refuse(Rule::Subquery, "subqueries are not allowed"),
+            Some("window-function") => return refuse(Rule::WindowFunction, "window functions are not allowed"),
+            Some(_) => return refuse(Rule::Nondeterministic, "non-deterministic functions are not allowed"),
             None => {}
         }
     }
     Ok(())
 }
-
-use datafusion::common::tree_node::TreeNode;
 
 fn split_conjunction(e: &Expr) -> Vec<&Expr> {
     match e {
@@ -867,88 +769,5 @@ fn split_conjunction(e: &Expr) -> Vec<&Expr> {
             v
         }
         other => vec![other],
-    }
-}
-
-fn bare_column(e: &Expr) -> Option<&Column> {
-    match e {
-        Expr::Column(c) => Some(c),
-        Expr::Alias(a) => bare_column(&a.expr),
-        _ => None,
-    }
-}
-
-fn strip_cast(e: &Expr) -> &Expr {
-    match e {
-        Expr::Cast(c) => strip_cast(&c.expr),
-        Expr::TryCast(c) => strip_cast(&c.expr),
-        Expr::Alias(a) => strip_cast(&a.expr),
-        other => other,
-    }
-}
-
-fn is_null_literal(e: &Expr) -> bool {
-    matches!(strip_cast(e), Expr::Literal(v, _) if v.is_null())
-}
-
-/// A numeric literal (through casts, which are applied, and negation), as f64.
-pub(crate) fn literal_number(e: &Expr) -> Option<f64> {
-    let f64_of = |v: &ScalarValue| match v.cast_to(&DataType::Float64).ok()? {
-        ScalarValue::Float64(Some(x)) => Some(x),
-        _ => None,
-    };
-    match e {
-        Expr::Negative(x) => literal_number(x).map(|v| -v),
-        Expr::Alias(a) => literal_number(&a.expr),
-        // `CAST(0.5 AS BIGINT)` is 0, not 0.5: cast the literal as the evaluator will.
-        Expr::Cast(datafusion::logical_expr::Cast { expr, field }) | Expr::TryCast(datafusion::logical_expr::TryCast { expr, field }) => {
-            let inner = literal_scalar(expr)?;
-            f64_of(&inner.cast_to(field.data_type()).ok()?)
-        }
-        Expr::Literal(v, _) if !v.is_null() && v.data_type().is_numeric() => f64_of(v),
-        _ => None,
-    }
-}
-
-/// A literal value through nested casts (each applied) and negation.
-fn literal_scalar(e: &Expr) -> Option<ScalarValue> {
-    match e {
-        Expr::Literal(v, _) if !v.is_null() => Some(v.clone()),
-        Expr::Alias(a) => literal_scalar(&a.expr),
-        Expr::Negative(x) => literal_scalar(x)?.arithmetic_negate().ok(),
-        Expr::Cast(datafusion::logical_expr::Cast { expr, field }) | Expr::TryCast(datafusion::logical_expr::TryCast { expr, field }) => {
-            literal_scalar(expr)?.cast_to(field.data_type()).ok()
-        }
-        _ => None,
-    }
-}
-
-fn literal_string(e: &Expr) -> Option<String> {
-    match strip_cast(e) {
-        Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)), _) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-/// Calendar year of a day number (days since 1970-01-01).
-fn year_of_day(day: f64) -> i32 {
-    use chrono::Datelike;
-    chrono::DateTime::from_timestamp(day as i64 * 86_400, 0).map(|d| d.year()).unwrap_or(1970)
-}
-
-/// How many values a column's public domain has, if it has one small enough to enumerate:
-/// a declared domain, or the bounds of an integer or date column.
-pub const MAX_DOMAIN: usize = 100_000;
-
-pub fn public_domain_size(p: &ColumnPolicy) -> Option<usize> {
-    if let Some(d) = &p.domain {
-        return Some(d.len()).filter(|n| *n <= MAX_DOMAIN);
-    }
-    match (p.stored_type(), p.bounds) {
-        (ColumnType::Integer | ColumnType::Date, Some((lo, hi))) => {
-            let n = (hi.floor() - lo.ceil() + 1.0).max(0.0) as usize;
-            Some(n).filter(|n| *n <= MAX_DOMAIN)
-        }
-        _ => None,
     }
 }

@@ -11,12 +11,11 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::compute::{CastOptions, cast, cast_with_options};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, ScalarValue};
-use datafusion::execution::context::SessionContext;
 use datafusion::functions::math::expr_fn::random;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::functions_window::expr_fn::row_number;
@@ -25,8 +24,8 @@ use datafusion::logical_expr::{
     Volatility, lit,
 };
 
-use super::analyze::{Analysis, KeySpec, MAX_DOMAIN, Refusal, refuse};
-use crate::schema::{ColumnPolicy, ColumnType, Domain, DomainValue, Schemas};
+use super::analyze::Analysis;
+use crate::schema::Schemas;
 
 pub const PID: &str = "__pid";
 const RN: &str = "__rn";
@@ -95,6 +94,22 @@ pub fn fixed_point(e: Expr, centre: f64, unit: f64, square: bool) -> Expr {
 /// Steps of the fixed-point grid between 0 and the largest magnitude a value may have.
 pub const STEPS: i64 = 1 << 20;
 
+/// The grid's unit for values of magnitude at most `m`: `m / STEPS` (1 when every value is 0).
+/// The rounding error of one value, at most unit/2 = m·2⁻²¹, is far under any noise scale.
+pub fn fixed_point_unit(m: f64) -> f64 {
+    if m > 0.0 { m / STEPS as f64 } else { 1.0 }
+}
+
+/// One value on the grid: `round((x − centre) / unit)` (of its square when `square`), clamped to
+/// `[−STEPS, STEPS]` whatever the float rounding, so the bound the sensitivity assumes is exact.
+/// NULL and non-finite values are NULL.
+pub fn fixed_point_value(x: Option<f64>, centre: f64, unit: f64, square: bool) -> Option<i64> {
+    let d = x.filter(|x| x.is_finite())? - centre;
+    let v = if square { d * d } else { d };
+    // `as` saturates on overflow; the clamp bounds the result exactly.
+    Some(((v / unit).round() as i64).clamp(-STEPS, STEPS))
+}
+
 /// The clamp kernel: never fails (a value that is not a number is NULL).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Clamp {
@@ -153,13 +168,7 @@ impl ScalarUDFImpl for FixedPoint {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
         let (c, u, square) = (f64::from_bits(self.centre), f64::from_bits(self.unit), self.square);
-        let q = move |x: Option<f64>| -> Option<i64> {
-            let d = x.filter(|x| x.is_finite())? - c;
-            let v = if square { d * d } else { d };
-            // `as` saturates; the clamp makes the grid's bound exact whatever the rounding.
-            Some(((v / u).round() as i64).clamp(-STEPS, STEPS))
-        };
-        Ok(map_f64(&args, q, |v: Vec<Option<i64>>| Int64Array::from(v)))
+        Ok(map_f64(&args, |x| fixed_point_value(x, c, u, square), |v: Vec<Option<i64>>| Int64Array::from(v)))
     }
 }
 
@@ -203,7 +212,10 @@ pub fn bounded_relation(analysis: &Analysis, schemas: &Schemas, bound: u32) -> d
             .transform_up(|node| match &node {
                 LogicalPlan::TableScan(scan) => {
                     let table = scan.table_name.table();
-                    let policy = &schemas.tables[table];
+                    let policy = schemas
+                        .tables
+                        .get(table)
+                        .ok_or_else(|| datafusion::error::DataFusionError::Plan(format!("table {table} has no policy")))?;
                     let unit = Column::new(Some(scan.table_name.clone()), policy.privacy_unit().name.clone());
                     product = product.saturating_mul(policy.max_rows_per_unit as u64);
                     Ok(Transformed::yes(truncate(node.clone(), unit, policy.max_rows_per_unit)?))
@@ -236,121 +248,17 @@ pub fn bounded_relation(analysis: &Analysis, schemas: &Schemas, bound: u32) -> d
     truncate(projected, Column::from_name(PID), bound)
 }
 
-/// Every value of a column's public domain, as an array of the column's stored type.
-fn domain_array(p: &ColumnPolicy) -> Option<ArrayRef> {
-    let n = super::analyze::public_domain_size(p)?;
-    let ty = p.stored_type();
-    let array: ArrayRef = match (&p.domain, ty) {
-        (Some(Domain::Values(set)), _) => {
-            if set.iter().all(|v| matches!(v, DomainValue::Int(_))) {
-                Arc::new(Int64Array::from_iter_values(set.iter().map(|v| if let DomainValue::Int(i) = v { *i } else { 0 })))
-            } else {
-                Arc::new(StringArray::from_iter_values(set.iter().map(|v| v.to_string())))
-            }
-        }
-        (Some(Domain::Range(lo, hi)), _) => Arc::new(Int64Array::from_iter_values(*lo..=*hi)),
-        (None, ColumnType::Date) => {
-            let (lo, _) = p.bounds?;
-            Arc::new(Date32Array::from_iter_values((0..n as i32).map(|d| lo.ceil() as i32 + d)))
-        }
-        (None, _) => {
-            let (lo, _) = p.bounds?;
-            Arc::new(Int64Array::from_iter_values((0..n as i64).map(|d| lo.ceil() as i64 + d)))
-        }
-    };
-    cast(&array, &ty.arrow()).ok()
-}
-
-/// The public keys of one group key: its expression evaluated over the cross product of the
-/// public domains of the columns it reads. Computed from the schema alone.
-fn key_values(ctx: &SessionContext, key: &KeySpec, filters: &[Expr], out_type: &DataType) -> Result<Vec<ScalarValue>, Refusal> {
-    let mut columns: Vec<(Column, ColumnPolicy)> = Vec::new();
-    for (c, p) in &key.columns {
-        if !columns.iter().any(|(x, _)| x == c) {
-            columns.push((c.clone(), p.clone()));
-        }
-    }
-    let domains: Vec<ArrayRef> = columns.iter().map(|(_, p)| domain_array(p).expect("public")).collect();
-    let rows: usize = domains.iter().map(|d| d.len()).product();
-    if rows > 10 * MAX_DOMAIN {
-        return refuse(
-            "too-many-groups",
-            format!("the group key {} spans {rows} public values; the limit is {}", key.name, 10 * MAX_DOMAIN),
-        );
-    }
-    // Cross product, as take() indices per column.
-    let mut arrays = Vec::new();
-    let mut stride = 1usize;
-    for d in &domains {
-        let idx = datafusion::arrow::array::UInt32Array::from_iter_values((0..rows).map(|r| ((r / stride) % d.len()) as u32));
-        arrays.push(datafusion::arrow::compute::take(d.as_ref(), &idx, None).map_err(|e| internal(e.into()))?);
-        stride *= d.len();
-    }
-    let fields: Vec<(Option<datafusion::common::TableReference>, Arc<Field>)> = columns
-        .iter()
-        .zip(&domains)
-        .map(|((c, _), d)| (c.relation.clone(), Arc::new(Field::new(&c.name, d.data_type().clone(), true))))
-        .collect();
-    let schema = Arc::new(Schema::new(fields.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>()));
-    let mut batch = RecordBatch::try_new(schema, arrays).map_err(|e| internal(e.into()))?;
-    let dfschema = super::qualified_schema(fields).map_err(internal)?;
-    // WHERE conditions on these columns alone narrow the public keys: `year_of_birth >= 1930`
-    // leaves out earlier decades. The keys stay a function of the SQL and the schema.
-    for f in filters {
-        if f.column_refs().iter().all(|c| columns.iter().any(|(k, _)| k == *c)) {
-            let keep = ctx.create_physical_expr(f.clone(), &dfschema).map_err(internal)?;
-            let keep = keep.evaluate(&batch).map_err(internal)?.into_array(batch.num_rows()).map_err(internal)?;
-            let keep = datafusion::arrow::array::as_boolean_array(&keep).clone();
-            batch = datafusion::arrow::compute::filter_record_batch(&batch, &keep).map_err(|e| internal(e.into()))?;
-        }
-    }
-    let rows = batch.num_rows();
-    let physical = ctx.create_physical_expr(key.expr.clone(), &dfschema).map_err(internal)?;
-    let values = physical.evaluate(&batch).map_err(internal)?.into_array(rows).map_err(internal)?;
-    let values = cast(&values, out_type).map_err(|e| internal(e.into()))?;
-    let mut out = Vec::new();
-    for r in 0..values.len() {
-        let v = ScalarValue::try_from_array(&values, r).map_err(internal)?;
-        if !v.is_null() {
-            out.push(v);
-        }
-    }
-    out.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    out.dedup();
-    Ok(out)
-}
-
-fn internal(e: datafusion::error::DataFusionError) -> Refusal {
-    // Evaluating public keys reads no data: an error here comes from the SQL and the schema.
-    Refusal { rule: "sql-error", message: e.strip_backtrace().lines().next().unwrap_or("").to_owned() }
-}
-
-/// All public group keys (cross product over the group keys), in order. Empty keys for an
-/// ungrouped query: one group.
-pub fn public_keys(ctx: &SessionContext, analysis: &Analysis) -> Result<Vec<Vec<ScalarValue>>, Refusal> {
-    let agg = analysis.aggregate();
-    let mut keys: Vec<Vec<ScalarValue>> = vec![vec![]];
-    for (i, k) in analysis.keys.iter().enumerate() {
-        let values = key_values(ctx, k, &analysis.filters, agg.schema.field(i).data_type())?;
-        if keys.len() * values.len() > MAX_DOMAIN {
-            return refuse(
-                "too-many-groups",
-                format!("the GROUP BY keys span more than {MAX_DOMAIN} public groups: group by fewer or coarser keys"),
-            );
-        }
-        keys = keys.into_iter().flat_map(|prefix| values.iter().map(move |v| [prefix.clone(), vec![v.clone()]].concat())).collect();
-    }
-    Ok(keys)
-}
-
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
-    use datafusion::arrow::datatypes::Schema;
+    use datafusion::arrow::array::RecordBatch;
+    use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::catalog::MemTable;
+    use datafusion::execution::context::SessionContext;
 
     async fn run(plan: LogicalPlan, ctx: &SessionContext) -> Vec<(i64, i64)> {
-        let batches = super::super::collect(ctx, plan).await.unwrap();
+        let batches = ctx.execute_logical_plan(plan).await.unwrap().collect().await.unwrap();
         let mut rows = Vec::new();
         for b in batches {
             let pid = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();

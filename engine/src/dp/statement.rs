@@ -15,12 +15,13 @@ use datafusion::sql::sqlparser::ast::{
     Expr, Function, FunctionArguments, GroupByExpr, Join, LimitClause, OrderBy, Query, Select, SelectFlavor, TableFactor, Visit, Visitor,
 };
 
-use super::analyze::{Refusal, refuse};
+use super::rule::Rule;
+use crate::error::{Error, Result};
 
 /// Check every query, select, table reference and function call of the statement.
-pub fn check(statement: &DFStatement) -> Result<(), Refusal> {
+pub fn check(statement: &DFStatement) -> Result<()> {
     let DFStatement::Statement(s) = statement else {
-        return refuse("single-select", "only SELECT queries are answered");
+        return Err(Error::refused(Rule::SingleSelect, "only SELECT queries are answered"));
     };
     match s.visit(&mut Unrepresented) {
         ControlFlow::Continue(()) => Ok(()),
@@ -30,17 +31,17 @@ pub fn check(statement: &DFStatement) -> Result<(), Refusal> {
 
 struct Unrepresented;
 
-fn unsupported(what: &str) -> ControlFlow<Refusal> {
-    ControlFlow::Break(Refusal {
-        rule: "unsupported-syntax",
-        message: format!("{what} is not supported (the query would not be answered as written)"),
-    })
+fn unsupported(what: &str) -> ControlFlow<Error> {
+    ControlFlow::Break(Error::refused(
+        Rule::UnsupportedSyntax,
+        format!("{what} is not supported (the query would not be answered as written)"),
+    ))
 }
 
 impl Visitor for Unrepresented {
-    type Break = Refusal;
+    type Break = Error;
 
-    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<Refusal> {
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<Error> {
         let Query { with: _, body: _, order_by, limit_clause, fetch, locks, for_clause, settings, format_clause, pipe_operators } = query;
         if let Some(OrderBy { kind: _, interpolate }) = order_by
             && interpolate.is_some()
@@ -73,7 +74,7 @@ impl Visitor for Unrepresented {
         ControlFlow::Continue(())
     }
 
-    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<Refusal> {
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<Error> {
         let Select {
             select_token: _,
             optimizer_hints,
@@ -155,7 +156,7 @@ impl Visitor for Unrepresented {
         ControlFlow::Continue(())
     }
 
-    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<Refusal> {
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<Error> {
         match factor {
             TableFactor::Table {
                 name: _,
@@ -197,7 +198,7 @@ impl Visitor for Unrepresented {
         }
     }
 
-    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<Refusal> {
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<Error> {
         if let Expr::Function(Function {
             name: _,
             uses_odbc_syntax: _,
@@ -222,13 +223,14 @@ impl Visitor for Unrepresented {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use datafusion::sql::parser::DFParser;
     use datafusion::sql::sqlparser::dialect::GenericDialect;
 
     fn rule(sql: &str) -> Option<&'static str> {
         let s = DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).unwrap().pop_front().unwrap();
-        check(&s).err().map(|r| r.rule)
+        check(&s).err().and_then(|e| e.rule()).map(Rule::name)
     }
 
     #[test]

@@ -236,7 +236,7 @@ impl Converter {
         let mut problems: Vec<(String, String)> = Vec::new();
         for (name, op) in &mut self.ops {
             if let Err(reason) = apply(op, row) {
-                problems.push((name.clone(), reason));
+                problems.push((name.clone(), reason.0));
             }
         }
         for (column, reason) in problems {
@@ -280,33 +280,49 @@ fn shown(value: &[u8], c: &Checked) -> String {
     }
 }
 
-fn text<'a>(value: &'a [u8]) -> Result<&'a str, String> {
-    std::str::from_utf8(value).map_err(|_| "invalid UTF-8".to_string())
-}
+/// Why one value of a row is invalid: the reason of its [`crate::error::RowProblem`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Invalid(pub(crate) String);
 
-/// Fetch a field; `Ok(None)` for an allowed null.
-fn field<'a>(row: &'a dyn RowFields, src: usize, c: &Checked) -> Result<Option<&'a [u8]>, String> {
-    match row.get(src).filter(|v| !v.is_empty()) {
-        Some(v) => Ok(Some(v)),
-        None if c.nullable => Ok(None),
-        None => Err("missing required value".into()),
+impl From<&str> for Invalid {
+    fn from(s: &str) -> Invalid {
+        Invalid(s.to_owned())
     }
 }
 
-fn check_bounds(v: f64, bounds: Option<(f64, f64)>, reject: bool, what: impl Fn() -> String) -> Result<(), String> {
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn text(value: &[u8]) -> Result<&str, Invalid> {
+    std::str::from_utf8(value).map_err(|_| Invalid::from("invalid UTF-8"))
+}
+
+/// Fetch a field; `Ok(None)` for an allowed null.
+fn field<'a>(row: &'a dyn RowFields, src: usize, c: &Checked) -> Result<Option<&'a [u8]>, Invalid> {
+    match row.get(src).filter(|v| !v.is_empty()) {
+        Some(v) => Ok(Some(v)),
+        None if c.nullable => Ok(None),
+        None => Err(Invalid::from("missing required value")),
+    }
+}
+
+fn check_bounds(v: f64, bounds: Option<(f64, f64)>, reject: bool, what: impl Fn() -> String) -> Result<(), Invalid> {
     match bounds {
-        Some((lo, hi)) if reject && !(lo..=hi).contains(&v) => Err(format!("{} is outside the bounds [{lo}, {hi}]", what())),
+        Some((lo, hi)) if reject && !(lo..=hi).contains(&v) => Err(Invalid(format!("{} is outside the bounds [{lo}, {hi}]", what()))),
         _ => Ok(()),
     }
 }
 
-fn parse_int(v: &[u8], c: &Checked) -> Result<i64, String> {
-    text(v)?.parse::<i64>().map_err(|_| format!("{} is not an integer", shown(v, c)))
+fn parse_int(v: &[u8], c: &Checked) -> Result<i64, Invalid> {
+    text(v)?.parse::<i64>().map_err(|_| Invalid(format!("{} is not an integer", shown(v, c))))
 }
 
 /// `YYYY-MM-DD` (optionally followed by a time, which is ignored) → days since the epoch.
-fn parse_date(v: &[u8], c: &Checked) -> Result<i32, String> {
-    let bad = || format!("{} is not a date (YYYY-MM-DD)", shown(v, c));
+fn parse_date(v: &[u8], c: &Checked) -> Result<i32, Invalid> {
+    let bad = || Invalid(format!("{} is not a date (YYYY-MM-DD)", shown(v, c)));
     if v.len() < 10 || (v.len() > 10 && v[10] != b' ' && v[10] != b'T') {
         return Err(bad());
     }
@@ -321,30 +337,30 @@ fn parse_date(v: &[u8], c: &Checked) -> Result<i32, String> {
     Ok(date.signed_duration_since(chrono::NaiveDate::default()).num_days() as i32)
 }
 
-fn parse_datetime(v: &[u8], c: &Checked) -> Result<i64, String> {
+fn parse_datetime(v: &[u8], c: &Checked) -> Result<i64, Invalid> {
     let s = text(v)?;
     for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
             return Ok(t.and_utc().timestamp_micros());
         }
     }
-    Err(format!("{} is not a datetime (YYYY-MM-DD HH:MM:SS)", shown(v, c)))
+    Err(Invalid(format!("{} is not a datetime (YYYY-MM-DD HH:MM:SS)", shown(v, c))))
 }
 
-fn check_identifier(v: &[u8], ty: ColumnType, check: Option<Check>) -> Result<(), String> {
+fn check_identifier(v: &[u8], ty: ColumnType, check: Option<Check>) -> Result<(), Invalid> {
     let s = text(v)?;
-    if let ColumnType::Varchar(Some(n)) = ty {
-        if s.chars().count() > n {
-            return Err(format!("identifier longer than {n} characters"));
-        }
+    if let ColumnType::Varchar(Some(n)) = ty
+        && s.chars().count() > n
+    {
+        return Err(Invalid(format!("identifier longer than {n} characters")));
     }
     match check {
-        Some(Check::Nir) if !nir_is_valid(s) => Err("not a valid NIR (15 characters ending with its control key)".into()),
+        Some(Check::Nir) if !nir_is_valid(s) => Err(Invalid::from("not a valid NIR (15 characters ending with its control key)")),
         _ => Ok(()),
     }
 }
 
-fn apply(op: &mut Op, row: &dyn RowFields) -> Result<(), String> {
+fn apply(op: &mut Op, row: &dyn RowFields) -> Result<(), Invalid> {
     match op {
         Op::Drop { src, ty, check, c } => {
             if let Some(v) = field(row, *src, c)? {
@@ -365,10 +381,10 @@ fn apply(op: &mut Op, row: &dyn RowFields) -> Result<(), String> {
             let r = (|| {
                 let Some(v) = field(row, *src, c)? else { return Ok(None) };
                 let i = parse_int(v, c)?;
-                if let Some(d) = domain {
-                    if !d.contains_int(i) {
-                        return Err(format!("{} is not in the column's declared domain", shown(v, c)));
-                    }
+                if let Some(d) = domain
+                    && !d.contains_int(i)
+                {
+                    return Err(Invalid(format!("{} is not in the column's declared domain", shown(v, c))));
                 }
                 check_bounds(i as f64, *bounds, *reject, || shown(v, c))?;
                 Ok(Some(i))
@@ -383,7 +399,7 @@ fn apply(op: &mut Op, row: &dyn RowFields) -> Result<(), String> {
                     .parse::<f64>()
                     .ok()
                     .filter(|f| f.is_finite())
-                    .ok_or_else(|| format!("{} is not a finite number", shown(v, c)))?;
+                    .ok_or_else(|| Invalid(format!("{} is not a finite number", shown(v, c))))?;
                 check_bounds(f, *bounds, *reject, || shown(v, c))?;
                 Ok(Some(f))
             })();
@@ -394,15 +410,16 @@ fn apply(op: &mut Op, row: &dyn RowFields) -> Result<(), String> {
             let r = (|| {
                 let Some(v) = field(row, *src, c)? else { return Ok(None) };
                 let s = text(v)?;
-                if let Some(n) = max_len {
-                    if s.len() > *n && s.chars().count() > *n {
-                        return Err(format!("longer than {n} characters"));
-                    }
+                if let Some(n) = max_len
+                    && s.len() > *n
+                    && s.chars().count() > *n
+                {
+                    return Err(Invalid(format!("longer than {n} characters")));
                 }
-                if let Some(d) = domain {
-                    if !d.contains_str(s) {
-                        return Err(format!("{} is not in the column's declared domain", shown(v, c)));
-                    }
+                if let Some(d) = domain
+                    && !d.contains_str(s)
+                {
+                    return Err(Invalid(format!("{} is not in the column's declared domain", shown(v, c))));
                 }
                 Ok(Some(s))
             })();
@@ -451,7 +468,7 @@ fn apply(op: &mut Op, row: &dyn RowFields) -> Result<(), String> {
                     }
                 };
                 if domain.as_ref().is_some_and(|d| !d.contains_int(year)) {
-                    return Err("year outside the column's declared domain".into());
+                    return Err(Invalid::from("year outside the column's declared domain"));
                 }
                 check_bounds(year as f64, *bounds, true, || "year".into())?;
                 Ok(Some(year))
@@ -465,11 +482,11 @@ fn apply(op: &mut Op, row: &dyn RowFields) -> Result<(), String> {
                 let s = text(v)?;
                 let end = s.char_indices().nth(*n).map(|(i, _)| i).unwrap_or(s.len());
                 if s[..end].chars().count() < *n {
-                    return Err(format!("too short to keep its first {n} characters"));
+                    return Err(Invalid(format!("too short to keep its first {n} characters")));
                 }
                 let prefix = &s[..end];
                 if domain.as_ref().is_some_and(|d| !d.contains_str(prefix)) {
-                    return Err(format!("first {n} characters are not in the column's declared domain"));
+                    return Err(Invalid(format!("first {n} characters are not in the column's declared domain")));
                 }
                 Ok(Some(prefix.to_owned()))
             })();

@@ -102,7 +102,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
     let format = match opts.format.or_else(|| Format::from_path(opts.file)) {
         Some(f) => f,
         None => {
-            return Err(Error::Usage(format!(
+            return Err(Error::BadRequest(format!(
                 "{}: cannot tell the format from the name; pass --format csv|parquet|ndjson",
                 opts.file.display()
             )));
@@ -134,7 +134,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
             Format::Parquet => read_parquet(opts, bytes_total, &mut conv, &mut sink),
         };
         drop(sink.tx.take());
-        let written = writer.join().map_err(|_| Error::Usage("the Parquet writer thread panicked".into()))?;
+        let written = writer.join().map_err(|_| Error::internal("the Parquet writer thread panicked"))?;
         let sha = read?;
         if conv.failed() {
             return Err(Error::InvalidInput { shown: std::mem::take(&mut conv.shown), more: conv.more });
@@ -252,11 +252,11 @@ impl BatchSink {
         // Once a row is invalid nothing will be committed: stop writing, keep validating.
         if let Some(batch) = conv.finish_batch()? {
             self.rows += batch.num_rows() as u64;
-            if let Some(tx) = &self.tx {
-                if tx.send(batch).is_err() {
-                    // The writer stopped on an error; it is reported when the writer is joined.
-                    self.tx = None;
-                }
+            if let Some(tx) = &self.tx
+                && tx.send(batch).is_err()
+            {
+                // The writer stopped on an error; it is reported when the writer is joined.
+                self.tx = None;
             }
         }
         Ok(())
@@ -350,10 +350,10 @@ fn map_header(header: &[String], conv: &Converter, table: &str) -> Result<Vec<Op
     if problems.is_empty() {
         Ok(map)
     } else {
-        Err(Error::Usage(format!(
-            "the extract does not match the schema of `{table}`; nothing was committed:\n  {}",
-            problems.join("\n  ")
-        )))
+        Err(Error::UnreadableInput {
+            file: format!("the extract for `{table}`"),
+            reason: format!("it does not match the table's schema:\n  {}", problems.join("\n  ")),
+        })
     }
 }
 
@@ -378,7 +378,7 @@ fn read_csv(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter, si
         .from_reader(BufReader::with_capacity(1 << 20, hashing));
     let header: Vec<String> = reader
         .byte_headers()
-        .map_err(|e| Error::Usage(format!("{}: cannot read the CSV header: {e}", opts.file.display())))?
+        .map_err(|e| Error::UnreadableInput { file: opts.file.display().to_string(), reason: format!("cannot read the CSV header: {e}") })?
         .iter()
         .map(|h| String::from_utf8_lossy(h).trim().to_owned())
         .collect();
@@ -473,7 +473,8 @@ fn read_ndjson(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter,
     let mut line = 1u64;
     let mut rows = 0u64;
     for batch in reader.by_ref() {
-        let batch = batch.map_err(|e| Error::Usage(format!("{}: around line {line}: {e}; nothing was committed", opts.file.display())))?;
+        let batch = batch
+            .map_err(|e| Error::UnreadableInput { file: opts.file.display().to_string(), reason: format!("around line {line}: {e}") })?;
         push_arrow_batch(&batch, &map, conv, line)?;
         line += batch.num_rows() as u64;
         rows += batch.num_rows() as u64;
@@ -492,7 +493,7 @@ fn read_parquet(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter
     let sha = hash_file(opts.file)?;
     let file = File::open(opts.file).at(opts.file)?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::Usage(format!("{}: not a readable Parquet file: {e}", opts.file.display())))?
+        .map_err(|e| Error::UnreadableInput { file: opts.file.display().to_string(), reason: format!("not a readable Parquet file: {e}") })?
         .with_batch_size(BATCH_ROWS);
     let header: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
     let map = map_header(&header, conv, opts.table)?;

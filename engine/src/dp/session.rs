@@ -1,0 +1,124 @@
+//! The DataFusion session a query runs in, and the turning of its plans into physical plans.
+//!
+//! A session sees only the project's tables, read from exactly the files the catalog lists: no
+//! information_schema, no URL tables. It has its own memory pool ([`query_memory_limit`]).
+//! Plans that will read data are optimized, checked total ([`super::total::check_total`]) and
+//! planned physically here, before the debit: what runs after the debit is exactly what was
+//! checked.
+
+use std::sync::Arc;
+
+use datafusion::catalog::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::rule::Rule;
+use super::total;
+use crate::error::{Error, Result};
+use crate::warehouse::Warehouse;
+
+/// Bytes of memory one query may use: `SECRETUM_QUERY_MEMORY_MB` (default 2048), an operator's
+/// setting, the same for every query whatever the data.
+pub fn query_memory_limit() -> usize {
+    std::env::var("SECRETUM_QUERY_MEMORY_MB").ok().and_then(|v| v.parse::<usize>().ok()).filter(|m| *m > 0).unwrap_or(2048) * 1024 * 1024
+}
+
+fn num_partitions() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+/// The session over the project's tables.
+pub fn session(wh: &Warehouse, tables: &[String]) -> Result<SessionContext> {
+    let mut config = SessionConfig::new().with_information_schema(false).with_target_partitions(num_partitions());
+    // Statistics would be read from every file's footer while planning; the release never uses
+    // them (a count must come from the bounded rows, not from metadata), so skip that work.
+    config.options_mut().execution.collect_statistics = false;
+    // One memory pool per query (a session serves one query): spilling operators spill to the
+    // system's temporary directory when it is full (see the module documentation of `dp`).
+    let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(query_memory_limit()))).build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    for t in tables {
+        let policy = wh.schemas.get(t)?;
+        let schema = policy.stored_schema();
+        let files = wh.catalog.files(t)?;
+        let provider: Arc<dyn datafusion::catalog::TableProvider> = if files.is_empty() {
+            Arc::new(MemTable::try_new(schema, vec![vec![]])?)
+        } else {
+            let mut urls = Vec::with_capacity(files.len());
+            for f in &files {
+                let path = wh.layout.root.join(&f.path);
+                let path = std::fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?;
+                urls.push(ListingTableUrl::parse(path.to_string_lossy().as_ref())?);
+            }
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+            let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
+            Arc::new(ListingTable::try_new(config)?)
+        };
+        ctx.register_table(t.as_str(), provider)?;
+    }
+    Ok(ctx)
+}
+
+/// A planning error, as a refusal: planning reads no data, so its message comes from the SQL and
+/// the schema (an unknown column, a type mismatch).
+pub fn plan_error(e: DataFusionError) -> Error {
+    fn root(e: &DataFusionError) -> &DataFusionError {
+        match e {
+            DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => root(inner),
+            DataFusionError::Collection(errs) => errs.first().map_or(e, root),
+            other => other,
+        }
+    }
+    let root = root(&e);
+    let rule = match root {
+        DataFusionError::SchemaError(inner, _) if matches!(inner.as_ref(), datafusion::common::SchemaError::FieldNotFound { .. }) => {
+            Rule::UnknownColumn
+        }
+        _ => Rule::SqlError,
+    };
+    let msg = e.strip_backtrace();
+    Error::refused(rule, msg.lines().next().unwrap_or(""))
+}
+
+/// Optimize a plan that will read data, check that every expression in it is total, and plan
+/// it physically: all before the debit, from the plan alone.
+pub async fn physical(ctx: &SessionContext, plan: LogicalPlan) -> Result<Arc<dyn ExecutionPlan>> {
+    let state = ctx.state();
+    let optimized = state.optimize(&plan).map_err(plan_error)?;
+    total::check_total(&optimized)?;
+    state.query_planner().create_physical_plan(&optimized, &state).await.map_err(plan_error)
+}
+
+/// What kind of failure an execution error is, without its text (which could quote a value).
+pub fn error_kind(e: &Error) -> &'static str {
+    use datafusion::error::DataFusionError as E;
+    fn of(e: &E) -> &'static str {
+        match e {
+            E::ArrowError(..) => "arrow",
+            E::ParquetError(_) => "parquet",
+            E::ObjectStore(_) => "object store",
+            E::IoError(_) => "i/o",
+            E::ResourcesExhausted(_) => "resources exhausted",
+            E::ExecutionJoin(_) => "task",
+            E::Context(_, inner) => of(inner),
+            E::Shared(inner) => of(inner),
+            E::External(_) => "external",
+            E::Execution(_) => "execution",
+            _ => "internal",
+        }
+    }
+    match e {
+        Error::DataFusion(d) => of(d),
+        Error::Arrow(_) => "arrow",
+        Error::Parquet(_) => "parquet",
+        Error::Io { .. } => "i/o",
+        Error::Catalog(_) => "catalog",
+        _ => "internal",
+    }
+}

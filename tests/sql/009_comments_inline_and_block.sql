@@ -1,8 +1,0 @@
--- expect: accepted
--- | tables: person
--- | rows per patient: 1
--- | groups: none
--- | aggregate count(Int64(1)): count_rows; count Δ=1
-SELECT /* a block comment */ COUNT(*) -- a line comment
-FROM person -- another
-WHERE year_of_birth >= 1960

@@ -1,6 +1,0 @@
--- expect: accepted
--- | tables: person
--- | rows per patient: 1
--- | groups: none
--- | aggregate count(Int64(1)): count_rows; count Δ=1
-SELECT COUNT(*) AS "N patients" FROM person

@@ -1,6 +1,0 @@
--- expect: accepted
--- | tables: person
--- | rows per patient: 1
--- | groups: public domain (2 keys)
--- | aggregate avg(person.year_of_birth): mean bounds [1900, 2026]; centred_sum Δ=63, count Δ=1
-SELECT gender_concept_id AS sex, AVG(year_of_birth) AS mean_yob FROM person GROUP BY 1 ORDER BY mean_yob DESC

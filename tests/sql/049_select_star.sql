@@ -1,2 +1,0 @@
--- expect: refused aggregate-required
-SELECT * FROM person

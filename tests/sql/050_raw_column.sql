@@ -1,2 +1,0 @@
--- expect: refused aggregate-required
-SELECT year_of_birth FROM person

@@ -1,2 +1,0 @@
--- expect: refused aggregate-required
-SELECT DISTINCT gender_concept_id FROM person

@@ -1,2 +1,0 @@
--- expect: refused unit-or-identifier
-SELECT SUM(person_id) FROM person

@@ -1,2 +1,0 @@
--- expect: refused min-max
-SELECT MIN(year_of_birth) FROM person

@@ -1,2 +1,0 @@
--- expect: refused window-function
-SELECT COUNT(*) OVER () FROM person

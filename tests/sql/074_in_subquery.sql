@@ -1,2 +1,0 @@
--- expect: refused subquery
-SELECT COUNT(*) FROM person WHERE person_id IN (SELECT person_id FROM condition_occurrence)

@@ -1,2 +1,0 @@
--- expect: refused table-not-in-project
-SELECT COUNT(*) FROM death

@@ -1,2 +1,0 @@
--- expect: refused single-select
-CREATE TABLE x (a INT)

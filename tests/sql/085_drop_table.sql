@@ -1,2 +1,0 @@
--- expect: refused single-select
-DROP TABLE person

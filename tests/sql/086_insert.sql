@@ -1,2 +1,0 @@
--- expect: refused single-select
-INSERT INTO person VALUES (1)

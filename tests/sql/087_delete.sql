@@ -1,2 +1,0 @@
--- expect: refused single-select
-DELETE FROM person

@@ -1,2 +1,0 @@
--- expect: refused single-select
-COPY person TO '/tmp/person.csv'

@@ -1,2 +1,0 @@
--- expect: refused single-select
-EXPLAIN SELECT COUNT(*) FROM person

@@ -1,2 +1,0 @@
--- expect: refused single-select
-EXPLAIN ANALYZE SELECT COUNT(*) FROM person

@@ -1,2 +1,0 @@
--- expect: refused single-select
-SET datafusion.execution.batch_size = 1

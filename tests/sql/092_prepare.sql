@@ -1,2 +1,0 @@
--- expect: refused single-select
-PREPARE q AS SELECT COUNT(*) FROM person

@@ -1,2 +1,0 @@
--- expect: refused single-select
-SELECT COUNT(*) FROM person; SELECT COUNT(*) FROM person

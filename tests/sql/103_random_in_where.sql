@@ -1,2 +1,0 @@
--- expect: refused nondeterministic
-SELECT COUNT(*) FROM person WHERE random() < 0.5

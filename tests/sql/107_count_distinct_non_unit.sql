@@ -1,2 +1,0 @@
--- expect: refused count-distinct
-SELECT COUNT(DISTINCT year_of_birth) FROM person

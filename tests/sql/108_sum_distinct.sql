@@ -1,2 +1,0 @@
--- expect: refused unsupported-aggregate
-SELECT SUM(DISTINCT year_of_birth) FROM person

@@ -1,2 +1,0 @@
--- expect: refused unbounded-value
-SELECT MEDIAN(condition_concept_id) FROM condition_occurrence

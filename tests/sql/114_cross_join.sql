@@ -1,2 +1,0 @@
--- expect: refused join-on-unit
-SELECT COUNT(*) FROM person, condition_occurrence

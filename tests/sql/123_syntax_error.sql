@@ -1,2 +1,0 @@
--- expect: refused sql-syntax
-SELEC COUNT(*) FROM person

@@ -1,2 +1,0 @@
--- expect: refused subquery
-SELECT COUNT(*) FROM (VALUES (1), (2)) AS t (a)

@@ -1,2 +1,0 @@
--- expect: refused sql-error
-SELECT COUNT(nir) FROM person

@@ -1,2 +1,0 @@
--- expect: refused sql-error
-SELECT AVG(salary) FROM person

@@ -1,2 +1,0 @@
--- expect: refused sql-error
-SELECT SUM(COUNT(*)) FROM person
