@@ -64,7 +64,7 @@ pub struct Spent {
 }
 
 /// One ledger row: a charged query.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LedgerEntry {
     pub id: i64,
     pub epsilon: f64,

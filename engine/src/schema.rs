@@ -31,6 +31,9 @@ pub const BUNDLED: &[(&str, &str)] = &[
     ("vocabularies/departments.txt", include_str!("../../schemas/vocabularies/departments.txt")),
 ];
 
+/// The largest public domain a column may have (and the most public groups a query may release).
+pub const MAX_DOMAIN: usize = 100_000;
+
 /// Column types, named as in the OMOP CDM field-level specification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnType {
@@ -242,6 +245,21 @@ impl ColumnPolicy {
     /// output is released? Privacy units and identifiers (even pseudonymized) never.
     pub fn is_releasable(&self) -> bool {
         matches!(self.role, Role::Attribute | Role::QuasiIdentifier)
+    }
+
+    /// How many values this column's public domain has, if it has one small enough to
+    /// enumerate: a declared domain, or the bounds of an integer or date column.
+    pub fn public_domain_size(&self) -> Option<usize> {
+        if let Some(d) = &self.domain {
+            return Some(d.len()).filter(|n| *n <= MAX_DOMAIN);
+        }
+        match (self.stored_type(), self.bounds) {
+            (ColumnType::Integer | ColumnType::Date, Some((lo, hi))) => {
+                let n = (hi.floor() - lo.ceil() + 1.0).max(0.0) as usize;
+                Some(n).filter(|n| *n <= MAX_DOMAIN)
+            }
+            _ => None,
+        }
     }
 
     /// The type this column has in the stored Parquet.

@@ -6,7 +6,7 @@ use secretum_engine::budget::Ledger;
 use secretum_engine::governance::{Governance, PolicyUpdate};
 use secretum_engine::{Result, Warehouse};
 
-use super::local_actor;
+use super::local::local_actor;
 
 /// Change the policy (only what is given), then show it.
 pub fn set(data_dir: &Path, update: &PolicyUpdate) -> Result<()> {

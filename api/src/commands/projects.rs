@@ -6,7 +6,7 @@ use secretum_engine::budget::Ledger;
 use secretum_engine::governance::{Approval, Governance, Project, Transition};
 use secretum_engine::{Result, Warehouse};
 
-use super::local_actor;
+use super::local::local_actor;
 
 fn print_project(p: &Project) {
     println!("project #{} {} ({}), created {}", p.id, p.name, p.status, p.created_at);

@@ -6,7 +6,7 @@ use secretum_engine::budget::Ledger;
 use secretum_engine::dp::{self, Noise, QueryRequest};
 use secretum_engine::{Result, Warehouse};
 
-use super::runtime;
+use super::local::runtime;
 use crate::output::{self, Format};
 
 /// Answer one query locally (audited and charged like any other) and print it.

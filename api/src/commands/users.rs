@@ -6,7 +6,7 @@ use secretum_engine::db::{self, Layout};
 use secretum_engine::governance::accounts::{Accounts, Role};
 use secretum_engine::{Result, Warehouse};
 
-use super::local_actor;
+use super::local::local_actor;
 
 fn connection(data_dir: &Path) -> Result<rusqlite::Connection> {
     Warehouse::open(data_dir)?;

@@ -1,8 +1,5 @@
-//! Bearer tokens, roles and the per-account rate limit.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+//! Bearer tokens and roles: who a request comes from, what they may see. The per-account rate
+//! limit ([`super::limits`]) applies once the caller is known.
 
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
@@ -11,9 +8,10 @@ use axum::http::request::Parts;
 
 use secretum_engine::audit::{self, Event};
 use secretum_engine::governance::accounts::{Accounts, Principal, Role};
+use secretum_engine::governance::{Governance, Project};
 
-use super::AppState;
 use super::error::ApiError;
+use super::state::AppState;
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
@@ -55,7 +53,7 @@ impl FromRequestParts<AppState> for Caller {
         let Some(principal) = principal else {
             return Err(failed(state, "invalid or revoked token").await);
         };
-        if let Err(wait) = state.inner.limiter.check(&principal.name) {
+        if let Err(wait) = state.limiter().check(&principal.name) {
             return Err(ApiError {
                 retry_after: Some(wait.ceil().max(1.0) as u64),
                 ..ApiError::new(
@@ -88,50 +86,14 @@ async fn failed(state: &AppState, reason: &'static str) -> ApiError {
     ApiError::unauthorized(reason)
 }
 
-/// A token bucket per account: `rate` requests per second on average, bursts up to `burst`.
-pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    pub fn new(rate: f64, burst: f64) -> RateLimiter {
-        RateLimiter { rate, burst: burst.max(1.0), buckets: Mutex::new(HashMap::new()) }
-    }
-
-    /// Take one token, or say how many seconds until one is available.
-    pub fn check(&self, key: &str) -> Result<(), f64> {
-        if self.rate <= 0.0 {
-            return Ok(());
-        }
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err((1.0 - *tokens) / self.rate)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bursts_then_refills_per_account() {
-        let l = RateLimiter::new(10.0, 3.0);
-        assert!((0..3).all(|_| l.check("a").is_ok()));
-        let wait = l.check("a").unwrap_err();
-        assert!(wait > 0.0 && wait <= 0.1 + 1e-9, "{wait}");
-        assert!(l.check("b").is_ok(), "accounts have their own buckets");
-        std::thread::sleep(std::time::Duration::from_millis(120));
-        assert!(l.check("a").is_ok());
-        assert!(RateLimiter::new(0.0, 1.0).check("x").is_ok(), "rate 0 disables the limit");
+/// The project as this caller may see it: stewards see all, researchers only their own (any
+/// other is answered 404, as if it did not exist).
+pub fn visible(g: &Governance, caller: &Caller, reference: &str) -> Result<Project, ApiError> {
+    let not_found = || ApiError::not_found(format!("no project {reference:?} visible to {}", caller.name()));
+    let p = g.project(reference)?.ok_or_else(not_found)?;
+    match caller.role() {
+        Role::Steward => Ok(p),
+        Role::Researcher if p.members.iter().any(|m| m == caller.name()) => Ok(p),
+        _ => Err(not_found()),
     }
 }

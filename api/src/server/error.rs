@@ -28,6 +28,9 @@ use serde::de::DeserializeOwned;
 use secretum_engine::Error;
 use secretum_engine::error::BudgetRefusal;
 
+/// What a handler returns.
+pub type ApiResult<T> = Result<T, ApiError>;
+
 /// An error answer.
 #[derive(Debug, Clone)]
 pub struct ApiError {

@@ -28,7 +28,6 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
 
 use super::bounds::{self, Intervals, bare_column, literal_number, literal_string};
-use super::groups::public_domain_size;
 use super::rule::Rule;
 use crate::error::{Error, Result};
 use crate::schema::{ColumnPolicy, Role, Schemas, TablePolicy};
@@ -383,7 +382,7 @@ impl<'a> Analyzer<'a> {
             if columns.is_empty() {
                 return refuse(Rule::UnsupportedGrouping, "a GROUP BY key must read a column");
             }
-            let public = columns.iter().all(|(_, p)| public_domain_size(p).is_some());
+            let public = columns.iter().all(|(_, p)| p.public_domain_size().is_some());
             let name = aggregate.schema.field(i).name().clone();
             keys.push(KeySpec { expr: e.clone(), name, columns, public });
         }

@@ -26,27 +26,12 @@ use super::rule::Rule;
 use crate::error::{Error, Result};
 use crate::schema::{ColumnPolicy, ColumnType, Domain, DomainValue};
 
-/// The largest public domain a column may have, and the most public groups a query may release.
-pub const MAX_DOMAIN: usize = 100_000;
-
-/// How many values a column's public domain has, if it has one small enough to enumerate:
-/// a declared domain, or the bounds of an integer or date column.
-pub fn public_domain_size(p: &ColumnPolicy) -> Option<usize> {
-    if let Some(d) = &p.domain {
-        return Some(d.len()).filter(|n| *n <= MAX_DOMAIN);
-    }
-    match (p.stored_type(), p.bounds) {
-        (ColumnType::Integer | ColumnType::Date, Some((lo, hi))) => {
-            let n = (hi.floor() - lo.ceil() + 1.0).max(0.0) as usize;
-            Some(n).filter(|n| *n <= MAX_DOMAIN)
-        }
-        _ => None,
-    }
-}
+/// The most public groups a query may release.
+pub use crate::schema::MAX_DOMAIN;
 
 /// Every value of a column's public domain, as an array of the column's stored type.
 fn domain_array(p: &ColumnPolicy) -> Option<ArrayRef> {
-    let n = public_domain_size(p)?;
+    let n = p.public_domain_size()?;
     let ty = p.stored_type();
     let array: ArrayRef = match (&p.domain, ty) {
         (Some(Domain::Values(set)), _) => {

@@ -458,6 +458,130 @@ fn cast(expr: Expr, to: &DataType, schema: &DFSchema) -> Result<Expr> {
     Ok(udf(TotalCast::new(to.clone()), vec![expr]))
 }
 
+// ---- the release's own kernels: clamping and fixed point --------------------------------------
+
+/// `e` as a double clamped into `[lo, hi]`; NULL and NaN become NULL (a NaN would pass any
+/// comparison-based clamp and poison a sum).
+pub fn clamp(e: Expr, (lo, hi): (f64, f64)) -> Expr {
+    Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(ScalarUDF::new_from_impl(Clamp::new(lo, hi))), vec![e]))
+}
+
+/// The fixed-point integer of a clamped value: `round((x − centre) / unit)` (or of
+/// `(x − centre)²` when `square`), clamped to `[−STEPS, STEPS]`. Sums of these are exact
+/// (integer addition is associative), unlike float sums whose rounding depends on the order.
+pub fn fixed_point(e: Expr, centre: f64, unit: f64, square: bool) -> Expr {
+    Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(ScalarUDF::new_from_impl(FixedPoint::new(centre, unit, square))), vec![e]))
+}
+
+/// Steps of the fixed-point grid between 0 and the largest magnitude a value may have.
+pub const STEPS: i64 = 1 << 20;
+
+/// The grid's unit for values of magnitude at most `m`: `m / STEPS` (1 when every value is 0).
+/// The rounding error of one value, at most unit/2 = m·2⁻²¹, is far under any noise scale.
+pub fn fixed_point_unit(m: f64) -> f64 {
+    if m > 0.0 { m / STEPS as f64 } else { 1.0 }
+}
+
+/// One value on the grid: `round((x − centre) / unit)` (of its square when `square`), clamped to
+/// `[−STEPS, STEPS]` whatever the float rounding, so the bound the sensitivity assumes is exact.
+/// NULL and non-finite values are NULL.
+pub fn fixed_point_value(x: Option<f64>, centre: f64, unit: f64, square: bool) -> Option<i64> {
+    let d = x.filter(|x| x.is_finite())? - centre;
+    let v = if square { d * d } else { d };
+    // `as` saturates on overflow; the clamp bounds the result exactly.
+    Some(((v / unit).round() as i64).clamp(-STEPS, STEPS))
+}
+
+/// The clamp kernel: never fails (a value that is not a number is NULL).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Clamp {
+    lo: u64,
+    hi: u64,
+    signature: Signature,
+}
+
+impl Clamp {
+    fn new(lo: f64, hi: f64) -> Clamp {
+        Clamp { lo: lo.to_bits(), hi: hi.to_bits(), signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for Clamp {
+    fn name(&self) -> &str {
+        "clamp"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        let (lo, hi) = (f64::from_bits(self.lo), f64::from_bits(self.hi));
+        // max/min rather than f64::clamp, which panics on inverted bounds.
+        Ok(map_f64(&args, |x| x.filter(|x| !x.is_nan()).map(|x| x.max(lo).min(hi)), |v: Vec<Option<f64>>| Float64Array::from(v)))
+    }
+}
+
+/// The fixed-point kernel (see [`fixed_point`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct FixedPoint {
+    centre: u64,
+    unit: u64,
+    square: bool,
+    signature: Signature,
+}
+
+impl FixedPoint {
+    fn new(centre: f64, unit: f64, square: bool) -> FixedPoint {
+        FixedPoint { centre: centre.to_bits(), unit: unit.to_bits(), square, signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for FixedPoint {
+    fn name(&self) -> &str {
+        "fixed_point"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Int64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        let (c, u, square) = (f64::from_bits(self.centre), f64::from_bits(self.unit), self.square);
+        Ok(map_f64(&args, |x| fixed_point_value(x, c, u, square), |v: Vec<Option<i64>>| Int64Array::from(v)))
+    }
+}
+
+/// Apply `f` to every value of the single argument read as f64 (a value that does not convert
+/// is NULL). Never fails.
+fn map_f64<T, A: Array + 'static>(
+    args: &ScalarFunctionArgs,
+    f: impl Fn(Option<f64>) -> Option<T>,
+    build: impl Fn(Vec<Option<T>>) -> A,
+) -> ColumnarValue {
+    let (n, scalar) = match &args.args[0] {
+        ColumnarValue::Scalar(_) => (1, true),
+        ColumnarValue::Array(a) => (a.len(), false),
+    };
+    let values: Vec<Option<f64>> = args.args[0]
+        .to_array(n)
+        .ok()
+        .and_then(|a| cast_with_options(&a, &DataType::Float64, &CastOptions { safe: true, ..Default::default() }).ok())
+        .map(|a| a.as_primitive::<datafusion::arrow::datatypes::Float64Type>().iter().collect())
+        .unwrap_or_else(|| vec![None; n]);
+    let out: ArrayRef = Arc::new(build(values.into_iter().map(f).collect()));
+    if scalar {
+        match ScalarValue::try_from_array(&out, 0) {
+            Ok(v) => ColumnarValue::Scalar(v),
+            Err(_) => ColumnarValue::Array(out),
+        }
+    } else {
+        ColumnarValue::Array(out)
+    }
+}
+
 // ---- the verifier ----------------------------------------------------------------------------
 
 /// Check that every expression of a plan about to run is total: one of our kernels, a native
@@ -527,8 +651,8 @@ fn is_ours(f: &ScalarUDF) -> bool {
         || any.is::<Concat>()
         || any.is::<TotalCast>()
         || any.is::<Pattern>()
-        || any.is::<super::rewrite::Clamp>()
-        || any.is::<super::rewrite::FixedPoint>()
+        || any.is::<Clamp>()
+        || any.is::<FixedPoint>()
 }
 
 // ---- kernels -----------------------------------------------------------------------------------

@@ -302,6 +302,20 @@ fn split_tables(tables: &str) -> Vec<String> {
     tables.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect()
 }
 
+/// The audit entry of a change to a project, with the grant it sets if any.
+fn project_event<'a>(actor: &'a str, action: &'a str, project: &'a str, grant: Option<(f64, f64)>, detail: Option<&'a str>) -> Event<'a> {
+    Event {
+        actor,
+        action,
+        project: Some(project),
+        epsilon: grant.map(|g| g.0),
+        delta: grant.map(|g| g.1),
+        outcome: "ok",
+        detail,
+        ..Default::default()
+    }
+}
+
 /// A grant's ε and δ: the one check for every way a budget is set.
 fn check_grant(epsilon: f64, delta: f64) -> Result<()> {
     if !(epsilon.is_finite() && epsilon > 0.0) {
@@ -438,16 +452,7 @@ impl Governance {
         )?;
         let id = tx.last_insert_rowid();
         let detail = format!("tables {}", tables.join(","));
-        let event = Event {
-            actor,
-            action: "project.created",
-            project: Some(name),
-            epsilon: Some(epsilon),
-            delta: Some(delta),
-            outcome: "ok",
-            detail: Some(&detail),
-            ..Default::default()
-        };
+        let event = project_event(actor, "project.created", name, Some((epsilon, delta)), Some(&detail));
         audit::append_in(&tx, &event)?;
         tx.commit()?;
         self.by_id(id)
@@ -528,16 +533,7 @@ impl Governance {
         }
         let members: Vec<&str> = members.into_iter().collect();
         let detail = format!("tables {}; {} days; members {}", req.tables.join(","), req.duration_days, members.join(","));
-        let event = Event {
-            actor: owner,
-            action: "project.requested",
-            project: Some(&name),
-            epsilon: Some(req.epsilon),
-            delta: Some(req.delta),
-            outcome: "ok",
-            detail: Some(&detail),
-            ..Default::default()
-        };
+        let event = project_event(owner, "project.requested", &name, Some((req.epsilon, req.delta)), Some(&detail));
         audit::append_in(&tx, &event)?;
         tx.commit()?;
         self.by_id(id)
@@ -590,16 +586,7 @@ impl Governance {
             return Err(Error::Conflict(format!("project {} was decided concurrently", p.name)));
         }
         let detail = format!("granted tables {}; expires {expires_at}", tables.join(","));
-        let event = Event {
-            actor: steward,
-            action: "project.approved",
-            project: Some(&p.name),
-            epsilon: Some(epsilon),
-            delta: Some(delta),
-            outcome: "ok",
-            detail: Some(&detail),
-            ..Default::default()
-        };
+        let event = project_event(steward, "project.approved", &p.name, Some((epsilon, delta)), Some(&detail));
         audit::append_in(&tx, &event)?;
         tx.commit()?;
         self.by_id(p.id)
@@ -620,14 +607,7 @@ impl Governance {
         if changed == 0 {
             return Err(Error::Conflict(format!("project {} is {}; only pending requests can be rejected", p.name, p.status)));
         }
-        let event = Event {
-            actor: steward,
-            action: "project.rejected",
-            project: Some(&p.name),
-            outcome: "ok",
-            detail: Some(reason),
-            ..Default::default()
-        };
+        let event = project_event(steward, "project.rejected", &p.name, None, Some(reason));
         audit::append_in(&tx, &event)?;
         tx.commit()?;
         self.by_id(p.id)
@@ -646,7 +626,7 @@ impl Governance {
             params![to.as_str(), reason, steward, now_rfc3339(), p.id],
         )?;
         let action = format!("project.{to}");
-        let event = Event { actor: steward, action: &action, project: Some(&p.name), outcome: "ok", detail: reason, ..Default::default() };
+        let event = project_event(steward, &action, &p.name, None, reason);
         audit::append_in(&tx, &event)?;
         tx.commit()?;
         self.by_id(p.id)

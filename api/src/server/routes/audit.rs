@@ -10,10 +10,10 @@ use secretum_engine::budget::Spent;
 use secretum_engine::governance::Policy;
 use secretum_engine::governance::accounts::Role;
 
-use super::ApiResult;
-use crate::server::AppState;
 use crate::server::auth::Caller;
+use crate::server::error::ApiResult;
 use crate::server::error::{ApiError, ErrorBody, Params};
+use crate::server::state::AppState;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -9,10 +9,10 @@ use utoipa::ToSchema;
 use secretum_engine::governance::accounts::Role;
 use secretum_engine::schema::Domain;
 
-use super::ApiResult;
-use crate::server::AppState;
 use crate::server::auth::Caller;
+use crate::server::error::ApiResult;
 use crate::server::error::ErrorBody;
+use crate::server::state::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct TableView {

@@ -17,19 +17,12 @@ pub mod users;
 use axum::Router;
 use axum::routing::{get, post};
 
-use secretum_engine::governance::accounts::Role;
-use secretum_engine::governance::{Governance, Project};
-
-use super::AppState;
-use super::auth::Caller;
-use super::error::ApiError;
-
-pub type ApiResult<T> = Result<T, ApiError>;
+use crate::server::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/health", get(service::health))
-        .route("/openapi.json", get(service::openapi_json))
+        .route("/openapi.json", get(crate::server::openapi::openapi_json))
         .route("/console", get(super::console::index))
         .route("/console/", get(super::console::index))
         .route("/console/console.js", get(super::console::script))
@@ -49,17 +42,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/users", get(users::list_users).post(users::add_user))
         .route("/v1/users/{name}/revoke", post(users::revoke_user))
         .route("/v1/users/{name}/rotate", post(users::rotate_user))
-}
-
-/// The project as this caller may see it: stewards see all, researchers only their own.
-pub(crate) fn visible(g: &Governance, caller: &Caller, reference: &str) -> ApiResult<Project> {
-    let not_found = || ApiError::not_found(format!("no project {reference:?} visible to {}", caller.name()));
-    let p = g.project(reference)?.ok_or_else(not_found)?;
-    match caller.role() {
-        Role::Steward => Ok(p),
-        Role::Researcher if p.members.iter().any(|m| m == caller.name()) => Ok(p),
-        _ => Err(not_found()),
-    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,11 @@ use utoipa::{IntoParams, ToSchema};
 use secretum_engine::governance::accounts::{Accounts, Role};
 use secretum_engine::governance::{Approval, Project, ProjectRequest, ProjectStatus, Transition};
 
-use super::{ApiResult, visible};
-use crate::server::AppState;
 use crate::server::auth::Caller;
+use crate::server::auth::visible;
+use crate::server::error::ApiResult;
 use crate::server::error::{ApiError, Body, ErrorBody, OptionalBody, Params};
+use crate::server::state::AppState;
 
 /// Request a project (researchers). The caller becomes its owner and first member.
 #[utoipa::path(post, path = "/v1/projects", tag = "projects", security(("bearer" = [])), request_body = ProjectRequest,

@@ -4,17 +4,19 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
+use secretum_engine::budget::LedgerEntry;
 use secretum_engine::dp::{self, Noise, QueryRequest};
 use secretum_engine::governance::accounts::Role;
 
-use super::{ApiResult, visible};
 use crate::output::{self, JsonAnswer};
-use crate::server::AppState;
 use crate::server::auth::Caller;
+use crate::server::auth::visible;
+use crate::server::error::ApiResult;
 use crate::server::error::{ApiError, Body, ErrorBody};
+use crate::server::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -91,40 +93,15 @@ pub async fn query(
     Ok(Json(output::json(&answer)).into_response())
 }
 
-/// One charged query of a project.
-#[derive(Serialize, ToSchema)]
-pub struct LedgerView {
-    pub id: i64,
-    pub epsilon: f64,
-    pub delta: f64,
-    /// `debited` (running or interrupted), `released` or `failed`: all stay charged.
-    pub status: String,
-    pub created_at: String,
-    pub sql: String,
-}
-
 /// A project's charged queries, oldest first (members and stewards).
 #[utoipa::path(get, path = "/v1/projects/{id}/queries", tag = "queries", security(("bearer" = [])),
     params(("id" = String, Path, description = "project id or name")),
-    responses((status = 200, body = Vec<LedgerView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn history(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Vec<LedgerView>>> {
+    responses((status = 200, body = Vec<LedgerEntry>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn history(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Vec<LedgerEntry>>> {
     caller.require(&[Role::Researcher, Role::Steward], "reading query history")?;
     st.blocking(move |st| {
         let p = visible(&st.governance()?, &caller, &id)?;
-        Ok(Json(
-            st.ledger()?
-                .entries(&p.name)?
-                .into_iter()
-                .map(|e| LedgerView {
-                    id: e.id,
-                    epsilon: e.epsilon,
-                    delta: e.delta,
-                    status: e.status,
-                    created_at: e.created_at,
-                    sql: e.sql,
-                })
-                .collect(),
-        ))
+        Ok(Json(st.ledger()?.entries(&p.name)?))
     })
     .await
 }

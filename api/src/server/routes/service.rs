@@ -1,8 +1,6 @@
 //! The service itself: liveness, the OpenAPI document, who a token belongs to.
 
 use axum::Json;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -21,12 +19,6 @@ pub struct Health {
 #[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
     Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "service", responses((status = 200, description = "OpenAPI 3 document")))]
-pub async fn openapi_json() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], crate::server::openapi::document()).into_response()
 }
 
 #[derive(Serialize, ToSchema)]

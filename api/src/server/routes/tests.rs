@@ -12,7 +12,8 @@ use secretum_engine::governance::{Governance, PolicyUpdate};
 use secretum_engine::ingest::{self, IngestOptions};
 use secretum_engine::{Warehouse, db};
 
-use crate::server::{AppState, Config, app};
+use crate::server::app;
+use crate::server::state::{AppState, Config};
 
 struct Fixture {
     _dir: tempfile::TempDir,

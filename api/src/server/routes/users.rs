@@ -8,10 +8,10 @@ use utoipa::ToSchema;
 
 use secretum_engine::governance::accounts::{Accounts, Role, User};
 
-use super::ApiResult;
-use crate::server::AppState;
 use crate::server::auth::Caller;
+use crate::server::error::ApiResult;
 use crate::server::error::{Body, ErrorBody};
+use crate::server::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
