@@ -342,6 +342,7 @@ mod tests {
             dry_run: false,
             aggregates: vec![],
             groups: "public".into(),
+            derived_bounds: vec![],
             notes: vec![],
             query_id: Some(7),
             epsilon_needed: None,

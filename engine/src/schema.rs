@@ -47,6 +47,8 @@ pub enum ColumnType {
     Date,
     /// OMOP `datetime`: microseconds since the epoch, no time zone.
     Datetime,
+    /// A boolean (the per-patient BOOL_OR / BOOL_AND of a query; not an OMOP type).
+    Boolean,
 }
 
 impl ColumnType {
@@ -57,6 +59,7 @@ impl ColumnType {
             "float" => ColumnType::Float,
             "date" => ColumnType::Date,
             "datetime" => ColumnType::Datetime,
+            "boolean" => ColumnType::Boolean,
             "varchar" | "varchar(max)" => ColumnType::Varchar(None),
             _ => {
                 let n = t.strip_prefix("varchar(")?.strip_suffix(')')?;
@@ -72,6 +75,7 @@ impl ColumnType {
             ColumnType::Varchar(_) => ArrowType::Utf8,
             ColumnType::Date => ArrowType::Date32,
             ColumnType::Datetime => ArrowType::Timestamp(TimeUnit::Microsecond, None),
+            ColumnType::Boolean => ArrowType::Boolean,
         }
     }
 
@@ -87,6 +91,7 @@ impl ColumnType {
             ColumnType::Varchar(None) => "varchar(MAX)".into(),
             ColumnType::Date => "date".into(),
             ColumnType::Datetime => "datetime".into(),
+            ColumnType::Boolean => "boolean".into(),
         }
     }
 }

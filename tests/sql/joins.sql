@@ -34,7 +34,11 @@ SELECT COUNT(*) FROM person p JOIN condition_occurrence c ON p.year_of_birth = c
 
 == left join
 SELECT COUNT(*) FROM person p LEFT JOIN condition_occurrence c ON p.person_id = c.person_id
--> refused join-on-unit
+-> accepted
+   tables: person (≤ 1 per patient), condition_occurrence (≤ 10 per patient)
+   rows per patient: 10
+   groups: none
+   aggregate 1: count of rows; rows Δ 10
 
 == join unit plus condition
 SELECT COUNT(*) FROM person p JOIN condition_occurrence c ON p.person_id = c.person_id AND p.year_of_birth > 1950

@@ -27,10 +27,10 @@ use datafusion::logical_expr::{Aggregate, BinaryExpr, Expr, JoinType, LogicalPla
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
 
-use super::bounds::{self, Intervals, bare_column, literal_number, literal_string};
+use super::bounds::{Intervals, bare_column, literal_number, literal_string};
 use super::rule::Rule;
 use crate::error::{Error, Result};
-use crate::schema::{ColumnPolicy, Role, Schemas, TablePolicy};
+use crate::schema::{ColumnPolicy, ColumnType, Role, Schemas, TablePolicy};
 
 /// The largest SQL text accepted.
 pub const MAX_SQL_BYTES: usize = 64 * 1024;
@@ -115,8 +115,11 @@ pub struct KeySpec {
     pub name: String,
     /// The base columns it reads, with their policies.
     pub columns: Vec<(Column, ColumnPolicy)>,
-    /// Whether every column it reads has a public domain (declared, or a small bounded range).
+    /// Whether its keys are public: every column it reads has a public domain (declared, or a
+    /// small bounded range), or the key is an integer within `range`.
     pub public: bool,
+    /// Integer bounds of the key by interval arithmetic, when few enough to release them all.
+    pub range: Option<(f64, f64)>,
 }
 
 /// The result of analysis: everything needed to bound, execute and noise the query.
@@ -126,8 +129,16 @@ pub struct Analysis {
     pub plan: LogicalPlan,
     /// Its aggregate node (what gets noise; the nodes above it post-process).
     aggregate: Aggregate,
-    /// Base tables read, in plan order (qualifier, table).
+    /// Relations joined by the outer query, in plan order (qualifier, table or per-patient
+    /// relation name).
     pub tables: Vec<(String, String)>,
+    /// The policy of each qualifier: a stored table's, or the derived one of a per-patient
+    /// relation.
+    pub policies: BTreeMap<String, TablePolicy>,
+    /// How the bounds of per-patient relations' columns were derived, in words.
+    pub derivations: Vec<String>,
+    /// The qualifiers of the outer query's per-patient relations (one row per patient each).
+    pub per_patient: Vec<String>,
     /// The privacy-unit column of the first table, as the plan names it.
     pub unit: Column,
     /// Rows one patient may contribute to the aggregation (after the join).
@@ -206,6 +217,383 @@ impl Analysis {
     }
 }
 
+impl Analyzer<'_> {
+    /// A per-patient relation: a subquery or CTE grouped by the privacy unit alone. It has
+    /// exactly one row per patient whatever the patient has in the data, each row computed
+    /// from that patient's rows only (the grouping is by patient), so joined on the unit it
+    /// contributes one row per patient. Its columns get policies derived from the schema: the
+    /// unit, and per-patient aggregates with bounds (see [`Analyzer::per_patient_aggregate`]).
+    fn per_patient(&mut self, alias: &str, plan: &LogicalPlan) -> Result<()> {
+        let policy = self.per_patient_policy(alias, plan)?;
+        self.per_patient.push(alias.to_owned());
+        self.relation(alias, alias, policy)
+    }
+
+    fn per_patient_policy(&mut self, alias: &str, plan: &LogicalPlan) -> Result<TablePolicy> {
+        if contains_set_operation(plan) {
+            return refuse(Rule::SetOperation, "UNION, INTERSECT and EXCEPT are not allowed, inside a subquery either");
+        }
+        if !plan.exists(|n| Ok(matches!(n, LogicalPlan::TableScan(_)))).unwrap_or(false) {
+            return refuse(Rule::TableReference, format!("subquery {alias} must read the project's tables"));
+        }
+        // A CTE used under another name is the same relation.
+        let mut plan = plan;
+        while let LogicalPlan::SubqueryAlias(s) = plan {
+            plan = &s.input;
+        }
+        let not_per_patient = || {
+            refuse(Rule::PerPatientRelation, format!("subquery {alias} must group by the privacy unit alone (GROUP BY person_id): a per-patient relation"))
+        };
+        let mut node = plan;
+        let mut projection: Option<&datafusion::logical_expr::Projection> = None;
+        let mut having: Vec<&Expr> = Vec::new();
+        let agg = loop {
+            match node {
+                LogicalPlan::Projection(p) if projection.is_none() && having.is_empty() => {
+                    projection = Some(p);
+                    node = &p.input;
+                }
+                LogicalPlan::Filter(f) => {
+                    having.push(&f.predicate);
+                    node = &f.input;
+                }
+                LogicalPlan::Aggregate(a) => break a,
+                LogicalPlan::Union(_) => return refuse(Rule::SetOperation, "UNION, INTERSECT and EXCEPT are not allowed, inside a subquery either"),
+                LogicalPlan::Window(_) => return refuse(Rule::WindowFunction, "window functions are not allowed"),
+                LogicalPlan::Limit(_) | LogicalPlan::Sort(_) => {
+                    return refuse(Rule::LimitBelowAggregate, "ORDER BY, LIMIT and OFFSET may only apply to the aggregated output");
+                }
+                _ => return not_per_patient(),
+            }
+        };
+        let mut inner = self.inner();
+        inner.source(&agg.input)?;
+        let [group] = agg.group_expr.as_slice() else { return not_per_patient() };
+        let Some(group) = bare_column(group) else { return not_per_patient() };
+        if inner.resolve_any(group)?.1.role != Role::PrivacyUnit {
+            return not_per_patient();
+        }
+        // The rows one patient may have inside: what per-patient counts are bounded by.
+        let rows = inner.rows_product();
+        let fields = agg.schema.fields();
+        let mut derived: Vec<ColumnPolicy> = Vec::with_capacity(fields.len());
+        derived.push(derived_column(fields[0].name(), ColumnType::Integer, Role::PrivacyUnit, None, None, "the privacy unit"));
+        for (i, e) in agg.aggr_expr.iter().enumerate() {
+            let field = &fields[1 + i];
+            let Expr::AggregateFunction(f) = strip_alias(e) else {
+                return refuse(Rule::UnsupportedAggregate, "a per-patient relation's columns must be plain aggregate calls");
+            };
+            derived.push(inner.per_patient_aggregate(f, field.name(), field.data_type(), rows, alias)?);
+        }
+        // HAVING is a per-patient condition on these columns.
+        let lookup = |c: &Column| derived.iter().find(|p| p.name == c.name || c.flat_name() == p.name);
+        for h in &having {
+            check_upper_exprs(std::slice::from_ref(*h))?;
+            for c in h.column_refs() {
+                if lookup(c).is_none_or(|p| p.role == Role::PrivacyUnit) {
+                    return refuse(Rule::UnitOrIdentifier, format!("HAVING in subquery {alias} may use its aggregates only"));
+                }
+            }
+        }
+        let columns = match projection {
+            None => derived.clone(),
+            Some(p) => {
+                let mut out = Vec::with_capacity(p.expr.len());
+                for (e, field) in p.expr.iter().zip(p.schema.fields()) {
+                    let e = strip_alias(e);
+                    if let Expr::Column(c) = e {
+                        let Some(d) = lookup(c) else { return refuse(Rule::UnknownColumn, format!("column {} of subquery {alias}", c.name)) };
+                        out.push(ColumnPolicy { name: field.name().clone(), ..d.clone() });
+                        continue;
+                    }
+                    // An expression of per-patient values (e.g. EXTRACT(YEAR FROM MIN(d))).
+                    check_upper_exprs(std::slice::from_ref(e))?;
+                    for c in e.column_refs() {
+                        if lookup(c).is_none_or(|p| p.role == Role::PrivacyUnit) {
+                            return refuse(Rule::UnitOrIdentifier, format!("subquery {alias}: the privacy unit may only be output as is"));
+                        }
+                    }
+                    let resolve = |c: &Column| lookup(c);
+                    let bounds = Intervals::new(&resolve, &[]).of(e);
+                    let Some(ty) = column_type(field.data_type()) else {
+                        return refuse(Rule::UnsupportedExpression, format!("subquery {alias}: a column of type {} is not supported", field.data_type()));
+                    };
+                    let why = "interval arithmetic over the relation's columns";
+                    out.push(derived_column(field.name(), ty, Role::Attribute, bounds, None, why));
+                }
+                out
+            }
+        };
+        if columns.iter().filter(|c| c.role == Role::PrivacyUnit).count() != 1 {
+            return refuse(Rule::PerPatientRelation, format!("subquery {alias} must output the privacy unit once (SELECT person_id, ...)"));
+        }
+        for c in &columns {
+            if let (Some((lo, hi)), Some(why)) = (c.bounds, c.description.as_deref()) {
+                let show = |v: f64| if c.ty == ColumnType::Date { day_text(v) } else { super::release::fmt_num(v) };
+                inner.derivations.push(format!("{alias}.{}: in [{}, {}] ({why})", c.name, show(lo), show(hi)));
+            }
+        }
+        for d in inner.derivations.drain(..) {
+            // A CTE used in several places is derived once.
+            if !self.derivations.contains(&d) {
+                self.derivations.push(d);
+            }
+        }
+        Ok(TablePolicy {
+            name: alias.to_owned(),
+            description: Some(format!("per-patient relation {alias}")),
+            file: std::path::PathBuf::new(),
+            max_rows_per_unit: 1,
+            max_groups_per_unit: 1,
+            columns,
+        })
+    }
+
+    /// One column of a per-patient relation, and its bounds:
+    /// - `MIN(x)`, `MAX(x)`, `AVG(x)`: within the bounds of x (each is one of x's values, or
+    ///   their mean);
+    /// - `COUNT(*)`, `COUNT(x)`, `COUNT(DISTINCT x)`: in [0, R], R the rows one patient may have
+    ///   in the relation's source (the product of its tables' `max_rows_per_unit`);
+    /// - `SUM(x)`: in [R·min(lo, 0), R·max(hi, 0)];
+    /// - `BOOL_OR`, `BOOL_AND`: a boolean.
+    ///
+    /// A count over more rows than R is not truncated here (the relation has one row per patient
+    /// whatever it counts); where such a column is aggregated or grouped on, the bound is what
+    /// its values are clamped to, or the public domain of its keys.
+    fn per_patient_aggregate(&self, f: &AggregateFunction, name: &str, ty: &DataType, rows: u64, relation: &str) -> Result<ColumnPolicy> {
+        let fname = f.func.name().to_ascii_lowercase();
+        let p = &f.params;
+        if p.filter.is_some() || !p.order_by.is_empty() {
+            return refuse(Rule::AggregateFilter, "FILTER and ORDER BY inside an aggregate are not supported: put the condition in WHERE");
+        }
+        let column_ty = column_type(ty)
+            .ok_or_else(|| Error::refused(Rule::UnsupportedAggregate, format!("{relation}: an aggregate of type {ty} is not supported")))?;
+        let arg = p.args.first();
+        let resolve = |c: &Column| self.resolve_any(c).ok().map(|(_, p)| p);
+        let of = |e: &Expr| Intervals::new(&resolve, &self.conjuncts).of(e);
+        let r = (rows < u32::MAX as u64).then_some(rows as f64);
+        let (bounds, domain, why): (Option<(f64, f64)>, Option<crate::schema::Domain>, String) = match fname.as_str() {
+            "count" => {
+                if let Some(a) = arg
+                    && !matches!(a, Expr::Literal(..))
+                {
+                    let unit = bare_column(a).and_then(|c| self.resolve_any(c).ok()).is_some_and(|(_, p)| p.role == Role::PrivacyUnit);
+                    if !unit {
+                        self.check_expr(a, Ctx::Value)?;
+                    }
+                }
+                (r.map(|r| (0.0, r)), None, format!("a count of at most the {rows} rows a patient may have"))
+            }
+            "min" | "max" | "avg" | "mean" | "sum" => {
+                let Some(a) = arg else { return refuse(Rule::UnsupportedAggregate, format!("{fname} takes one argument")) };
+                if p.distinct {
+                    return refuse(Rule::UnsupportedAggregate, format!("{}(DISTINCT ...) is not supported", fname.to_uppercase()));
+                }
+                self.check_expr(a, Ctx::Value)?;
+                let b = of(a);
+                let domain = if matches!(fname.as_str(), "min" | "max") {
+                    bare_column(a).and_then(|c| resolve(c)).and_then(|p| p.domain.clone())
+                } else {
+                    None
+                };
+                match fname.as_str() {
+                    "sum" => (
+                        b.zip(r).map(|((lo, hi), r)| (r * lo.min(0.0), r * hi.max(0.0))),
+                        None,
+                        format!("a sum of at most {rows} values of {}", self.describe_here(a)),
+                    ),
+                    other => (b, domain, format!("{other} of {}", self.describe_here(a))),
+                }
+            }
+            "bool_or" | "bool_and" => {
+                if let Some(a) = arg {
+                    self.check_expr(a, Ctx::Value)?;
+                }
+                (None, None, format!("{fname} per patient"))
+            }
+            other => {
+                return refuse(
+                    Rule::UnsupportedAggregate,
+                    format!("{other} is not a per-patient aggregate (MIN, MAX, COUNT, COUNT(DISTINCT ...), SUM, AVG, BOOL_OR, BOOL_AND)"),
+                );
+            }
+        };
+        Ok(derived_column(name, column_ty, Role::Attribute, bounds, domain, &why))
+    }
+
+    /// A column or expression of this scope, in words (table names, not aliases).
+    fn describe_here(&self, e: &Expr) -> String {
+        if let Some(c) = bare_column(e) {
+            return match self.resolve_any(c) {
+                Ok((q, _)) => format!("{}.{}", self.tables.iter().find(|(x, _)| *x == q).map_or(q.as_str(), |(_, t)| t.as_str()), c.name),
+                Err(_) => c.name.clone(),
+            };
+        }
+        let mut names: Vec<String> = e.column_refs().into_iter().map(|c| self.describe_here(&Expr::Column(c.clone()))).collect();
+        names.sort();
+        names.dedup();
+        format!("an expression of {}", names.join(", "))
+    }
+
+    /// `EXISTS (SELECT ... FROM t WHERE t.person_id = outer.person_id AND ...)`: a semi-join on
+    /// the unit. The only reference to the outer query is that equality: whether a patient is
+    /// kept then depends on that patient's rows alone.
+    fn exists(&self, plan: &LogicalPlan) -> Result<()> {
+        if contains_set_operation(plan) {
+            return refuse(Rule::SetOperation, "UNION, INTERSECT and EXCEPT are not allowed, inside a subquery either");
+        }
+        let mut node = plan;
+        while let LogicalPlan::Projection(p) = node {
+            node = &p.input;
+        }
+        let LogicalPlan::Filter(f) = node else {
+            return refuse(Rule::Correlation, "EXISTS must be correlated on the privacy unit: WHERE t.person_id = outer.person_id");
+        };
+        let mut inner = self.inner();
+        inner.source(&f.input)?;
+        let mut correlated = 0;
+        for c in split_conjunction(&f.predicate) {
+            if !has_outer_reference(c) {
+                inner.check_expr(c, Ctx::Where)?;
+                continue;
+            }
+            let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = c else {
+                return refuse(Rule::Correlation, "an EXISTS subquery may refer to the outer query only by equating the privacy units");
+            };
+            let (here, there) = match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(h), Expr::OuterReferenceColumn(_, t)) | (Expr::OuterReferenceColumn(_, t), Expr::Column(h)) => (h, t),
+                _ => return refuse(Rule::Correlation, "an EXISTS subquery may refer to the outer query only by equating the privacy units"),
+            };
+            let inner_unit = inner.resolve_any(here)?.1.role == Role::PrivacyUnit;
+            let outer_unit = self.resolve_any(there).or_else(|_| self.resolve_outer(there))?.1.role == Role::PrivacyUnit;
+            if !(inner_unit && outer_unit) {
+                return refuse(Rule::Correlation, format!("EXISTS is correlated on {} = {}: only the privacy units may be equated", here.name, there.name));
+            }
+            correlated += 1;
+        }
+        if correlated != 1 {
+            return refuse(Rule::Correlation, "EXISTS must be correlated exactly once, on the privacy unit (t.person_id = outer.person_id)");
+        }
+        Ok(())
+    }
+
+    /// `person_id IN (SELECT person_id FROM ...)`: a set of patients, uncorrelated.
+    fn patient_set(&self, plan: &LogicalPlan) -> Result<()> {
+        if contains_set_operation(plan) {
+            return refuse(Rule::SetOperation, "UNION, INTERSECT and EXCEPT are not allowed, inside a subquery either");
+        }
+        if plan_has_outer_reference(plan) {
+            return refuse(Rule::Correlation, "IN (subquery) may not refer to the outer query; use EXISTS correlated on the privacy unit");
+        }
+        let LogicalPlan::Projection(p) = plan else {
+            return refuse(Rule::Correlation, "IN (subquery) must select the privacy unit: SELECT person_id FROM ...");
+        };
+        let [e] = p.expr.as_slice() else {
+            return refuse(Rule::Correlation, "IN (subquery) must select the privacy unit alone");
+        };
+        let mut inner = self.inner();
+        let mut below = p.input.as_ref();
+        while let LogicalPlan::Filter(f) = below {
+            below = &f.input;
+        }
+        let unit = if matches!(below, LogicalPlan::Aggregate(_)) {
+            // GROUP BY person_id [HAVING ...]: a per-patient relation whose unit is selected.
+            let policy = inner.per_patient_policy("subquery", plan)?;
+            policy.columns.iter().all(|c| c.role == Role::PrivacyUnit)
+        } else {
+            inner.source(&p.input)?;
+            bare_column(e).map(|c| inner.resolve_any(c)).transpose()?.is_some_and(|(_, p)| p.role == Role::PrivacyUnit)
+        };
+        if !unit {
+            return refuse(Rule::Correlation, "IN (subquery) must select the privacy unit: SELECT person_id FROM ...");
+        }
+        Ok(())
+    }
+
+    /// A column of the enclosing scope (for a correlation).
+    fn resolve_outer(&self, c: &Column) -> Result<(String, &ColumnPolicy)> {
+        let outer = self.outer.ok_or_else(|| Error::refused(Rule::Correlation, "a reference to an outer query that is not there"))?;
+        let found = match &c.relation {
+            Some(r) => outer.get(r.table()).and_then(|t| t.column(&c.name)).map(|p| (r.table().to_owned(), p)),
+            None => outer.iter().find_map(|(q, t)| t.column(&c.name).map(|p| (q.clone(), p))),
+        };
+        found.ok_or_else(|| Error::refused(Rule::UnknownColumn, format!("column {} of the outer query", c.name)))
+    }
+}
+
+fn strip_alias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => strip_alias(&a.expr),
+        other => other,
+    }
+}
+
+fn has_outer_reference(e: &Expr) -> bool {
+    let mut found = false;
+    let _ = e.apply(|x| {
+        found |= matches!(x, Expr::OuterReferenceColumn(..));
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
+}
+
+fn contains_set_operation(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|n| {
+        found |= matches!(n, LogicalPlan::Union(_));
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
+}
+
+fn plan_has_outer_reference(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|n| {
+        let _ = n.apply_expressions(|e| {
+            found |= has_outer_reference(e);
+            Ok(TreeNodeRecursion::Continue)
+        });
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
+}
+
+/// The schema type of a derived column.
+fn column_type(ty: &DataType) -> Option<ColumnType> {
+    Some(match ty {
+        t if t.is_integer() => ColumnType::Integer,
+        t if t.is_floating() => ColumnType::Float,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::Varchar(None),
+        DataType::Date32 => ColumnType::Date,
+        DataType::Timestamp(..) => ColumnType::Datetime,
+        DataType::Boolean => ColumnType::Boolean,
+        _ => return None,
+    })
+}
+
+/// A column of a per-patient relation. Its description holds how its bounds were derived.
+fn derived_column(name: &str, ty: ColumnType, role: Role, bounds: Option<(f64, f64)>, domain: Option<crate::schema::Domain>, why: &str) -> ColumnPolicy {
+    ColumnPolicy {
+        name: name.to_owned(),
+        ty,
+        role,
+        nullable: true,
+        source: None,
+        generalize: None,
+        pseudonymize: false,
+        check: None,
+        bounds,
+        on_out_of_bounds: crate::schema::OutOfBounds::Keep,
+        domain,
+        description: Some(why.to_owned()),
+    }
+}
+
+/// A day number as a date.
+fn day_text(day: f64) -> String {
+    chrono::DateTime::from_timestamp(day as i64 * 86_400, 0).map_or_else(|| day.to_string(), |d| d.format("%Y-%m-%d").to_string())
+}
+
 /// Whether a plan sorts or limits rows before they are aggregated (the order would have to
 /// come from the data).
 fn ordered_or_limited(plan: &LogicalPlan) -> bool {
@@ -255,8 +643,8 @@ pub fn check_statement(sql: &str, statements: &[DFStatement]) -> Result<()> {
     let Statement::Query(q) = s.as_ref() else {
         return refuse(Rule::SingleSelect, "only SELECT queries are answered (no DDL, DML, EXPLAIN, SET or PREPARE)");
     };
-    if q.with.is_some() {
-        return refuse(Rule::Subquery, "WITH (common table expressions) is not supported: write one SELECT over the tables");
+    if q.with.as_ref().is_some_and(|w| w.recursive) {
+        return refuse(Rule::RecursiveCte, "WITH RECURSIVE is not supported");
     }
     match q.body.as_ref() {
         SetExpr::Select(_) => Ok(()),
@@ -289,14 +677,22 @@ pub fn check_tables(references: &[datafusion::common::TableReference], schemas: 
     Ok(())
 }
 
-/// The plan analyzer.
+/// The plan analyzer. One analyzer is one scope: the outer query, or the inside of a
+/// per-patient relation or of a subquery predicate, each with its own tables.
 pub struct Analyzer<'a> {
     pub schemas: &'a Schemas,
-    /// qualifier (table name or alias) -> table policy
-    qualifiers: BTreeMap<String, &'a TablePolicy>,
+    /// qualifier (table name or alias) -> table policy (a stored table's, or the derived policy
+    /// of a per-patient relation)
+    qualifiers: BTreeMap<String, TablePolicy>,
     tables: Vec<(String, String)>,
     /// Top-level conjuncts of WHERE, used to tighten a column's bounds.
     conjuncts: Vec<Expr>,
+    /// How each bound of a per-patient relation's column was derived, in words.
+    derivations: Vec<String>,
+    /// The qualifiers of this scope's per-patient relations.
+    per_patient: Vec<String>,
+    /// The enclosing scope, for the correlation of an EXISTS subquery.
+    outer: Option<&'a BTreeMap<String, TablePolicy>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,7 +714,28 @@ impl Ctx {
 
 impl<'a> Analyzer<'a> {
     pub fn new(schemas: &'a Schemas) -> Analyzer<'a> {
-        Analyzer { schemas, qualifiers: BTreeMap::new(), tables: Vec::new(), conjuncts: Vec::new() }
+        Analyzer {
+            schemas,
+            qualifiers: BTreeMap::new(),
+            tables: Vec::new(),
+            conjuncts: Vec::new(),
+            derivations: Vec::new(),
+            per_patient: Vec::new(),
+            outer: None,
+        }
+    }
+
+    /// A fresh scope for a subquery (its tables are its own).
+    fn inner(&self) -> Analyzer<'_> {
+        Analyzer {
+            schemas: self.schemas,
+            qualifiers: BTreeMap::new(),
+            tables: Vec::new(),
+            conjuncts: Vec::new(),
+            derivations: Vec::new(),
+            per_patient: Vec::new(),
+            outer: Some(&self.qualifiers),
+        }
     }
 
     /// Analyze an analyzed (type-coerced) logical plan.
@@ -347,11 +764,11 @@ impl<'a> Analyzer<'a> {
                     return refuse(Rule::AggregateRequired, "SELECT DISTINCT lists values: use GROUP BY with an aggregate");
                 }
                 LogicalPlan::Union(_) => return refuse(Rule::SetOperation, "UNION, INTERSECT and EXCEPT are not allowed"),
-                LogicalPlan::Subquery(_) | LogicalPlan::SubqueryAlias(_) => return refuse(Rule::Subquery, "subqueries are not allowed"),
+                LogicalPlan::Subquery(_) => return refuse(Rule::Subquery, "subqueries are not allowed"),
                 LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
                     return refuse(Rule::TableReference, "a query must aggregate over the project's tables");
                 }
-                LogicalPlan::TableScan(_) | LogicalPlan::Join(_) => {
+                LogicalPlan::TableScan(_) | LogicalPlan::Join(_) | LogicalPlan::SubqueryAlias(_) => {
                     return refuse(
                         Rule::AggregateRequired,
                         "every output column must be an aggregate or a GROUP BY key (no SELECT *, no row-level columns)",
@@ -363,9 +780,7 @@ impl<'a> Analyzer<'a> {
 
         // The source: filters over inner joins on the privacy unit over scans.
         self.source(&aggregate.input)?;
-        let (first_q, first_t) = self.tables[0].clone();
-        let first = self.schemas.tables[&first_t].privacy_unit().name.clone();
-        let unit = Column::new(Some(first_q), first);
+        let unit = self.unit()?;
 
         // Group keys.
         let mut keys = Vec::new();
@@ -382,9 +797,30 @@ impl<'a> Analyzer<'a> {
             if columns.is_empty() {
                 return refuse(Rule::UnsupportedGrouping, "a GROUP BY key must read a column");
             }
-            let public = columns.iter().all(|(_, p)| p.public_domain_size().is_some());
-            let name = aggregate.schema.field(i).name().clone();
-            keys.push(KeySpec { expr: e.clone(), name, columns, public });
+            // A boolean key (`x.d IS NOT NULL`, `n >= 2`) has the public domain {false, true}.
+            let field = aggregate.schema.field(i);
+            if field.data_type() == &DataType::Boolean {
+                keys.push(KeySpec { expr: e.clone(), name: field.name().clone(), columns, public: true, range: Some((0.0, 1.0)) });
+                continue;
+            }
+            // An integer key with bounds by interval arithmetic (ages at an index date, months
+            // since it) has the integers of its bounds as a public domain, whatever columns
+            // it reads.
+            let resolve = |c: &Column| self.resolve_any(c).ok().map(|(_, p)| p);
+            let range = Intervals::new(&resolve, &self.conjuncts)
+                .of(e)
+                .map(|(lo, hi)| (lo.ceil(), hi.floor()))
+                .filter(|(lo, hi)| field.data_type().is_integer() && hi - lo < crate::schema::MAX_DOMAIN as f64);
+            // The cross product of the columns' domains, when it is small enough to evaluate the
+            // key over, gives exactly the keys it can take; otherwise its integer range.
+            let product = columns
+                .iter()
+                .map(|(_, p)| p.public_domain_size())
+                .try_fold(1usize, |acc, n| n.map(|n| acc.saturating_mul(n)))
+                .filter(|n| *n <= 10 * crate::schema::MAX_DOMAIN);
+            let range = range.filter(|_| product.is_none());
+            let public = range.is_some() || product.is_some();
+            keys.push(KeySpec { expr: e.clone(), name: field.name().clone(), columns, public, range });
         }
 
         // Aggregates.
@@ -407,10 +843,11 @@ impl<'a> Analyzer<'a> {
         // Contribution bounds. After the join, one patient's rows are bounded by the largest
         // per-table bound (each table is truncated to its own bound before the join, and the
         // joined rows are truncated again to this bound).
-        let rows_per_unit = self.tables.iter().map(|(_, t)| self.schemas.tables[t].max_rows_per_unit).max().unwrap_or(1).max(1);
+        let policy = |q: &String| self.qualifiers.get(q);
+        let rows_per_unit = self.tables.iter().filter_map(|(q, _)| policy(q)).map(|p| p.max_rows_per_unit).max().unwrap_or(1).max(1);
         // Groups: each table's default allows at most its own row bound; after a join the
         // largest default applies (a patient's K rows fall in at most K groups anyway).
-        let schema_groups = self.tables.iter().map(|(_, t)| self.schemas.tables[t].max_groups_per_unit).max().unwrap_or(1).max(1);
+        let schema_groups = self.tables.iter().filter_map(|(q, _)| policy(q)).map(|p| p.max_groups_per_unit).max().unwrap_or(1).max(1);
         let groups_per_unit = match max_groups {
             Some(0) => return refuse(Rule::MaxGroups, "the groups-per-patient bound must be at least 1"),
             Some(g) => g.min(schema_groups),
@@ -428,7 +865,37 @@ impl<'a> Analyzer<'a> {
         let tables = self.tables.clone();
         let filters = self.conjuncts.clone();
         let aggregate = aggregate.clone();
-        Ok(Analysis { plan: plan.clone(), aggregate, tables, unit, rows_per_unit, groups_per_unit, keys_per_unit, keys, aggs, filters })
+        let policies = self.qualifiers.clone();
+        let derivations = self.derivations.clone();
+        let per_patient = self.per_patient.clone();
+        Ok(Analysis {
+            plan: plan.clone(),
+            aggregate,
+            tables,
+            policies,
+            derivations,
+            per_patient,
+            unit,
+            rows_per_unit,
+            groups_per_unit,
+            keys_per_unit,
+            keys,
+            aggs,
+            filters,
+        })
+    }
+
+    /// The privacy unit of this scope's first relation, as the plan names it.
+    fn unit(&self) -> Result<Column> {
+        let (q, _) = self.tables.first().ok_or_else(|| Error::refused(Rule::TableReference, "a query must read the project's tables"))?;
+        let policy = self.qualifiers.get(q).ok_or_else(|| Error::internal(format!("relation {q} without a policy")))?;
+        Ok(Column::new(Some(q.clone()), policy.privacy_unit().name.clone()))
+    }
+
+    /// The rows one patient may have in this scope's relation (the product of what each joined
+    /// relation may hold; 1 for a per-patient relation).
+    fn rows_product(&self) -> u64 {
+        self.tables.iter().filter_map(|(q, _)| self.qualifiers.get(q)).fold(1u64, |acc, p| acc.saturating_mul(p.max_rows_per_unit as u64))
     }
 
     fn source(&mut self, plan: &LogicalPlan) -> Result<()> {
@@ -440,8 +907,11 @@ impl<'a> Analyzer<'a> {
                 Ok(())
             }
             LogicalPlan::Join(j) => {
-                if j.join_type != JoinType::Inner {
-                    return refuse(Rule::JoinOnUnit, "only inner joins on the privacy unit are allowed");
+                // A left join keeps every row of the left side and adds the right side's
+                // matches on the unit, or NULLs: a patient's rows are still bounded by the
+                // product of what each side may hold (at least one row per left row).
+                if !matches!(j.join_type, JoinType::Inner | JoinType::Left) {
+                    return refuse(Rule::JoinOnUnit, "only inner and left joins on the privacy unit are allowed");
                 }
                 let before = self.tables.len();
                 self.source(&j.left)?;
@@ -481,7 +951,7 @@ impl<'a> Analyzer<'a> {
                 inner if ordered_or_limited(inner) => {
                     refuse(Rule::LimitBelowAggregate, "ORDER BY, LIMIT and OFFSET may only apply to the aggregated output")
                 }
-                _ => refuse(Rule::Subquery, "subqueries are not allowed in FROM"),
+                inner => self.per_patient(s.alias.table(), inner),
             },
             LogicalPlan::TableScan(t) => self.scan(t.table_name.table(), t.table_name.table()),
             LogicalPlan::Limit(_) => refuse(Rule::LimitBelowAggregate, "LIMIT and OFFSET may only apply to the aggregated output"),
@@ -501,15 +971,20 @@ impl<'a> Analyzer<'a> {
         let Some(policy) = self.schemas.tables.get(table) else {
             return refuse(Rule::TableReference, format!("{table:?} is not a table of the catalog"));
         };
-        if self.qualifiers.insert(qualifier.to_owned(), policy).is_some() || self.tables.iter().any(|(_, t)| t == table) {
-            return refuse(Rule::SelfJoin, format!("table {table} appears twice: self-joins are not allowed"));
+        self.relation(qualifier, table, policy.clone())
+    }
+
+    /// Add a relation (a stored table, or a per-patient relation) under its qualifier.
+    fn relation(&mut self, qualifier: &str, name: &str, policy: TablePolicy) -> Result<()> {
+        if self.qualifiers.insert(qualifier.to_owned(), policy).is_some() || self.tables.iter().any(|(_, t)| t == name) {
+            return refuse(Rule::SelfJoin, format!("table {name} appears twice: self-joins are not allowed"));
         }
-        self.tables.push((qualifier.to_owned(), table.to_owned()));
+        self.tables.push((qualifier.to_owned(), name.to_owned()));
         Ok(())
     }
 
     /// Resolve a column to its table and policy, whatever its role.
-    fn resolve_any(&self, c: &Column) -> Result<(String, &'a ColumnPolicy)> {
+    fn resolve_any(&self, c: &Column) -> Result<(String, &ColumnPolicy)> {
         let found: Vec<(String, &ColumnPolicy)> = match &c.relation {
             Some(r) => {
                 self.qualifiers.get(r.table()).and_then(|t| t.column(&c.name)).map(|p| (r.table().to_owned(), p)).into_iter().collect()
@@ -528,7 +1003,7 @@ impl<'a> Analyzer<'a> {
     }
 
     /// Resolve a column that is used as data: it must be releasable.
-    fn resolve(&self, c: &Column, ctx: Ctx) -> Result<(String, &'a ColumnPolicy)> {
+    fn resolve(&self, c: &Column, ctx: Ctx) -> Result<(String, &ColumnPolicy)> {
         let (q, p) = self.resolve_any(c)?;
         if !p.is_releasable() {
             let what = if p.role == Role::PrivacyUnit { "the privacy unit" } else { "an identifier" };
@@ -628,7 +1103,7 @@ impl<'a> Analyzer<'a> {
     fn bounded_value(&self, e: &Expr, fname: &str) -> Result<(Expr, (f64, f64))> {
         self.check_expr(e, Ctx::Value)?;
         let resolve = |c: &Column| self.resolve_any(c).ok().map(|(_, p)| p);
-        let Some(bounds) = Intervals::new(&resolve).of(e).map(|b| bounds::tighten(e, b, &self.conjuncts)) else {
+        let Some(bounds) = Intervals::new(&resolve, &self.conjuncts).of(e) else {
             return refuse(
                 Rule::UnboundedValue,
                 format!(
@@ -727,8 +1202,19 @@ impl<'a> Analyzer<'a> {
                 refuse(Rule::UnsupportedAggregate, "aggregates may not be nested or used outside the SELECT list and HAVING")
             }
             Expr::WindowFunction(_) => refuse(Rule::WindowFunction, "window functions are not allowed"),
-            Expr::Exists(_) | Expr::InSubquery(_) | Expr::ScalarSubquery(_) | Expr::SetComparison(_) | Expr::OuterReferenceColumn(..) => {
-                refuse(Rule::Subquery, "subqueries are not allowed")
+            // Cohort filters: semi- and anti-joins on the privacy unit.
+            Expr::Exists(x) if ctx == Ctx::Where => self.exists(&x.subquery.subquery),
+            Expr::InSubquery(x) if ctx == Ctx::Where => {
+                let unit = bare_column(&x.expr).map(|c| self.resolve_any(c)).transpose()?;
+                if !unit.is_some_and(|(_, p)| p.role == Role::PrivacyUnit) {
+                    return refuse(Rule::Correlation, "IN (subquery) filters patients: write `person_id IN (SELECT person_id FROM ...)`");
+                }
+                self.patient_set(&x.subquery.subquery)
+            }
+            Expr::Exists(_) | Expr::InSubquery(_) => refuse(Rule::Subquery, "EXISTS and IN (subquery) may only filter patients in WHERE"),
+            Expr::ScalarSubquery(_) | Expr::SetComparison(_) => refuse(Rule::Subquery, "scalar subqueries and ANY/ALL are not allowed"),
+            Expr::OuterReferenceColumn(..) => {
+                refuse(Rule::Correlation, "a subquery may refer to the outer query only by `t.person_id = outer.person_id` in EXISTS")
             }
             Expr::Placeholder(_) => refuse(Rule::UnsupportedExpression, "placeholders are not allowed"),
             _ => refuse(Rule::UnsupportedExpression, format!("expression {e} is not allowed")),

@@ -44,6 +44,10 @@ pub struct Report {
     pub aggregates: Vec<AggregateReport>,
     /// Where the released groups come from.
     pub groups: String,
+    /// How the bounds of per-patient relations' columns were derived, one line each
+    /// (`f.index_date: in [2000-01-01, 2025-12-31] (min of condition_occurrence.condition_start_date)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub derived_bounds: Vec<String>,
     /// Remarks for the researcher (e.g. an accuracy target that needs more than the cap).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,

@@ -16,20 +16,29 @@ use crate::schema::ColumnPolicy;
 /// Bounds of expressions over the columns a resolver knows.
 pub struct Intervals<'a> {
     column: &'a dyn Fn(&Column) -> Option<&'a ColumnPolicy>,
+    /// WHERE conjuncts that narrow columns and differences ([`tighten`]).
+    conjuncts: &'a [Expr],
 }
 
 impl<'a> Intervals<'a> {
-    pub fn new(column: &'a dyn Fn(&Column) -> Option<&'a ColumnPolicy>) -> Intervals<'a> {
-        Intervals { column }
+    pub fn new(column: &'a dyn Fn(&Column) -> Option<&'a ColumnPolicy>, conjuncts: &'a [Expr]) -> Intervals<'a> {
+        Intervals { column, conjuncts }
     }
 
-    /// Public bounds of a numeric expression, if they can be derived.
+    /// Public bounds of a numeric expression, if they can be derived: interval arithmetic, each
+    /// column and each difference narrowed by the WHERE conjuncts on it.
     pub fn of(&self, e: &Expr) -> Option<(f64, f64)> {
+        let b = tighten(e, self.untightened(e)?, self.conjuncts);
+        (b.0.is_finite() && b.1.is_finite() && b.0 <= b.1).then_some(b)
+    }
+
+    fn untightened(&self, e: &Expr) -> Option<(f64, f64)> {
         let b = match e {
             Expr::Alias(a) => self.of(&a.expr)?,
+            // Numbers, and dates as day numbers (so that date differences get bounds in days).
             Expr::Column(c) => {
                 let p = (self.column)(c)?;
-                if !p.stored_type().is_numeric() {
+                if !(p.stored_type().is_numeric() || p.stored_type() == crate::schema::ColumnType::Date) {
                     return None;
                 }
                 p.bounds?
@@ -42,7 +51,8 @@ impl<'a> Intervals<'a> {
             }
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 let l = literal_number(left).map(|v| (v, v)).or_else(|| self.of(left))?;
-                let r = literal_number(right).map(|v| (v, v)).or_else(|| self.of(right))?;
+                // A date plus or minus an interval literal moves by the interval's days.
+                let r = literal_number(right).map(|v| (v, v)).or_else(|| interval_days(right)).or_else(|| self.of(right))?;
                 match op {
                     Operator::Plus => (l.0 + r.0, l.1 + r.1),
                     Operator::Minus => (l.0 - r.1, l.1 - r.0),
@@ -61,9 +71,9 @@ impl<'a> Intervals<'a> {
                 "date_part" => {
                     let part = args.first().and_then(literal_string)?.to_ascii_lowercase();
                     match part.as_str() {
+                        // Of a date column or date arithmetic: bounds in days.
                         "year" | "years" => {
-                            let c = bare_column(args.get(1)?)?;
-                            let (lo, hi) = (self.column)(c)?.bounds?;
+                            let (lo, hi) = self.of(args.get(1)?)?;
                             (year_of_day(lo) as f64, year_of_day(hi) as f64)
                         }
                         "month" => (1.0, 12.0),
@@ -82,6 +92,11 @@ impl<'a> Intervals<'a> {
                 "floor" | "ceil" | "round" | "trunc" => {
                     let (lo, hi) = self.of(args.first()?)?;
                     (lo.floor() - 1.0, hi.ceil() + 1.0)
+                }
+                // One of its arguments (or NULL).
+                "coalesce" => {
+                    let all: Option<Vec<(f64, f64)>> = args.iter().map(|a| literal_number(a).map(|v| (v, v)).or_else(|| self.of(a))).collect();
+                    all?.into_iter().reduce(|x, y| (x.0.min(y.0), x.1.max(y.1)))?
                 }
                 // An explicit clamp: LEAST(GREATEST(x, a), b) is in [a, b] whatever x is.
                 "greatest" | "least" => match self.half(e) {
@@ -105,7 +120,7 @@ impl<'a> Intervals<'a> {
             }
             _ => literal_number(e).map(|v| (v, v))?,
         };
-        (b.0.is_finite() && b.1.is_finite() && b.0 <= b.1).then_some(b)
+        Some(b)
     }
 
     /// Bounds that may be known on one side only: GREATEST(x, a) ≥ a whatever x is, and
@@ -147,6 +162,9 @@ impl<'a> Intervals<'a> {
 /// clamped into them, so narrower bounds only lower the sensitivity.
 pub fn tighten(e: &Expr, (mut lo, mut hi): (f64, f64), conjuncts: &[Expr]) -> (f64, f64) {
     let target = strip_cast(e);
+    if let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Minus, right }) = target {
+        return difference(left, right, (lo, hi), conjuncts);
+    }
     if !matches!(target, Expr::Column(_)) {
         return (lo, hi);
     }
@@ -187,6 +205,50 @@ pub fn tighten(e: &Expr, (mut lo, mut hi): (f64, f64), conjuncts: &[Expr]) -> (f
     if lo > hi { (hi, hi) } else { (lo, hi) }
 }
 
+/// Narrow a difference `a - b` with WHERE conditions relating `a` and `b`: `a >= b`,
+/// `a < b + INTERVAL '365 days'`, `a - b <= 30`, ... (follow-up windows after an index date).
+/// An interval of months counts as its fewest days for a lower bound and its most for an upper.
+fn difference(a: &Expr, b: &Expr, (mut lo, mut hi): (f64, f64), conjuncts: &[Expr]) -> (f64, f64) {
+    let same = |x: &Expr, y: &Expr| strip_cast(x) == strip_cast(y);
+    let offset = |e: &Expr| literal_number(e).map(|v| (v, v)).or_else(|| interval_days(e));
+    // `x op y` as `a - b op k` with k in a range, if it is one.
+    let relation = |x: &Expr, y: &Expr| -> Option<(f64, f64)> {
+        if !same(x, a) {
+            return None;
+        }
+        if same(y, b) {
+            return Some((0.0, 0.0));
+        }
+        match strip_cast(y) {
+            Expr::BinaryExpr(BinaryExpr { left, op: Operator::Plus, right }) if same(left, b) => offset(right),
+            Expr::BinaryExpr(BinaryExpr { left, op: Operator::Plus, right }) if same(right, b) => offset(left),
+            Expr::BinaryExpr(BinaryExpr { left, op: Operator::Minus, right }) if same(left, b) => offset(right).map(|(l, h)| (-h, -l)),
+            _ => None,
+        }
+    };
+    for c in conjuncts {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = c else { continue };
+        let found = relation(left, right).map(|k| (*op, k)).or_else(|| op.swap().and_then(|o| relation(right, left).map(|k| (o, k)))).or_else(
+            || match strip_cast(left) {
+                Expr::BinaryExpr(BinaryExpr { left: x, op: Operator::Minus, right: y }) if same(x, a) && same(y, b) => {
+                    literal_number(right).map(|v| (*op, (v, v)))
+                }
+                _ => None,
+            },
+        );
+        match found {
+            Some((Operator::Gt | Operator::GtEq, (k, _))) => lo = lo.max(k),
+            Some((Operator::Lt | Operator::LtEq, (_, k))) => hi = hi.min(k),
+            Some((Operator::Eq, (kl, kh))) => {
+                lo = lo.max(kl);
+                hi = hi.min(kh);
+            }
+            _ => {}
+        }
+    }
+    if lo > hi { (hi, hi) } else { (lo, hi) }
+}
+
 pub(crate) fn bare_column(e: &Expr) -> Option<&Column> {
     match e {
         Expr::Column(c) => Some(c),
@@ -210,9 +272,13 @@ fn is_null_literal(e: &Expr) -> bool {
 
 /// A numeric literal (through casts, which are applied, and negation), as f64.
 pub fn literal_number(e: &Expr) -> Option<f64> {
-    let f64_of = |v: &ScalarValue| match v.cast_to(&DataType::Float64).ok()? {
-        ScalarValue::Float64(Some(x)) => Some(x),
-        _ => None,
+    let f64_of = |v: &ScalarValue| match v {
+        // A date literal is its day number (as date columns' bounds are).
+        ScalarValue::Date32(d) => d.map(f64::from),
+        other => match other.cast_to(&DataType::Float64).ok()? {
+            ScalarValue::Float64(Some(x)) => Some(x),
+            _ => None,
+        },
     };
     match e {
         Expr::Negative(x) => literal_number(x).map(|v| -v),
@@ -222,7 +288,27 @@ pub fn literal_number(e: &Expr) -> Option<f64> {
             let inner = literal_scalar(expr)?;
             f64_of(&inner.cast_to(field.data_type()).ok()?)
         }
-        Expr::Literal(v, _) if !v.is_null() && v.data_type().is_numeric() => f64_of(v),
+        Expr::Literal(v, _) if !v.is_null() && (v.data_type().is_numeric() || v.data_type() == DataType::Date32) => f64_of(v),
+        _ => None,
+    }
+}
+
+/// An interval literal as a range of days (a month is 28 to 31 days).
+fn interval_days(e: &Expr) -> Option<(f64, f64)> {
+    match literal_scalar(e)? {
+        ScalarValue::IntervalMonthDayNano(Some(v)) => {
+            let fixed = v.days as f64 + v.nanoseconds as f64 / 86_400e9;
+            let (a, b) = (v.months as f64 * 28.0, v.months as f64 * 31.0);
+            Some((fixed + a.min(b), fixed + a.max(b)))
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            let d = v.days as f64 + v.milliseconds as f64 / 86_400e3;
+            Some((d, d))
+        }
+        ScalarValue::IntervalYearMonth(Some(m)) => {
+            let (a, b) = (m as f64 * 28.0, m as f64 * 31.0);
+            Some((a.min(b), a.max(b)))
+        }
         _ => None,
     }
 }
@@ -276,5 +362,24 @@ mod tests {
         assert_eq!(tighten(&x, (0.0, 15.0), &conj), (10.0, 15.0));
         // Contradictory conditions leave a single point, never an inverted interval.
         assert_eq!(tighten(&x, (0.0, 5.0), &conj), (5.0, 5.0));
+    }
+
+    #[test]
+    fn follow_up_windows_narrow_a_difference_of_dates() {
+        let (d, idx) = (col("d"), col("idx"));
+        let diff = d.clone() - idx.clone();
+        let year = Expr::Literal(ScalarValue::new_interval_mdn(0, 365, 0), None);
+        let conj = vec![d.clone().gt_eq(idx.clone()), d.clone().lt(idx.clone() + year)];
+        assert_eq!(tighten(&diff, (-10_000.0, 10_000.0), &conj), (0.0, 365.0));
+        // Months count as 28 to 31 days: the upper bound takes the most.
+        let months = Expr::Literal(ScalarValue::new_interval_mdn(6, 0, 0), None);
+        let conj = vec![idx.clone().lt_eq(d.clone()), d.clone().lt_eq(idx.clone() + months)];
+        assert_eq!(tighten(&diff, (-10_000.0, 10_000.0), &conj), (0.0, 186.0));
+        // The difference itself compared to a literal; unrelated conditions change nothing.
+        let conj = vec![diff.clone().lt(lit(90i64)), col("x").gt(idx.clone())];
+        assert_eq!(tighten(&diff, (-10_000.0, 10_000.0), &conj), (-10_000.0, 90.0));
+        // The other way round: idx - d is bounded by the same conditions, mirrored.
+        let conj = vec![d.clone().gt_eq(idx.clone())];
+        assert_eq!(tighten(&(idx - d), (-10_000.0, 10_000.0), &conj), (-10_000.0, 0.0));
     }
 }

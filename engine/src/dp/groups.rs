@@ -51,6 +51,13 @@ fn domain_array(p: &ColumnPolicy) -> Option<ArrayRef> {
             Arc::new(Int64Array::from_iter_values((0..n as i64).map(|d| lo.ceil() as i64 + d)))
         }
     };
+    // A nullable column (or the right side of a left join) may be NULL: the key is evaluated
+    // over that too (`COALESCE(x, 0)`, `x IS NULL`).
+    let array = if p.nullable {
+        datafusion::arrow::compute::concat(&[array.as_ref(), datafusion::arrow::array::new_null_array(array.data_type(), 1).as_ref()]).ok()?
+    } else {
+        array
+    };
     cast(&array, &ty.arrow()).ok()
 }
 
@@ -62,6 +69,14 @@ fn key_values(ctx: &SessionContext, key: &KeySpec, filters: &[Expr], out_type: &
         if !columns.iter().any(|(x, _)| x == c) {
             columns.push((c.clone(), p.clone()));
         }
+    }
+    if let Some((lo, hi)) = key.range {
+        // Too many combinations of the columns (or a column without a public domain), but
+        // the key's own bounds are few integers: all of them are the keys.
+        // Booleans come as 0..1, cast.
+        let values = Int64Array::from_iter_values(lo as i64..=hi as i64);
+        let values = cast(&values, out_type).map_err(|e| internal(e.into()))?;
+        return (0..values.len()).map(|r| ScalarValue::try_from_array(&values, r).map_err(internal)).collect();
     }
     let domains: Vec<ArrayRef> = columns
         .iter()

@@ -126,6 +126,7 @@ impl Prepared {
             dry_run,
             aggregates: self.release.reports(&self.analysis),
             groups: self.release.groups_label(&self.analysis),
+            derived_bounds: self.analysis.derivations.clone(),
             notes: Vec::new(),
             query_id: None,
             epsilon_needed: None,
@@ -311,7 +312,7 @@ pub async fn prepare(wh: &Warehouse, req: &QueryRequest) -> Result<Prepared> {
         release.set_epsilon(epsilon)?;
     }
     let plans = release.physical_plans(&ctx, &analysis, &wh.schemas).await?;
-    let summary = release.summary(&analysis, &wh.schemas);
+    let summary = release.summary(&analysis);
     Ok(Prepared { ctx, plans, analysis, release, project, policy, summary, epsilon, delta })
 }
 

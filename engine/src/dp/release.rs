@@ -336,6 +336,17 @@ impl Release {
         let keys = || a.keys.iter().flat_map(|k| k.columns.iter().map(|(c, _)| a.column_name(c))).collect::<Vec<_>>().join(", ");
         match &self.groups {
             Groups::Public(k) if a.keys.is_empty() && k.len() == 1 => "none".into(),
+            Groups::Public(k) if a.keys.iter().any(|k| k.range.is_some()) => {
+                let ranges: Vec<String> = a
+                    .keys
+                    .iter()
+                    .map(|k| match k.range {
+                        Some((lo, hi)) => format!("the integers {}..{} of {}", fmt_num(lo), fmt_num(hi), a.describe(&k.expr)),
+                        None => format!("the public domain of {}", a.describe(&k.expr)),
+                    })
+                    .collect();
+                format!("{} ({} keys)", ranges.join(" × "), k.len())
+            }
             Groups::Public(k) => format!("public domain of {} ({} keys)", keys(), k.len()),
             Groups::Selected => format!("partition selection over {} (ℓ0 = {})", keys(), a.keys_per_unit),
         }
@@ -343,14 +354,21 @@ impl Release {
 
     /// The bounded plan in secretum's own words (tables and their bounds, groups, and each
     /// aggregate's kind, argument, bounds and sensitivities): what the golden cases check.
-    pub fn summary(&self, a: &Analysis, schemas: &Schemas) -> String {
+    pub fn summary(&self, a: &Analysis) -> String {
         let mut s = String::new();
         let tables: Vec<String> = a
             .tables
             .iter()
-            .map(|(_, t)| format!("{t} (≤ {} per patient)", schemas.tables.get(t).map_or(0, |p| p.max_rows_per_unit)))
+            .map(|(q, t)| match a.policies.get(q) {
+                Some(_) if a.per_patient.contains(q) => format!("{t} (per-patient relation: 1 per patient)"),
+                Some(p) => format!("{t} (≤ {} per patient)", p.max_rows_per_unit),
+                None => t.clone(),
+            })
             .collect();
         s.push_str(&format!("tables: {}\n", tables.join(", ")));
+        for d in &a.derivations {
+            s.push_str(&format!("derived {d}\n"));
+        }
         s.push_str(&format!("rows per patient: {}\n", self.bound));
         s.push_str(&format!("groups: {}\n", self.groups_label(a)));
         for (j, spec) in a.aggs.iter().enumerate() {

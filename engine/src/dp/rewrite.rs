@@ -10,7 +10,7 @@
 //! - Aggregated values are clamped to their public bounds before anything sums them.
 
 use datafusion::common::Column;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::functions::math::expr_fn::random;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::functions_window::expr_fn::row_number;
@@ -66,32 +66,215 @@ fn truncate(plan: LogicalPlan, unit: Column, k: u32) -> datafusion::error::Resul
 
 pub use super::total::{STEPS, clamp, fixed_point, fixed_point_unit, fixed_point_value};
 
+/// The source of one scope (WHERE conjuncts over inner joins on the privacy unit over
+/// relations), rewritten so that one patient's rows are bounded wherever relations are joined:
+///
+/// - a stored table joined to anything is filtered by the WHERE conjuncts on it alone, then
+///   truncated to its own `max_rows_per_unit` (filter, then truncate: the bound counts the rows
+///   the question is about);
+/// - a per-patient relation (a subquery grouped by the unit) has one row per patient by
+///   construction; its own source is rewritten the same way, recursively;
+/// - the sources of EXISTS and IN subqueries are rewritten the same way; conjuncts that refer to
+///   the outer query stay where they are, for the decorrelation to find them.
+///
+/// Every rewrite keeps a patient's output a function of that patient's own rows.
+fn bound_source(plan: &LogicalPlan, schemas: &Schemas) -> datafusion::error::Result<LogicalPlan> {
+    let mut conjuncts: Vec<Expr> = Vec::new();
+    let mut node = plan;
+    while let LogicalPlan::Filter(f) = node {
+        conjuncts.extend(split_conjunction(&f.predicate).into_iter().cloned());
+        node = &f.input;
+    }
+    let mut leaves = Vec::new();
+    leaf_qualifiers(node, false, &mut leaves);
+    let joined = leaves.len() > 1;
+    // A WHERE condition on the right side of a left join applies after the join (it removes
+    // the rows it NULL-filled): it stays above.
+    let leaves: Vec<String> = leaves.into_iter().filter(|(_, nullable)| !nullable).map(|(q, _)| q).collect();
+    let mut pushed: Vec<(String, Vec<Expr>)> = Vec::new();
+    let mut kept: Vec<Expr> = Vec::new();
+    for c in conjuncts {
+        let c = bound_subqueries(c, schemas)?;
+        match single_qualifier(&c).filter(|q| joined && leaves.contains(q)) {
+            Some(q) => match pushed.iter_mut().find(|(x, _)| *x == q) {
+                Some((_, v)) => v.push(c),
+                None => pushed.push((q, vec![c])),
+            },
+            None => kept.push(c),
+        }
+    }
+    let rebuilt = bound_relations(node, schemas, joined, &pushed)?;
+    match conjunction(kept) {
+        Some(p) => LogicalPlanBuilder::from(rebuilt).filter(p)?.build(),
+        None => Ok(rebuilt),
+    }
+}
+
+/// The qualifiers of the stored tables this scope joins (per-patient relations are not listed:
+/// nothing is pushed into them, they are one row per patient already).
+fn leaf_qualifiers(plan: &LogicalPlan, nullable: bool, out: &mut Vec<(String, bool)>) {
+    match plan {
+        LogicalPlan::Join(j) => {
+            leaf_qualifiers(&j.left, nullable, out);
+            leaf_qualifiers(&j.right, nullable || j.join_type != datafusion::logical_expr::JoinType::Inner, out);
+        }
+        LogicalPlan::Filter(f) => leaf_qualifiers(&f.input, nullable, out),
+        LogicalPlan::SubqueryAlias(s) if matches!(s.input.as_ref(), LogicalPlan::TableScan(_)) => {
+            out.push((s.alias.table().to_owned(), nullable))
+        }
+        LogicalPlan::TableScan(t) => out.push((t.table_name.table().to_owned(), nullable)),
+        // A per-patient relation counts as a relation of the join; nothing is pushed into it.
+        LogicalPlan::SubqueryAlias(s) => out.push((s.alias.table().to_owned(), true)),
+        _ => {}
+    }
+}
+
+/// The one qualifier every column of a conjunct has, if it has one and no subquery or outer
+/// reference: such a conjunct can filter that relation before the join.
+fn single_qualifier(e: &Expr) -> Option<String> {
+    let mut special = false;
+    let _ = e.apply(|x| {
+        special |= matches!(x, Expr::Exists(_) | Expr::InSubquery(_) | Expr::ScalarSubquery(_) | Expr::OuterReferenceColumn(..));
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if special {
+        return None;
+    }
+    let mut qualifiers = e.column_refs().into_iter().map(|c| c.relation.as_ref().map(|r| r.table().to_owned()));
+    let first = qualifiers.next()??;
+    qualifiers.all(|q| q.as_deref() == Some(first.as_str())).then_some(first)
+}
+
+fn bound_relations(
+    plan: &LogicalPlan,
+    schemas: &Schemas,
+    joined: bool,
+    pushed: &[(String, Vec<Expr>)],
+) -> datafusion::error::Result<LogicalPlan> {
+    match plan {
+        LogicalPlan::Join(j) => {
+            let left = bound_relations(&j.left, schemas, joined, pushed)?;
+            let right = bound_relations(&j.right, schemas, joined, pushed)?;
+            plan.with_new_exprs(plan.expressions(), vec![left, right])
+        }
+        LogicalPlan::Filter(_) => bound_source(plan, schemas),
+        LogicalPlan::SubqueryAlias(s) => match s.input.as_ref() {
+            LogicalPlan::TableScan(t) => stored(plan.clone(), s.alias.table(), t.table_name.table(), schemas, joined, pushed),
+            inner => {
+                let inner = bound_per_patient(inner, schemas)?;
+                LogicalPlanBuilder::from(inner).alias(s.alias.clone())?.build()
+            }
+        },
+        LogicalPlan::TableScan(t) => stored(plan.clone(), t.table_name.table(), t.table_name.table(), schemas, joined, pushed),
+        other => Ok(other.clone()),
+    }
+}
+
+/// A stored table of a scope: filtered by its own conjuncts, and truncated to its bound when
+/// the scope joins it to anything.
+fn stored(
+    mut plan: LogicalPlan,
+    qualifier: &str,
+    table: &str,
+    schemas: &Schemas,
+    joined: bool,
+    pushed: &[(String, Vec<Expr>)],
+) -> datafusion::error::Result<LogicalPlan> {
+    if let Some(p) = pushed.iter().find(|(q, _)| q == qualifier).and_then(|(_, v)| conjunction(v.clone())) {
+        plan = LogicalPlanBuilder::from(plan).filter(p)?.build()?;
+    }
+    if !joined {
+        return Ok(plan);
+    }
+    let policy =
+        schemas.tables.get(table).ok_or_else(|| datafusion::error::DataFusionError::Plan(format!("table {table} has no policy")))?;
+    let unit = Column::new(Some(qualifier), policy.privacy_unit().name.clone());
+    truncate(plan, unit, policy.max_rows_per_unit)
+}
+
+/// A per-patient relation: [Projection] [Filter: HAVING] Aggregate by the unit, over a source.
+fn bound_per_patient(plan: &LogicalPlan, schemas: &Schemas) -> datafusion::error::Result<LogicalPlan> {
+    match plan {
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+            let input = bound_per_patient(plan.inputs()[0], schemas)?;
+            plan.with_new_exprs(plan.expressions(), vec![input])
+        }
+        LogicalPlan::Aggregate(a) => {
+            let input = bound_source(&a.input, schemas)?;
+            plan.with_new_exprs(plan.expressions(), vec![input])
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+/// The subquery plans of EXISTS and IN predicates, their sources bounded.
+fn bound_subqueries(e: Expr, schemas: &Schemas) -> datafusion::error::Result<Expr> {
+    e.transform_up(|x| match x {
+        Expr::Exists(mut ex) => {
+            ex.subquery.subquery = std::sync::Arc::new(bound_subquery(&ex.subquery.subquery, schemas)?);
+            Ok(Transformed::yes(Expr::Exists(ex)))
+        }
+        Expr::InSubquery(mut i) => {
+            i.subquery.subquery = std::sync::Arc::new(bound_subquery(&i.subquery.subquery, schemas)?);
+            Ok(Transformed::yes(Expr::InSubquery(i)))
+        }
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+}
+
+/// A subquery of a predicate: projections over a per-patient relation or over a source.
+fn bound_subquery(plan: &LogicalPlan, schemas: &Schemas) -> datafusion::error::Result<LogicalPlan> {
+    let mut below = plan;
+    while let LogicalPlan::Projection(p) = below {
+        below = &p.input;
+    }
+    let mut under_filters = below;
+    while let LogicalPlan::Filter(f) = under_filters {
+        under_filters = &f.input;
+    }
+    match plan {
+        LogicalPlan::Projection(p) => {
+            let input = if matches!(under_filters, LogicalPlan::Aggregate(_)) {
+                bound_per_patient(&p.input, schemas)?
+            } else {
+                bound_subquery(&p.input, schemas)?
+            };
+            plan.with_new_exprs(plan.expressions(), vec![input])
+        }
+        other => bound_source(other, schemas),
+    }
+}
+
+fn split_conjunction(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::BinaryExpr(datafusion::logical_expr::BinaryExpr { left, op: datafusion::logical_expr::Operator::And, right }) => {
+            let mut v = split_conjunction(left);
+            v.extend(split_conjunction(right));
+            v
+        }
+        other => vec![other],
+    }
+}
+
+fn conjunction(v: Vec<Expr>) -> Option<Expr> {
+    v.into_iter().reduce(|a, b| a.and(b))
+}
+
 /// The bounded relation: one row per retained source row, with columns `__pid`, `__k{i}` for
 /// each group key and `__v{j}` for each aggregate's clamped value. At most `bound` rows per patient.
 pub fn bounded_relation(analysis: &Analysis, schemas: &Schemas, bound: u32) -> datafusion::error::Result<LogicalPlan> {
     let agg = analysis.aggregate();
-    let mut source = agg.input.as_ref().clone();
-    // Rows per patient after the join, with every table truncated to its own bound first.
-    let mut product: u64 = 1;
-    if analysis.tables.len() > 1 {
-        source = source
-            .transform_up(|node| match &node {
-                LogicalPlan::TableScan(scan) => {
-                    let table = scan.table_name.table();
-                    let policy = schemas
-                        .tables
-                        .get(table)
-                        .ok_or_else(|| datafusion::error::DataFusionError::Plan(format!("table {table} has no policy")))?;
-                    let unit = Column::new(Some(scan.table_name.clone()), policy.privacy_unit().name.clone());
-                    product = product.saturating_mul(policy.max_rows_per_unit as u64);
-                    Ok(Transformed::yes(truncate(node.clone(), unit, policy.max_rows_per_unit)?))
-                }
-                _ => Ok(Transformed::no(node)),
-            })?
-            .data;
+    let source = bound_source(agg.input.as_ref(), schemas)?;
+    // Rows per patient after the join: each joined relation is truncated to its own bound (a
+    // per-patient relation has one row per patient), so their product bounds the join. A single
+    // stored table is not truncated before, only after.
+    let single_stored = analysis.tables.len() == 1 && analysis.per_patient.is_empty();
+    let product: u64 = if single_stored {
+        u64::MAX
     } else {
-        product = u64::MAX;
-    }
+        analysis.policies.values().fold(1u64, |acc, p| acc.saturating_mul(p.max_rows_per_unit as u64))
+    };
     let mut exprs = vec![Expr::Column(analysis.unit.clone()).alias(PID)];
     for (i, k) in analysis.keys.iter().enumerate() {
         exprs.push(k.expr.clone().alias(key_col(i)));

@@ -192,6 +192,9 @@ impl Visitor for Unrepresented {
                 ControlFlow::Continue(())
             }
             TableFactor::Derived { sample: Some(_), .. } => unsupported("TABLESAMPLE"),
+            TableFactor::Derived { lateral: true, .. } | TableFactor::Function { lateral: true, .. } => {
+                ControlFlow::Break(Error::refused(Rule::Subquery, "LATERAL subqueries are not supported"))
+            }
             // Other factors (subqueries, joins in parentheses, table functions, ...) are visited
             // further or refused by the analysis of the plan.
             _ => ControlFlow::Continue(()),

@@ -164,6 +164,9 @@ pub const FUNCTIONS: &[Admitted] = &[
         total: "NULL for a zero divisor and on overflow; integer division truncates towards zero",
     },
     Admitted { sql: "{0} % {1}", form: Form::Arithmetic(Operator::Modulo), args: &[Int, Int], total: "NULL for a zero divisor" },
+    Admitted { sql: "{0} - {1}", form: Form::Arithmetic(Operator::Minus), args: &[Date, Date], total: "a date minus a date: days (BIGINT)" },
+    Admitted { sql: "{0} + INTERVAL '30 days'", form: Form::Arithmetic(Operator::Plus), args: &[Date], total: "NULL for a date outside the calendar" },
+    Admitted { sql: "{0} - INTERVAL '1 month'", form: Form::Arithmetic(Operator::Minus), args: &[Date], total: "NULL for a date outside the calendar" },
     Admitted { sql: "-({0})", form: Form::Negation, args: &[Int], total: "NULL for the negation of the smallest integer" },
     Admitted { sql: "{0} || {1}", form: Form::Concat, args: &[Text, Text], total: "NULL if either side is NULL" },
     Admitted {
@@ -285,7 +288,7 @@ pub fn describe() -> String {
 /// release refers to the aggregate's outputs by name). Refuses what [`FUNCTIONS`] does not admit.
 pub fn make_total(plan: LogicalPlan) -> Result<LogicalPlan> {
     let mut refusal = None;
-    let rewritten = plan.transform_up(|node| {
+    let rewritten = plan.transform_up_with_subqueries(|node| {
         let schema = input_schema(&node);
         let names = NamePreserver::new(&node);
         let node = node.map_expressions(|e| {
@@ -328,13 +331,23 @@ pub fn total_expr(e: Expr, schema: &DFSchema) -> Result<Expr> {
     let boxed = |x: Box<Expr>| total_expr(*x, schema).map(Box::new);
     let type_of = |x: &Expr| x.get_type(schema).map_err(|e| Error::refused(Rule::SqlError, first_line(&e)));
     Ok(match e {
-        Expr::Column(_) | Expr::Literal(..) => e,
+        Expr::Column(_) | Expr::Literal(..) | Expr::OuterReferenceColumn(..) => e,
+        // Cohort filters: their subquery plans are made total by `make_total`'s walk into
+        // subqueries; the predicate itself cannot fail.
+        Expr::Exists(_) => e,
+        Expr::InSubquery(datafusion::logical_expr::expr::InSubquery { expr, subquery, negated }) => {
+            Expr::InSubquery(datafusion::logical_expr::expr::InSubquery { expr: boxed(expr)?, subquery, negated })
+        }
         Expr::Alias(Alias { expr, relation, name, metadata }) => Expr::Alias(Alias { expr: boxed(expr)?, relation, name, metadata }),
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             use Operator::*;
             match op {
                 Eq | NotEq | Lt | LtEq | Gt | GtEq | And | Or | IsDistinctFrom | IsNotDistinctFrom => {
                     Expr::BinaryExpr(BinaryExpr { left: boxed(left)?, op, right: boxed(right)? })
+                }
+                Plus | Minus if temporal(&type_of(&left)?) || temporal(&type_of(&right)?) => {
+                    let out = type_of(&Expr::BinaryExpr(BinaryExpr { left: left.clone(), op, right: right.clone() }))?;
+                    udf(Temporal::new(op, out), vec![rec(*left)?, rec(*right)?])
                 }
                 Plus | Minus | Multiply | Divide | Modulo => {
                     let out = type_of(&Expr::BinaryExpr(BinaryExpr { left: left.clone(), op, right: right.clone() }))?;
@@ -390,6 +403,11 @@ pub fn total_expr(e: Expr, schema: &DFSchema) -> Result<Expr> {
             let name = func.name().to_ascii_lowercase();
             if is_ours(&func) {
                 Expr::ScalarFunction(ScalarFunction { func, args: args.into_iter().map(rec).collect::<Result<_, _>>()? })
+            } else if let Some(simpler) = simplified(&func, &args, schema) {
+                // Some functions run only in the form DataFusion's simplifier gives them
+                // (COALESCE, NVL and NVL2 become CASE; their own kernels refuse to run): that
+                // form, made total in turn.
+                rec(simpler)?
             } else if admitted_function(&name) {
                 udf(Total::new(func), args.into_iter().map(rec).collect::<Result<_, _>>()?)
             } else {
@@ -415,6 +433,17 @@ pub fn total_expr(e: Expr, schema: &DFSchema) -> Result<Expr> {
         }
         other => return Err(Error::refused(Rule::UnsupportedExpression, format!("expression {other} is not allowed"))),
     })
+}
+
+/// The expression a function's own simplification rewrites a call into, if it does.
+fn simplified(func: &Arc<ScalarUDF>, args: &[Expr], schema: &DFSchema) -> Option<Expr> {
+    use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+    let info = SimplifyContext::builder().with_schema(Arc::new(schema.clone())).build();
+    match func.simplify(args.to_vec(), &info) {
+        // A call that simplifies into the same call (nothing left to simplify) stays wrapped.
+        Ok(ExprSimplifyResult::Simplified(e)) if !matches!(&e, Expr::ScalarFunction(f) if f.func.name() == func.name() && f.args == args) => Some(e),
+        _ => None,
+    }
 }
 
 fn pattern(l: Like, kind: PatternKind, schema: &DFSchema) -> Result<Expr> {
@@ -619,7 +648,9 @@ pub fn check_exprs(exprs: &[Expr]) -> Result<()> {
 fn not_total(e: &Expr) -> Option<String> {
     use Operator::*;
     match e {
-        Expr::Column(_) | Expr::Literal(..) | Expr::Alias(_) => None,
+        Expr::Column(_) | Expr::Literal(..) | Expr::Alias(_) | Expr::OuterReferenceColumn(..) => None,
+        // Semi- and anti-joins before decorrelation; their subqueries are walked too.
+        Expr::Exists(_) | Expr::InSubquery(_) => None,
         Expr::BinaryExpr(b) if matches!(b.op, Eq | NotEq | Lt | LtEq | Gt | GtEq | And | Or | IsDistinctFrom | IsNotDistinctFrom) => None,
         Expr::Not(_)
         | Expr::IsNull(_)
@@ -637,6 +668,10 @@ fn not_total(e: &Expr) -> Option<String> {
         // The release's own aggregates: COUNT never fails; SUM only ever sums our fixed-point
         // BIGINTs (|value| ≤ 2^20), which cannot overflow under 2^43 rows.
         Expr::AggregateFunction(f) if matches!(f.func.name(), "count" | "sum") => None,
+        // Per-patient aggregates (inside a per-patient relation): MIN, MAX, BOOL_OR and
+        // BOOL_AND only compare; AVG fails only when averaging decimals, and no stored type,
+        // cast or literal is a decimal (integers and floats are summed wrapping, as SUM is).
+        Expr::AggregateFunction(f) if matches!(f.func.name(), "min" | "max" | "bool_or" | "bool_and" | "avg") => None,
         Expr::WindowFunction(w) if w.fun.name() == "row_number" => None,
         other => Some(format!("{other}")),
     }
@@ -647,6 +682,7 @@ fn is_ours(f: &ScalarUDF) -> bool {
     let any: &dyn Any = f.inner().as_ref();
     any.is::<Total>()
         || any.is::<Arithmetic>()
+        || any.is::<Temporal>()
         || any.is::<Negate>()
         || any.is::<Concat>()
         || any.is::<TotalCast>()
@@ -773,6 +809,61 @@ impl ScalarUDFImpl for Arithmetic {
                     .collect();
                 cast_each(&(Arc::new(out) as ArrayRef), &self.out)
             }
+        }))
+    }
+}
+
+fn temporal(t: &DataType) -> bool {
+    matches!(t, DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) | DataType::Interval(_) | DataType::Duration(_))
+}
+
+/// Date arithmetic: a date minus a date (days, BIGINT), a date or time plus or minus an interval.
+/// Arrow's kernels over the batch, and where they raise (a result outside the calendar), row by
+/// row with NULL for the rows that fail.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Temporal {
+    op: Operator,
+    out: DataType,
+    signature: Signature,
+}
+
+impl Temporal {
+    fn new(op: Operator, out: DataType) -> Temporal {
+        Temporal { op, out, signature: Signature::any(2, Volatility::Immutable) }
+    }
+
+    fn eval(&self, l: &ArrayRef, r: &ArrayRef) -> Option<ArrayRef> {
+        // Date - date is the difference in days (DataFusion's type for it is BIGINT).
+        if l.data_type() == &DataType::Date32 && r.data_type() == &DataType::Date32 && self.op == Operator::Minus {
+            let (l, r) = (l.as_primitive::<datafusion::arrow::datatypes::Date32Type>(), r.as_primitive::<datafusion::arrow::datatypes::Date32Type>());
+            let days: Int64Array = l.iter().zip(r.iter()).map(|(a, b)| Some(a? as i64 - b? as i64)).collect();
+            return cast_each(&(Arc::new(days) as ArrayRef), &self.out);
+        }
+        let out = match self.op {
+            Operator::Plus => datafusion::arrow::compute::kernels::numeric::add(l, r),
+            _ => datafusion::arrow::compute::kernels::numeric::sub(l, r),
+        };
+        out.ok().and_then(|a| cast_each(&a, &self.out))
+    }
+}
+
+impl ScalarUDFImpl for Temporal {
+    kernel_boilerplate!();
+    fn name(&self) -> &str {
+        if self.op == Operator::Plus { "total_date_add" } else { "total_date_sub" }
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(self.out.clone())
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        Ok(never_fails(&args, &self.out, |a, n| {
+            if let Some(all) = self.eval(&a[0], &a[1]) {
+                return Some(all);
+            }
+            let parts: Vec<ArrayRef> =
+                (0..n).map(|i| self.eval(&a[0].slice(i, 1), &a[1].slice(i, 1)).unwrap_or_else(|| new_null_array(&self.out, 1))).collect();
+            let refs: Vec<&dyn Array> = parts.iter().map(|p| p.as_ref()).collect();
+            if refs.is_empty() { Some(new_null_array(&self.out, 0)) } else { concat(&refs).ok() }
         }))
     }
 }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Date32Builder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::{ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
@@ -79,6 +79,11 @@ enum Op {
         src: usize,
         c: Checked,
         out: TimestampMicrosecondBuilder,
+    },
+    Bool {
+        src: usize,
+        c: Checked,
+        out: BooleanBuilder,
     },
     /// A date (or datetime) generalized to its year.
     Year {
@@ -194,6 +199,7 @@ impl Converter {
                             Op::Date { src, bounds: c.bounds, reject, shift, c: checked, out: Date32Builder::new() }
                         }
                         ColumnType::Datetime => Op::Datetime { src, c: checked, out: TimestampMicrosecondBuilder::new() },
+                        ColumnType::Boolean => Op::Bool { src, c: checked, out: BooleanBuilder::new() },
                     }
                 }
             };
@@ -258,6 +264,7 @@ impl Converter {
                     Op::Str { out, .. } | Op::Prefix { out, .. } => Arc::new(out.finish()),
                     Op::Date { out, .. } => Arc::new(out.finish()),
                     Op::Datetime { out, .. } => Arc::new(out.finish()),
+                    Op::Bool { out, .. } => Arc::new(out.finish()),
                 })
             })
             .collect();
@@ -441,6 +448,18 @@ fn apply(op: &mut Op, row: &dyn RowFields) -> Result<(), Invalid> {
                     d += (p.pseudonymize(unit) % span - *days) as i32;
                 }
                 Ok(Some(d))
+            })();
+            out.append_option(r.clone().ok().flatten());
+            r.map(|_| ())
+        }
+        Op::Bool { src, c, out } => {
+            let r = (|| {
+                let Some(v) = field(row, *src, c)? else { return Ok(None) };
+                match text(v)?.trim().to_ascii_lowercase().as_str() {
+                    "true" | "t" | "1" | "yes" | "y" => Ok(Some(true)),
+                    "false" | "f" | "0" | "no" | "n" => Ok(Some(false)),
+                    _ => Err(Invalid(format!("{} is not a boolean (true/false)", shown(v, c)))),
+                }
             })();
             out.append_option(r.clone().ok().flatten());
             r.map(|_| ())
