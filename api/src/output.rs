@@ -343,6 +343,7 @@ mod tests {
             aggregates: vec![],
             groups: "public".into(),
             derived_bounds: vec![],
+            suppression_threshold: 0,
             notes: vec![],
             query_id: Some(7),
             epsilon_needed: None,

@@ -234,8 +234,21 @@ SELECT COUNT(*) FROM person WHERE year_of_birth > (SELECT AVG(year_of_birth) FRO
 SELECT COUNT(*) FROM person p WHERE EXISTS (SELECT 1 FROM condition_occurrence c WHERE c.condition_concept_id = p.year_of_birth)
 -> refused correlation
 
-== exists correlated on the unit and a value
-SELECT COUNT(*) FROM person p WHERE EXISTS (SELECT 1 FROM condition_occurrence c WHERE c.person_id = p.person_id AND c.condition_start_date > DATE '2000-01-01' + p.year_of_birth)
+== exists correlated on the unit comparing with the outer row
+WITH f AS (SELECT person_id, MIN(condition_start_date) AS d FROM condition_occurrence WHERE condition_source_value LIKE 'E11%' GROUP BY person_id) SELECT COUNT(*) FROM f WHERE NOT EXISTS (SELECT 1 FROM drug_exposure x WHERE x.person_id = f.person_id AND x.drug_source_value LIKE 'A10A%' AND x.drug_exposure_start_date < f.d)
+-> accepted
+   tables: f (per-patient relation: 1 per patient)
+   derived f.d: in [1990-01-01, 2026-12-31] (min of condition_occurrence.condition_start_date)
+   rows per patient: 1
+   groups: none
+   aggregate 1: count of rows; rows Δ 1
+
+== exists comparing with the outer unit
+SELECT COUNT(*) FROM person p WHERE EXISTS (SELECT 1 FROM condition_occurrence c WHERE c.person_id = p.person_id AND c.condition_concept_id > p.person_id)
+-> refused unit-or-identifier
+
+== exists correlated twice on the unit
+SELECT COUNT(*) FROM person p JOIN measurement m ON m.person_id = p.person_id WHERE EXISTS (SELECT 1 FROM condition_occurrence c WHERE c.person_id = p.person_id AND c.person_id = m.person_id)
 -> refused correlation
 
 == exists without correlation
@@ -288,3 +301,30 @@ SELECT COUNT(*) FROM person p LEFT JOIN drug_exposure x ON x.person_id = p.perso
 == right join
 SELECT COUNT(*) FROM person p RIGHT JOIN drug_exposure x ON x.person_id = p.person_id
 -> refused join-on-unit
+
+== cohort filtered from a per-patient relation
+WITH f AS (SELECT person_id, MIN(condition_start_date) AS index_date FROM condition_occurrence WHERE condition_source_value LIKE 'E11%' GROUP BY person_id), c AS (SELECT f.person_id, f.index_date FROM f WHERE f.index_date >= DATE '2005-01-01' AND NOT EXISTS (SELECT 1 FROM drug_exposure x WHERE x.person_id = f.person_id AND x.drug_source_value LIKE 'A10A%' AND x.drug_exposure_start_date < f.index_date)) SELECT COUNT(*), AVG(EXTRACT(YEAR FROM c.index_date) - p.year_of_birth) FROM c JOIN person p ON p.person_id = c.person_id
+-> accepted
+   tables: c (per-patient relation: 1 per patient), person (≤ 1 per patient)
+   derived f.index_date: in [1990-01-01, 2026-12-31] (min of condition_occurrence.condition_start_date)
+   derived c.index_date: in [2005-01-01, 2026-12-31] (min of condition_occurrence.condition_start_date, narrowed by WHERE)
+   rows per patient: 1
+   groups: none
+   aggregate 1: count of rows; rows Δ 1
+   aggregate 2: mean of an expression of c.index_date, person.year_of_birth in [-21, 126]; centred sum Δ 73.5, values Δ 1
+
+== per-patient relations joined without grouping
+WITH a AS (SELECT person_id, MIN(condition_start_date) AS d FROM condition_occurrence GROUP BY person_id), b AS (SELECT person_id, COUNT(*) AS n FROM measurement GROUP BY person_id), c AS (SELECT a.person_id, a.d, b.n FROM a JOIN b ON a.person_id = b.person_id WHERE b.n >= 2) SELECT SUM(c.n) FROM c
+-> accepted
+   tables: c (per-patient relation: 1 per patient)
+   derived a.d: in [1990-01-01, 2026-12-31] (min of condition_occurrence.condition_start_date)
+   derived b.n: in [0, 20] (a count of at most the 20 rows a patient may have)
+   derived c.d: in [1990-01-01, 2026-12-31] (min of condition_occurrence.condition_start_date)
+   derived c.n: in [2, 20] (a count of at most the 20 rows a patient may have, narrowed by WHERE)
+   rows per patient: 1
+   groups: none
+   aggregate 1: sum of c.n in [2, 20]; sum Δ 20
+
+== rows of a table selected next to a per-patient relation
+WITH a AS (SELECT person_id, MIN(condition_start_date) AS d FROM condition_occurrence GROUP BY person_id), c AS (SELECT a.person_id, m.value_as_number FROM a JOIN measurement m ON a.person_id = m.person_id) SELECT COUNT(*) FROM c
+-> refused per-patient-relation

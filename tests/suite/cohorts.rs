@@ -18,8 +18,7 @@ use serde_json::Value;
 
 use crate::common::{Fixture, read_table};
 
-const FIRST_T2D: &str =
-    "SELECT person_id, MIN(condition_start_date) AS d FROM condition_occurrence WHERE condition_source_value LIKE 'E11%' GROUP BY person_id";
+const FIRST_T2D: &str = "SELECT person_id, MIN(condition_start_date) AS d FROM condition_occurrence WHERE condition_source_value LIKE 'E11%' GROUP BY person_id";
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -154,6 +153,20 @@ fn cohort_questions_on_the_noiseless_path_equal_plain_sql_on_the_same_parquet() 
             ),
             None,
         ),
+        // No insulin before the index date: an anti-join comparing with the outer row.
+        (
+            format!(
+                "WITH f AS ({f}) SELECT COUNT(*) FROM f WHERE NOT EXISTS (SELECT 1 FROM drug_exposure x WHERE x.person_id = f.person_id AND x.drug_source_value LIKE 'A10%' AND x.drug_exposure_start_date < f.d + INTERVAL '30 days')"
+            ),
+            None,
+        ),
+        // A cohort filtered from a per-patient relation: index from 2005, no insulin before it.
+        (
+            format!(
+                "WITH f AS ({f}), c AS (SELECT f.person_id, f.d FROM f WHERE f.d >= DATE '2005-01-01' AND NOT EXISTS (SELECT 1 FROM drug_exposure x WHERE x.person_id = f.person_id AND x.drug_source_value LIKE 'A10A%' AND x.drug_exposure_start_date < f.d)) SELECT p.gender_concept_id, COUNT(*) FROM c JOIN person p ON p.person_id = c.person_id GROUP BY 1"
+            ),
+            None,
+        ),
         // Months since the index, within a year of follow-up.
         (
             format!(
@@ -227,7 +240,9 @@ fn adversary(dir: &std::path::Path, n: usize) -> Vec<(&'static str, std::path::P
                 let c = header.iter().position(|h| h == column).unwrap_or_else(|| panic!("{table}.{column}"));
                 r[c] = value.to_string();
             }
-            if let Some(id) = header.iter().position(|h| h.ends_with("_id") && *h != "nir" && !h.contains("concept") && !h.contains("visit")) {
+            if let Some(id) =
+                header.iter().position(|h| h.ends_with("_id") && *h != "nir" && !h.contains("concept") && !h.contains("visit"))
+            {
                 r[id] = format!("{}", 800_000_000 + i);
             }
             writeln!(w, "{}", r.join(",")).unwrap();
@@ -238,11 +253,7 @@ fn adversary(dir: &std::path::Path, n: usize) -> Vec<(&'static str, std::path::P
         write("person", 1, &[]),
         write("observation_period", 1, &[("observation_period_start_date", "2000-01-01"), ("observation_period_end_date", "2025-06-30")]),
         write("condition_occurrence", n, &[("condition_source_value", "E11.9"), ("condition_start_date", "2016-03-01")]),
-        write(
-            "measurement",
-            n,
-            &[("measurement_source_value", "4548-4"), ("measurement_date", "2016-06-01"), ("value_as_number", "500")],
-        ),
+        write("measurement", n, &[("measurement_source_value", "4548-4"), ("measurement_date", "2016-06-01"), ("value_as_number", "500")]),
     ]
 }
 
@@ -297,8 +308,10 @@ fn an_adversarial_patient_moves_each_cohort_release_by_at_most_its_sensitivity()
         for (k, v) in &b {
             moved += (v[0].unwrap_or(0.0) - index.get(&key_text(k)).copied().unwrap_or(0.0)).abs();
         }
-        assert!(moved <= sensitivity + 1e-6, "{sql}: the adversarial patient moved the release by {moved}, over its sensitivity {sensitivity}");
+        assert!(
+            moved <= sensitivity + 1e-6,
+            "{sql}: the adversarial patient moved the release by {moved}, over its sensitivity {sensitivity}"
+        );
         assert!(moved > 0.0, "{sql}: the adversarial patient should be visible at all (test data check)");
     }
 }
-

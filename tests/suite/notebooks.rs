@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::common::{secretum, stderr};
-use crate::service::{Server, call, user, warehouse};
+use crate::common::{Fixture, secretum, stderr};
+use crate::service::{Server, call, user};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -96,7 +96,14 @@ fn approver(data: PathBuf, url: String, steward: String, stop: Arc<AtomicBool>) 
 #[test]
 fn the_client_and_every_notebook_run_against_a_live_server() {
     let py = venv();
-    let fx = warehouse(3000);
+    // Large enough for the cohort study's survival histogram to have cells over the small-cell
+    // threshold.
+    let fx = Fixture::new(20_000, 11);
+    // Every synthetic table: the cohort study follows patients to death or the end of observation.
+    for t in secretum_engine::synth::TABLES {
+        let o = secretum(&["--data-dir", fx.data.to_str().unwrap(), "ingest", "--table", t, "--file", fx.raw(t).to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
     let steward = user(&fx.data, "sue", "steward");
     let alice = user(&fx.data, "alice", "researcher");
     let s = Server::start(&fx.data, &[]);
@@ -104,17 +111,30 @@ fn the_client_and_every_notebook_run_against_a_live_server() {
         c.env("SECRETUM_URL", &s.url).env("SECRETUM_TOKEN", &alice).env("SECRETUM_STEWARD_TOKEN", &steward).env("MPLBACKEND", "Agg");
     };
 
+    // The client's tests compare its helpers with exact answers cell by cell: no small-cell
+    // suppression for them; the notebooks run under the default policy again.
+    let policy = |threshold: &str| {
+        let o = secretum(&["--data-dir", fx.data.to_str().unwrap(), "policy", "set", "--suppression-threshold", threshold]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    // Every notebook and test spends on the same warehouse: the warehouse-wide cap covers them all.
+    let o = secretum(&["--data-dir", fx.data.to_str().unwrap(), "policy", "set", "--patient-epsilon-cap", "100"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    policy("0");
     let mut pytest = Command::new(&py);
     pytest.args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).arg(repo().join("notebooks/client/tests"));
+    // The client's cohort tests compare with the exact answer read from the served warehouse.
+    pytest.env("SECRETUM_TEST_DATA", &fx.data);
     env(&mut pytest);
     let out = run(&mut pytest, "the client's pytest suite");
     println!("{out}");
 
+    policy("10");
     // The client's tests approve their own requests; from here on the steward's CLI does.
     let stop = Arc::new(AtomicBool::new(false));
     let approvals = approver(fx.data.clone(), s.url.clone(), steward.clone(), stop.clone());
     let out_dir = fx.path("executed");
-    let notebooks: Vec<PathBuf> = ["01_getting_started", "02_diabetes_cohort", "03_privacy_in_practice"]
+    let notebooks: Vec<PathBuf> = ["01_getting_started", "02_diabetes_cohort", "03_privacy_in_practice", "04_cohort_study"]
         .iter()
         .map(|n| repo().join(format!("notebooks/{n}.ipynb")))
         .collect();
@@ -128,7 +148,7 @@ fn the_client_and_every_notebook_run_against_a_live_server() {
     let approved = approvals.join().expect("approver");
     assert!(result.status.success(), "a notebook failed:\n{log}");
     println!("{log}");
-    assert!(approved >= 3, "each notebook requests a project that the steward approves ({approved} approvals)");
+    assert!(approved >= notebooks.len(), "each notebook requests a project that the steward approves ({approved} approvals)");
 
     for nb in &notebooks {
         let executed = out_dir.join(nb.file_name().unwrap());

@@ -242,7 +242,10 @@ impl Analyzer<'_> {
             plan = &s.input;
         }
         let not_per_patient = || {
-            refuse(Rule::PerPatientRelation, format!("subquery {alias} must group by the privacy unit alone (GROUP BY person_id): a per-patient relation"))
+            refuse(
+                Rule::PerPatientRelation,
+                format!("subquery {alias} must group by the privacy unit alone (GROUP BY person_id): a per-patient relation"),
+            )
         };
         let mut node = plan;
         let mut projection: Option<&datafusion::logical_expr::Projection> = None;
@@ -258,11 +261,19 @@ impl Analyzer<'_> {
                     node = &f.input;
                 }
                 LogicalPlan::Aggregate(a) => break a,
-                LogicalPlan::Union(_) => return refuse(Rule::SetOperation, "UNION, INTERSECT and EXCEPT are not allowed, inside a subquery either"),
+                LogicalPlan::Union(_) => {
+                    return refuse(Rule::SetOperation, "UNION, INTERSECT and EXCEPT are not allowed, inside a subquery either");
+                }
                 LogicalPlan::Window(_) => return refuse(Rule::WindowFunction, "window functions are not allowed"),
                 LogicalPlan::Limit(_) | LogicalPlan::Sort(_) => {
                     return refuse(Rule::LimitBelowAggregate, "ORDER BY, LIMIT and OFFSET may only apply to the aggregated output");
                 }
+                // Selected from per-patient relations without grouping: still one row per
+                // patient at most (a filter only removes patients).
+                LogicalPlan::SubqueryAlias(_) | LogicalPlan::Join(_) => match projection {
+                    Some(p) => return self.filtered_per_patient(alias, p, &having, node),
+                    None => return not_per_patient(),
+                },
                 _ => return not_per_patient(),
             }
         };
@@ -302,7 +313,9 @@ impl Analyzer<'_> {
                 for (e, field) in p.expr.iter().zip(p.schema.fields()) {
                     let e = strip_alias(e);
                     if let Expr::Column(c) = e {
-                        let Some(d) = lookup(c) else { return refuse(Rule::UnknownColumn, format!("column {} of subquery {alias}", c.name)) };
+                        let Some(d) = lookup(c) else {
+                            return refuse(Rule::UnknownColumn, format!("column {} of subquery {alias}", c.name));
+                        };
                         out.push(ColumnPolicy { name: field.name().clone(), ..d.clone() });
                         continue;
                     }
@@ -316,7 +329,10 @@ impl Analyzer<'_> {
                     let resolve = |c: &Column| lookup(c);
                     let bounds = Intervals::new(&resolve, &[]).of(e);
                     let Some(ty) = column_type(field.data_type()) else {
-                        return refuse(Rule::UnsupportedExpression, format!("subquery {alias}: a column of type {} is not supported", field.data_type()));
+                        return refuse(
+                            Rule::UnsupportedExpression,
+                            format!("subquery {alias}: a column of type {} is not supported", field.data_type()),
+                        );
                     };
                     let why = "interval arithmetic over the relation's columns";
                     out.push(derived_column(field.name(), ty, Role::Attribute, bounds, None, why));
@@ -324,16 +340,84 @@ impl Analyzer<'_> {
                 out
             }
         };
+        let derivations = std::mem::take(&mut inner.derivations);
+        self.finish_relation(alias, columns, derivations)
+    }
+
+    /// A relation selected from per-patient relations joined on the unit, filtered, without
+    /// grouping: `SELECT f.person_id, f.index_date FROM f JOIN g ON ... WHERE ...`. Each
+    /// relation has one row per patient, so the join has at most one and the filter keeps or
+    /// drops it. Its columns keep the policies (and bounds) of what they select; expressions
+    /// get bounds by interval arithmetic.
+    fn filtered_per_patient(
+        &mut self,
+        alias: &str,
+        projection: &datafusion::logical_expr::Projection,
+        filters: &[&Expr],
+        source: &LogicalPlan,
+    ) -> Result<TablePolicy> {
+        let mut inner = self.inner();
+        inner.source(source)?;
+        if inner.tables.iter().any(|(q, _)| !inner.per_patient.contains(q)) {
+            return refuse(
+                Rule::PerPatientRelation,
+                format!("subquery {alias} must group by the privacy unit alone (GROUP BY person_id), or select from per-patient relations"),
+            );
+        }
+        for f in filters {
+            inner.check_expr(f, Ctx::Where)?;
+            inner.conjuncts.extend(split_conjunction(f).into_iter().cloned());
+        }
+        let mut columns = Vec::with_capacity(projection.expr.len());
+        for (e, field) in projection.expr.iter().zip(projection.schema.fields()) {
+            let e = strip_alias(e);
+            if let Expr::Column(c) = e {
+                let (_, p) = inner.resolve_any(c)?;
+                // Its bounds, narrowed by this relation's WHERE (`f.index_date >= DATE '2005-01-01'`).
+                let resolve = |c: &Column| inner.resolve_any(c).ok().map(|(_, p)| p);
+                let bounds = p.bounds.and_then(|_| Intervals::new(&resolve, &inner.conjuncts).of(e));
+                let description = match (bounds == p.bounds, &p.description) {
+                    (false, Some(d)) => Some(format!("{d}, narrowed by WHERE")),
+                    (_, d) => d.clone(),
+                };
+                columns.push(ColumnPolicy { name: field.name().clone(), bounds: bounds.or(p.bounds), description, ..p.clone() });
+                continue;
+            }
+            inner.check_expr(e, Ctx::Value)?;
+            let resolve = |c: &Column| inner.resolve_any(c).ok().map(|(_, p)| p);
+            let bounds = Intervals::new(&resolve, &inner.conjuncts).of(e);
+            let Some(ty) = column_type(field.data_type()) else {
+                return refuse(
+                    Rule::UnsupportedExpression,
+                    format!("subquery {alias}: a column of type {} is not supported", field.data_type()),
+                );
+            };
+            columns.push(derived_column(
+                field.name(),
+                ty,
+                Role::Attribute,
+                bounds,
+                None,
+                "interval arithmetic over the relation's columns",
+            ));
+        }
+        let derivations = std::mem::take(&mut inner.derivations);
+        self.finish_relation(alias, columns, derivations)
+    }
+
+    /// The policy of a per-patient relation from its columns; how their bounds were derived
+    /// goes to the report.
+    fn finish_relation(&mut self, alias: &str, columns: Vec<ColumnPolicy>, mut derivations: Vec<String>) -> Result<TablePolicy> {
         if columns.iter().filter(|c| c.role == Role::PrivacyUnit).count() != 1 {
             return refuse(Rule::PerPatientRelation, format!("subquery {alias} must output the privacy unit once (SELECT person_id, ...)"));
         }
         for c in &columns {
             if let (Some((lo, hi)), Some(why)) = (c.bounds, c.description.as_deref()) {
                 let show = |v: f64| if c.ty == ColumnType::Date { day_text(v) } else { super::release::fmt_num(v) };
-                inner.derivations.push(format!("{alias}.{}: in [{}, {}] ({why})", c.name, show(lo), show(hi)));
+                derivations.push(format!("{alias}.{}: in [{}, {}] ({why})", c.name, show(lo), show(hi)));
             }
         }
-        for d in inner.derivations.drain(..) {
+        for d in derivations {
             // A CTE used in several places is derived once.
             if !self.derivations.contains(&d) {
                 self.derivations.push(d);
@@ -436,8 +520,10 @@ impl Analyzer<'_> {
     }
 
     /// `EXISTS (SELECT ... FROM t WHERE t.person_id = outer.person_id AND ...)`: a semi-join on
-    /// the unit. The only reference to the outer query is that equality: whether a patient is
-    /// kept then depends on that patient's rows alone.
+    /// the unit. The subquery is correlated exactly once on the privacy units; its other
+    /// conditions may compare its columns with the outer row's (`x.drug_exposure_start_date <
+    /// f.index_date`). Since the equality of units restricts the inner rows to the outer row's
+    /// patient, whether a row is kept depends on that patient's rows alone.
     fn exists(&self, plan: &LogicalPlan) -> Result<()> {
         if contains_set_operation(plan) {
             return refuse(Rule::SetOperation, "UNION, INTERSECT and EXCEPT are not allowed, inside a subquery either");
@@ -457,22 +543,57 @@ impl Analyzer<'_> {
                 inner.check_expr(c, Ctx::Where)?;
                 continue;
             }
-            let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = c else {
-                return refuse(Rule::Correlation, "an EXISTS subquery may refer to the outer query only by equating the privacy units");
+            let unit_pair = match c {
+                Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => match (left.as_ref(), right.as_ref()) {
+                    (Expr::Column(h), Expr::OuterReferenceColumn(_, t)) | (Expr::OuterReferenceColumn(_, t), Expr::Column(h)) => {
+                        Some((h, t))
+                    }
+                    _ => None,
+                },
+                _ => None,
             };
-            let (here, there) = match (left.as_ref(), right.as_ref()) {
-                (Expr::Column(h), Expr::OuterReferenceColumn(_, t)) | (Expr::OuterReferenceColumn(_, t), Expr::Column(h)) => (h, t),
-                _ => return refuse(Rule::Correlation, "an EXISTS subquery may refer to the outer query only by equating the privacy units"),
+            let is_unit = |(h, t): (&Column, &Column)| -> Result<bool> {
+                let inner_unit = inner.resolve_any(h)?.1.role == Role::PrivacyUnit;
+                let outer_unit = self.resolve_any(t).or_else(|_| self.resolve_outer(t))?.1.role == Role::PrivacyUnit;
+                Ok(inner_unit && outer_unit)
             };
-            let inner_unit = inner.resolve_any(here)?.1.role == Role::PrivacyUnit;
-            let outer_unit = self.resolve_any(there).or_else(|_| self.resolve_outer(there))?.1.role == Role::PrivacyUnit;
-            if !(inner_unit && outer_unit) {
-                return refuse(Rule::Correlation, format!("EXISTS is correlated on {} = {}: only the privacy units may be equated", here.name, there.name));
+            match unit_pair {
+                Some(pair) if is_unit(pair)? => correlated += 1,
+                // Any other condition on the outer row: its outer columns must be releasable
+                // (never the unit or an identifier), the rest checked as inner WHERE.
+                _ => {
+                    let mut outer_ok = Ok(());
+                    let _ = c.apply(|x| {
+                        if let Expr::OuterReferenceColumn(_, col) = x {
+                            outer_ok = self.resolve_any(col).or_else(|_| self.resolve_outer(col)).and_then(|(_, p)| {
+                                if p.is_releasable() {
+                                    Ok(())
+                                } else {
+                                    refuse(Rule::UnitOrIdentifier, format!("column {} is the privacy unit or an identifier", col.name))
+                                }
+                            });
+                        }
+                        Ok(if outer_ok.is_ok() { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+                    });
+                    outer_ok?;
+                    let local = c.clone().transform_up(|x| match x {
+                        // The outer value stands as a literal of its type for the checks.
+                        Expr::OuterReferenceColumn(f, _) => Ok(datafusion::common::tree_node::Transformed::yes(Expr::Literal(
+                            ScalarValue::try_from(f.data_type()).unwrap_or(ScalarValue::Null),
+                            None,
+                        ))),
+                        other => Ok(datafusion::common::tree_node::Transformed::no(other)),
+                    });
+                    let local = local.map_err(|e| Error::internal(e.to_string()))?.data;
+                    inner.check_expr(&local, Ctx::Where)?;
+                }
             }
-            correlated += 1;
         }
         if correlated != 1 {
-            return refuse(Rule::Correlation, "EXISTS must be correlated exactly once, on the privacy unit (t.person_id = outer.person_id)");
+            return refuse(
+                Rule::Correlation,
+                "EXISTS must be correlated exactly once, on the privacy unit (t.person_id = outer.person_id)",
+            );
         }
         Ok(())
     }
@@ -572,7 +693,14 @@ fn column_type(ty: &DataType) -> Option<ColumnType> {
 }
 
 /// A column of a per-patient relation. Its description holds how its bounds were derived.
-fn derived_column(name: &str, ty: ColumnType, role: Role, bounds: Option<(f64, f64)>, domain: Option<crate::schema::Domain>, why: &str) -> ColumnPolicy {
+fn derived_column(
+    name: &str,
+    ty: ColumnType,
+    role: Role,
+    bounds: Option<(f64, f64)>,
+    domain: Option<crate::schema::Domain>,
+    why: &str,
+) -> ColumnPolicy {
     ColumnPolicy {
         name: name.to_owned(),
         ty,

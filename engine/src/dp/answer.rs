@@ -48,6 +48,10 @@ pub struct Report {
     /// (`f.index_date: in [2000-01-01, 2025-12-31] (min of condition_occurrence.condition_start_date)`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub derived_bounds: Vec<String>,
+    /// Counts whose noisy value is under this are suppressed (NULL), by the steward's policy;
+    /// 0 when nothing is suppressed.
+    #[serde(default)]
+    pub suppression_threshold: u32,
     /// Remarks for the researcher (e.g. an accuracy target that needs more than the cap).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,

@@ -95,7 +95,8 @@ impl<'a> Intervals<'a> {
                 }
                 // One of its arguments (or NULL).
                 "coalesce" => {
-                    let all: Option<Vec<(f64, f64)>> = args.iter().map(|a| literal_number(a).map(|v| (v, v)).or_else(|| self.of(a))).collect();
+                    let all: Option<Vec<(f64, f64)>> =
+                        args.iter().map(|a| literal_number(a).map(|v| (v, v)).or_else(|| self.of(a))).collect();
                     all?.into_iter().reduce(|x, y| (x.0.min(y.0), x.1.max(y.1)))?
                 }
                 // An explicit clamp: LEAST(GREATEST(x, a), b) is in [a, b] whatever x is.
@@ -228,14 +229,15 @@ fn difference(a: &Expr, b: &Expr, (mut lo, mut hi): (f64, f64), conjuncts: &[Exp
     };
     for c in conjuncts {
         let Expr::BinaryExpr(BinaryExpr { left, op, right }) = c else { continue };
-        let found = relation(left, right).map(|k| (*op, k)).or_else(|| op.swap().and_then(|o| relation(right, left).map(|k| (o, k)))).or_else(
-            || match strip_cast(left) {
+        let found = relation(left, right)
+            .map(|k| (*op, k))
+            .or_else(|| op.swap().and_then(|o| relation(right, left).map(|k| (o, k))))
+            .or_else(|| match strip_cast(left) {
                 Expr::BinaryExpr(BinaryExpr { left: x, op: Operator::Minus, right: y }) if same(x, a) && same(y, b) => {
                     literal_number(right).map(|v| (*op, (v, v)))
                 }
                 _ => None,
-            },
-        );
+            });
         match found {
             Some((Operator::Gt | Operator::GtEq, (k, _))) => lo = lo.max(k),
             Some((Operator::Lt | Operator::LtEq, (_, k))) => hi = hi.min(k),

@@ -54,7 +54,8 @@ fn domain_array(p: &ColumnPolicy) -> Option<ArrayRef> {
     // A nullable column (or the right side of a left join) may be NULL: the key is evaluated
     // over that too (`COALESCE(x, 0)`, `x IS NULL`).
     let array = if p.nullable {
-        datafusion::arrow::compute::concat(&[array.as_ref(), datafusion::arrow::array::new_null_array(array.data_type(), 1).as_ref()]).ok()?
+        datafusion::arrow::compute::concat(&[array.as_ref(), datafusion::arrow::array::new_null_array(array.data_type(), 1).as_ref()])
+            .ok()?
     } else {
         array
     };

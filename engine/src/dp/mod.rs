@@ -127,6 +127,7 @@ impl Prepared {
             aggregates: self.release.reports(&self.analysis),
             groups: self.release.groups_label(&self.analysis),
             derived_bounds: self.analysis.derivations.clone(),
+            suppression_threshold: self.policy.suppression_threshold,
             notes: Vec::new(),
             query_id: None,
             epsilon_needed: None,

@@ -192,17 +192,23 @@ fn stored(
     truncate(plan, unit, policy.max_rows_per_unit)
 }
 
-/// A per-patient relation: [Projection] [Filter: HAVING] Aggregate by the unit, over a source.
+/// A per-patient relation: [Projection] [Filter: HAVING] Aggregate by the unit over a source,
+/// or [Projection] [Filter: WHERE] over per-patient relations joined on the unit.
 fn bound_per_patient(plan: &LogicalPlan, schemas: &Schemas) -> datafusion::error::Result<LogicalPlan> {
     match plan {
-        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+        LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) => {
             let input = bound_per_patient(plan.inputs()[0], schemas)?;
             plan.with_new_exprs(plan.expressions(), vec![input])
+        }
+        LogicalPlan::Filter(f) => {
+            let input = bound_per_patient(&f.input, schemas)?;
+            LogicalPlanBuilder::from(input).filter(bound_subqueries(f.predicate.clone(), schemas)?)?.build()
         }
         LogicalPlan::Aggregate(a) => {
             let input = bound_source(&a.input, schemas)?;
             plan.with_new_exprs(plan.expressions(), vec![input])
         }
+        LogicalPlan::Join(_) => bound_source(plan, schemas),
         other => Ok(other.clone()),
     }
 }

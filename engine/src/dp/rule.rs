@@ -139,9 +139,13 @@ impl Rule {
             Rule::TableNotInProject => "only the project's tables",
             Rule::UnknownColumn => "every column is a stored column of the query's tables",
             Rule::AggregateRequired => "every output is an aggregate or a GROUP BY key: no row-level output",
-            Rule::Subquery => "subqueries only as per-patient relations, EXISTS or IN on the privacy unit (no scalar subqueries, no LATERAL)",
+            Rule::Subquery => {
+                "subqueries only as per-patient relations, EXISTS or IN on the privacy unit (no scalar subqueries, no LATERAL)"
+            }
             Rule::PerPatientRelation => "a subquery or CTE groups by the privacy unit alone and outputs it once (a per-patient relation)",
-            Rule::Correlation => "a subquery refers to the outer query only as EXISTS (... WHERE t.person_id = outer.person_id); IN selects person_id",
+            Rule::Correlation => {
+                "a subquery refers to the outer query only as EXISTS (... WHERE t.person_id = outer.person_id); IN selects person_id"
+            }
             Rule::RecursiveCte => "no WITH RECURSIVE",
             Rule::SetOperation => "no UNION, INTERSECT or EXCEPT",
             Rule::WindowFunction => "no window functions",

@@ -164,9 +164,24 @@ pub const FUNCTIONS: &[Admitted] = &[
         total: "NULL for a zero divisor and on overflow; integer division truncates towards zero",
     },
     Admitted { sql: "{0} % {1}", form: Form::Arithmetic(Operator::Modulo), args: &[Int, Int], total: "NULL for a zero divisor" },
-    Admitted { sql: "{0} - {1}", form: Form::Arithmetic(Operator::Minus), args: &[Date, Date], total: "a date minus a date: days (BIGINT)" },
-    Admitted { sql: "{0} + INTERVAL '30 days'", form: Form::Arithmetic(Operator::Plus), args: &[Date], total: "NULL for a date outside the calendar" },
-    Admitted { sql: "{0} - INTERVAL '1 month'", form: Form::Arithmetic(Operator::Minus), args: &[Date], total: "NULL for a date outside the calendar" },
+    Admitted {
+        sql: "{0} - {1}",
+        form: Form::Arithmetic(Operator::Minus),
+        args: &[Date, Date],
+        total: "a date minus a date: days (BIGINT)",
+    },
+    Admitted {
+        sql: "{0} + INTERVAL '30 days'",
+        form: Form::Arithmetic(Operator::Plus),
+        args: &[Date],
+        total: "NULL for a date outside the calendar",
+    },
+    Admitted {
+        sql: "{0} - INTERVAL '1 month'",
+        form: Form::Arithmetic(Operator::Minus),
+        args: &[Date],
+        total: "NULL for a date outside the calendar",
+    },
     Admitted { sql: "-({0})", form: Form::Negation, args: &[Int], total: "NULL for the negation of the smallest integer" },
     Admitted { sql: "{0} || {1}", form: Form::Concat, args: &[Text, Text], total: "NULL if either side is NULL" },
     Admitted {
@@ -441,7 +456,9 @@ fn simplified(func: &Arc<ScalarUDF>, args: &[Expr], schema: &DFSchema) -> Option
     let info = SimplifyContext::builder().with_schema(Arc::new(schema.clone())).build();
     match func.simplify(args.to_vec(), &info) {
         // A call that simplifies into the same call (nothing left to simplify) stays wrapped.
-        Ok(ExprSimplifyResult::Simplified(e)) if !matches!(&e, Expr::ScalarFunction(f) if f.func.name() == func.name() && f.args == args) => Some(e),
+        Ok(ExprSimplifyResult::Simplified(e)) if !matches!(&e, Expr::ScalarFunction(f) if f.func.name() == func.name() && f.args == args) => {
+            Some(e)
+        }
         _ => None,
     }
 }
@@ -835,7 +852,10 @@ impl Temporal {
     fn eval(&self, l: &ArrayRef, r: &ArrayRef) -> Option<ArrayRef> {
         // Date - date is the difference in days (DataFusion's type for it is BIGINT).
         if l.data_type() == &DataType::Date32 && r.data_type() == &DataType::Date32 && self.op == Operator::Minus {
-            let (l, r) = (l.as_primitive::<datafusion::arrow::datatypes::Date32Type>(), r.as_primitive::<datafusion::arrow::datatypes::Date32Type>());
+            let (l, r) = (
+                l.as_primitive::<datafusion::arrow::datatypes::Date32Type>(),
+                r.as_primitive::<datafusion::arrow::datatypes::Date32Type>(),
+            );
             let days: Int64Array = l.iter().zip(r.iter()).map(|(a, b)| Some(a? as i64 - b? as i64)).collect();
             return cast_each(&(Arc::new(days) as ArrayRef), &self.out);
         }

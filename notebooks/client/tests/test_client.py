@@ -143,3 +143,97 @@ def test_suppressed_cells_are_nan() -> None:
     df = answer_frame({"columns": ["k", "n"], "rows": [[1, {"value": 12, "ci95": [5, 19]}], [2, None]], "epsilon_spent": 0.1})
     assert math.isnan(df["n"][1]) and math.isnan(df["n_ci95_hi"][1])
     assert df["n"][0] == 12 and df.attrs["epsilon_spent"] == 0.1
+
+
+# -- cohort studies ------------------------------------------------------------------------------
+
+T2D = "SELECT person_id, MIN(condition_start_date) AS index_date FROM condition_occurrence WHERE condition_source_value LIKE 'E11%' GROUP BY person_id"
+END = "SELECT person_id, MAX(observation_period_end_date) AS end_date FROM observation_period GROUP BY person_id"
+DEATH = "SELECT person_id, MIN(death_date) AS event_date FROM death GROUP BY person_id"
+
+
+def stored(table: str) -> "pd.DataFrame":
+    """A table as stored by the warehouse the server runs on (the test's own fixture; a
+    researcher never has this), to compute the exact answer the DP one is compared with."""
+    import glob
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    data = os.environ.get("SECRETUM_TEST_DATA")
+    if not data:
+        pytest.fail("SECRETUM_TEST_DATA must name the served warehouse's data directory")
+    files = sorted(glob.glob(os.path.join(data, "tables", table, "*.parquet")))
+    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+
+
+def exact_follow_up(bucket_days: int, horizon: int):
+    """The cohort's follow-up computed exactly with pandas, as the helpers' SQL defines it."""
+    import pandas as pd
+
+    co = stored("condition_occurrence")
+    index = co[co["condition_source_value"].str.startswith("E11")].groupby("person_id")["condition_start_date"].min().rename("index_date")
+    end = stored("observation_period").groupby("person_id")["observation_period_end_date"].max().rename("end_date")
+    death = stored("death").groupby("person_id")["death_date"].min().rename("event_date")
+    person = stored("person").set_index("person_id")["gender_concept_id"]
+    df = pd.concat([index, end], axis=1, join="inner").join(death, how="left").join(person, how="inner")
+    for c in ("index_date", "end_date", "event_date"):
+        df[c] = pd.to_datetime(df[c])
+    df = df[(df["end_date"] >= df["index_date"]) & (df["event_date"].isna() | (df["event_date"] >= df["index_date"]))]
+    exit_ = df["event_date"].fillna(df["end_date"]).where(lambda x: x <= df["end_date"], df["end_date"])
+    days = (exit_ - df["index_date"]).dt.days
+    df = df.assign(
+        days=days,
+        t=(days // bucket_days).clip(0, horizon),
+        event=df["event_date"].notna()
+        & (df["event_date"] <= df["end_date"])
+        & (df["event_date"] < df["index_date"] + pd.Timedelta(days=bucket_days * horizon)),
+    )
+    return df
+
+
+def test_kaplan_meier_intervals_hold_the_exact_curve(researcher: sc.Client, steward: sc.Client) -> None:
+    import numpy as np
+
+    p = researcher.request_project(
+        title="survival", purpose="pytest of kaplan_meier", tables=["person", "condition_occurrence", "observation_period", "death"], epsilon=10.0, delta=0.0, duration_days=1
+    )
+    steward.approve(p["id"])
+    researcher.wait_until_active(p["id"], timeout=10)
+    bucket, horizon = 365, 8
+    km = researcher.kaplan_meier(p["id"], cohort=T2D, end=END, event=DEATH, by="gender_concept_id", bucket_days=bucket, horizon=horizon, epsilon=1.0)
+    assert list(km.columns) == ["gender_concept_id", "time_days", "at_risk", "events", "censored", "survival", "ci95_lo", "ci95_hi"]
+    assert len(km) == 2 * horizon
+    assert ((km["ci95_lo"] <= km["survival"]) & (km["survival"] <= km["ci95_hi"])).all()
+    assert km.groupby("gender_concept_id")["survival"].apply(lambda s: (np.diff(s.to_numpy()) <= 1e-12).all()).all(), "survival never increases"
+
+    exact = exact_follow_up(bucket, horizon)
+    inside, total, shown = 0, 0, []
+    for g, part in km.groupby("gender_concept_id"):
+        ours = exact[exact["gender_concept_id"] == g]
+        d = np.bincount(ours["t"][ours["event"] & (ours["t"] < horizon)], minlength=horizon + 1).astype(float)
+        c = np.bincount(ours["t"][~(ours["event"] & (ours["t"] < horizon))], minlength=horizon + 1).astype(float)
+        _, s, _ = sc.survival_curve(d, c)
+        shown.append(f"{g}: exact events {d.tolist()} censored {c.tolist()} survival {s.round(3).tolist()}; released events {part['events'].round(1).tolist()} censored {part['censored'].round(1).tolist()} survival {part['survival'].round(3).tolist()}")
+        assert s[-2] < 1.0, "the synthetic cohort has deaths to estimate"
+        for t, row in enumerate(part.itertuples()):
+            total += 1
+            inside += row.ci95_lo - 1e-9 <= s[t] <= row.ci95_hi + 1e-9
+    assert inside >= 0.8 * total, f"the exact curve is inside the DP curve's intervals at {inside} of {total} time points: {shown}"
+
+
+def test_incidence_interval_holds_the_exact_rate(researcher: sc.Client, steward: sc.Client) -> None:
+    p = researcher.request_project(
+        title="incidence", purpose="pytest of incidence", tables=["person", "condition_occurrence", "observation_period", "death"], epsilon=10.0, delta=0.0, duration_days=1
+    )
+    steward.approve(p["id"])
+    researcher.wait_until_active(p["id"], timeout=10)
+    inc = researcher.incidence(p["id"], cohort=T2D, end=END, event=DEATH, by="gender_concept_id", max_days=3650, epsilon=1.0)
+    assert set(inc.columns) == {"gender_concept_id", "events", "person_years", "rate", "ci95_lo", "ci95_hi"}
+    exact = exact_follow_up(3650, 1)
+    for row in inc.itertuples():
+        ours = exact[exact["gender_concept_id"] == row.gender_concept_id]
+        events = float((ours["event"] & (ours["days"] <= 3650)).sum())
+        years = float(ours["days"].clip(0, 3650).sum()) / 365.25
+        rate = events / years * 1000
+        assert row.ci95_lo <= rate <= row.ci95_hi, f"exact {rate:.2f} outside [{row.ci95_lo:.2f}, {row.ci95_hi:.2f}]"

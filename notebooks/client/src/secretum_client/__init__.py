@@ -5,6 +5,7 @@ Researchers get differentially-private aggregates only: every answer is noisy, c
 """
 
 from .client import Client
+from .cohort import plot_survival, survival_curve
 from .errors import (
     BudgetExhausted,
     Conflict,
@@ -22,6 +23,8 @@ from .errors import (
 
 __all__ = [
     "Client",
+    "plot_survival",
+    "survival_curve",
     "SecretumError",
     "Malformed",
     "Unauthorized",

@@ -246,6 +246,23 @@ class Client:
         return pa.ipc.open_stream(io.BytesIO(resp.content)).read_all()
 
 
+    # -- cohort studies --------------------------------------------------------------------------
+
+    def kaplan_meier(self, project: ProjectRef, **kw: Any) -> pd.DataFrame:
+        """Kaplan-Meier survival from an index date, per group, from one DP histogram query
+        (see :func:`secretum_client.cohort.kaplan_meier` for the arguments)."""
+        from . import cohort
+
+        return cohort.kaplan_meier(self, project, **kw)
+
+    def incidence(self, project: ProjectRef, **kw: Any) -> pd.DataFrame:
+        """Incidence rate (events per person-time after an index date), per group, from one DP
+        query (see :func:`secretum_client.cohort.incidence` for the arguments)."""
+        from . import cohort
+
+        return cohort.incidence(self, project, **kw)
+
+
 def answer_frame(answer: Dict[str, Any]) -> pd.DataFrame:
     """Turn a JSON answer into a DataFrame with value and interval columns."""
     columns: List[str] = answer["columns"]
@@ -260,7 +277,7 @@ def answer_frame(answer: Dict[str, Any]) -> pd.DataFrame:
         else:
             data[name] = cells
     df = pd.DataFrame(data)
-    for key in ("epsilon_spent", "delta_spent", "budget_remaining", "query_id", "dry_run", "aggregates", "groups"):
+    for key in ("epsilon_spent", "delta_spent", "budget_remaining", "query_id", "dry_run", "aggregates", "groups", "derived_bounds", "suppression_threshold"):
         df.attrs[key] = answer.get(key)
     return df
 
