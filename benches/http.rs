@@ -67,6 +67,7 @@ fn build(dir: &Path, patients: usize) -> std::path::PathBuf {
         source_sha256: "bench",
         actor: "bench",
         allow_duplicate: true,
+        replace: false,
         files: &files,
     };
     wh.catalog.commit_ingest(&ingest).expect("commit");

@@ -67,6 +67,7 @@ fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn(&st
             source_sha256: &id,
             actor: "bench",
             allow_duplicate: true,
+            replace: false,
             files: &files,
         })
         .expect("commit");

@@ -53,7 +53,8 @@ pub enum Command {
         #[arg(long)]
         schemas: Option<PathBuf>,
     },
-    /// Write deterministic synthetic raw extracts (one CSV per table, with direct identifiers).
+    /// Write deterministic synthetic data: raw extracts (one CSV per table, with direct
+    /// identifiers) or an OMOP CDM export, and the vocabulary its codes come from.
     Generate {
         #[arg(long, default_value_t = 10_000)]
         patients: u64,
@@ -61,16 +62,36 @@ pub enum Command {
         seed: u64,
         #[arg(long)]
         out: PathBuf,
+        /// `extract` (raw extracts with NIRs) or `omop` (an OMOP CDM export: internal person_id).
+        #[arg(long, default_value = "extract")]
+        format: String,
+        /// The CDM version of an OMOP export: 5.3 or 5.4.
+        #[arg(long, default_value = "5.4")]
+        cdm_version: String,
+        /// Upper-case file names and headers (PERSON.csv, PERSON_ID), as many ETL tools write them.
+        #[arg(long)]
+        upper_case: bool,
     },
-    /// Validate, pseudonymize and load one extract into a table, all or nothing.
+    /// Validate, pseudonymize and load a raw extract or an OMOP export into a table, all or
+    /// nothing; or every table of an export directory (--dir), in dependency order.
     Ingest {
+        /// The table (with --file).
+        #[arg(long, required_unless_present = "dir", requires = "file")]
+        table: Option<String>,
         #[arg(long)]
-        table: String,
-        #[arg(long)]
-        file: PathBuf,
-        /// csv, parquet or ndjson; default: from the file's extension.
+        file: Option<PathBuf>,
+        /// A directory of files named after their tables (PERSON.csv, condition_occurrence.tsv, ...).
+        #[arg(long, conflicts_with_all = ["table", "file"])]
+        dir: Option<PathBuf>,
+        /// csv (comma or tab separated), parquet or ndjson; default: from the file's extension.
         #[arg(long)]
         format: Option<String>,
+        /// The CDM version of an OMOP export (5.3 or 5.4); default: detected from its columns.
+        #[arg(long)]
+        cdm_version: Option<String>,
+        /// Rows whose patient is not in `person`: `reject` (the ingest fails) or `drop`.
+        #[arg(long, default_value = "reject")]
+        orphans: String,
         /// The pseudonymization key; default: the path recorded at init.
         #[arg(long)]
         key_file: Option<PathBuf>,
@@ -78,6 +99,9 @@ pub enum Command {
         #[arg(long)]
         allow_duplicate: bool,
     },
+    /// The OMOP standardized vocabularies: public reference data.
+    #[command(subcommand)]
+    Vocabulary(VocabularyCommand),
     /// List tables with their files, rows and bytes (the steward's local view).
     Tables,
     /// Projects and their privacy budgets (steward).
@@ -111,6 +135,19 @@ pub enum Command {
         /// Keep the demo's directory instead of deleting it at the end.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VocabularyCommand {
+    /// Load an Athena download (CONCEPT.csv, CONCEPT_ANCESTOR.csv, ...: tab-separated, dates
+    /// YYYYMMDD), each table replacing the one loaded before.
+    Load { dir: PathBuf },
+    /// Concepts whose name contains the words, or whose code or id is given.
+    Search {
+        query: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
 }
 
@@ -317,22 +354,51 @@ fn init_tracing(default: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+fn cdm_version_arg(s: &str) -> Result<secretum_engine::omop::CdmVersion> {
+    secretum_engine::omop::CdmVersion::parse(s).ok_or_else(|| Error::BadRequest(format!("unknown CDM version `{s}`: expected 5.3 or 5.4")))
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     let explicit_data_dir = cli.global.data_dir.clone();
     let data_dir = cli.global.data_dir();
     let d = data_dir.as_path();
     match cli.command {
         Command::Init { key_file, schemas } => commands::warehouse::init(d, key_file.as_deref(), schemas.as_deref()),
-        Command::Generate { patients, seed, out } => commands::warehouse::generate(patients, seed, &out),
-        Command::Ingest { table, file, format, key_file, allow_duplicate } => {
+        Command::Generate { patients, seed, out, format, cdm_version, upper_case } => {
+            let omop = match format.as_str() {
+                "extract" | "raw" => None,
+                "omop" => Some(secretum_engine::synth::OmopOptions { version: cdm_version_arg(&cdm_version)?, upper_case }),
+                other => return Err(Error::BadRequest(format!("unknown format `{other}`: expected extract or omop"))),
+            };
+            commands::warehouse::generate(patients, seed, &out, omop)
+        }
+        Command::Ingest { table, file, dir, format, cdm_version, orphans, key_file, allow_duplicate } => {
             let format = match format {
                 Some(f) => Some(
                     Format::parse(&f).ok_or_else(|| Error::BadRequest(format!("unknown format `{f}`: expected csv, parquet or ndjson")))?,
                 ),
                 None => None,
             };
-            commands::warehouse::ingest(d, &table, &file, format, key_file.as_deref(), allow_duplicate)
+            let options = commands::warehouse::IngestArgs {
+                format,
+                cdm_version: cdm_version.as_deref().map(cdm_version_arg).transpose()?,
+                orphans: match orphans.as_str() {
+                    "reject" => secretum_engine::ingest::Orphans::Reject,
+                    "drop" => secretum_engine::ingest::Orphans::Drop,
+                    other => return Err(Error::BadRequest(format!("unknown --orphans `{other}`: expected reject or drop"))),
+                },
+                allow_duplicate,
+            };
+            match (dir, table, file) {
+                (Some(dir), _, _) => commands::warehouse::ingest_dir(d, &dir, key_file.as_deref(), &options),
+                (None, Some(table), Some(file)) => commands::warehouse::ingest(d, &table, &file, key_file.as_deref(), &options),
+                _ => Err(Error::BadRequest("give --table and --file, or --dir".into())),
+            }
         }
+        Command::Vocabulary(cmd) => match cmd {
+            VocabularyCommand::Load { dir } => commands::warehouse::vocabulary_load(d, &dir),
+            VocabularyCommand::Search { query, limit } => commands::warehouse::vocabulary_search(d, &query, limit),
+        },
         Command::Tables => commands::warehouse::tables(d),
         Command::Project(cmd) => match cmd {
             ProjectCommand::Create { name, epsilon, delta, tables } => commands::projects::create(d, &name, epsilon, delta, &tables),

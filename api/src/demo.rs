@@ -6,12 +6,14 @@ use secretum_engine::dp::{self, Noise, QueryRequest};
 use secretum_engine::governance::Governance;
 use secretum_engine::{Error, Result, Warehouse, synth};
 
-use crate::commands::warehouse::{generate, ingest_one, print_tables};
+use secretum_engine::ingest::Orphans;
+
+use crate::commands::warehouse::{IngestArgs, generate, ingest_one, print_tables};
 use crate::commands::{local_actor, runtime};
 use crate::output::{self, Format};
 
 /// The demo's questions: (title, SQL, ε).
-const QUERIES: [(&str, &str, f64); 3] = [
+const QUERIES: [(&str, &str, f64); 4] = [
     (
         "patients with type 2 diabetes (E11) by decade of birth and sex",
         "SELECT year_of_birth / 10 * 10 AS decade, gender_concept_id AS sex, COUNT(DISTINCT person_id) AS patients \
@@ -26,9 +28,20 @@ const QUERIES: [(&str, &str, f64); 3] = [
         0.5,
     ),
     (
-        "median age at a type 2 diabetes diagnosis",
-        "SELECT MEDIAN(EXTRACT(YEAR FROM condition_start_date) - year_of_birth) AS median_age \
-         FROM person JOIN condition_occurrence USING (person_id) WHERE condition_source_value LIKE 'E11%'",
+        "median age at a patient's first type 2 diabetes diagnosis (a per-patient relation)",
+        "WITH first_dx AS (SELECT person_id, MIN(condition_start_date) AS diagnosed FROM condition_occurrence \
+         WHERE condition_source_value LIKE 'E11%' GROUP BY person_id) \
+         SELECT MEDIAN(EXTRACT(YEAR FROM f.diagnosed) - p.year_of_birth) AS median_age \
+         FROM first_dx f JOIN person p ON p.person_id = f.person_id",
+        0.5,
+    ),
+    (
+        "patients by disorder group, every descendant code included (a roll-up through the public vocabulary)",
+        "SELECT c.concept_name AS disorder_group, COUNT(DISTINCT co.person_id) AS patients \
+         FROM condition_occurrence co \
+         JOIN concept_ancestor ca ON ca.descendant_concept_id = co.condition_concept_id \
+         JOIN concept c ON c.concept_id = ca.ancestor_concept_id \
+         WHERE c.concept_id IN (201820, 316866, 134057, 320136) GROUP BY 1 ORDER BY 1",
         0.5,
     ),
 ];
@@ -41,7 +54,7 @@ pub fn run(patients: u64, seed: u64, keep: bool) -> Result<()> {
     println!("== secretum demo in {}", root.display());
     println!("\n== 1. generate synthetic raw extracts (with direct identifiers: NIR, names, birth dates, postcodes)");
     let raw = root.join("raw");
-    generate(patients, seed, &raw)?;
+    generate(patients, seed, &raw, None)?;
     println!("\n== 2. init a warehouse (catalog, OMOP table policies, new pseudonymization key)");
     let data = root.join("data");
     let key_file = root.join("steward.key");
@@ -50,9 +63,15 @@ pub fn run(patients: u64, seed: u64, keep: bool) -> Result<()> {
     println!("\n== 3. ingest every table: validate, pseudonymize, generalize, write Parquet, commit");
     let mut wh = Warehouse::open(&data)?;
     let key = wh.key(None)?;
+    let args = IngestArgs { format: None, cdm_version: None, orphans: Orphans::Reject, allow_duplicate: false };
     for table in synth::TABLES {
         let file = raw.join(format!("{table}.csv"));
-        ingest_one(&mut wh, &key, table, &file, None, false)?;
+        ingest_one(&mut wh, &key, table, &file, &args)?;
+    }
+    println!("\n== 3b. load the vocabulary the codes come from (public reference data: concept, concept_ancestor, ...)");
+    let loaded = secretum_engine::vocabulary::load(&mut wh, &raw.join("vocabulary"), &local_actor(), None)?;
+    for (table, rows, _) in &loaded.tables {
+        println!("  {table:<22} {rows:>8} rows (public)");
     }
     println!("\n== 4. what is stored");
     print_tables(&wh)?;

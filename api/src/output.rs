@@ -343,6 +343,7 @@ mod tests {
             aggregates: vec![],
             groups: "public".into(),
             derived_bounds: vec![],
+            rows_per_patient_by_table: Default::default(),
             suppression_threshold: 0,
             notes: vec![],
             query_id: Some(7),

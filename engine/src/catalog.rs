@@ -51,6 +51,8 @@ pub struct NewIngest<'a> {
     pub source_sha256: &'a str,
     pub actor: &'a str,
     pub allow_duplicate: bool,
+    /// The table's committed files are replaced by these, in the same transaction.
+    pub replace: bool,
     pub files: &'a [FileEntry],
 }
 
@@ -151,6 +153,11 @@ impl Catalog {
         }
         let rows: u64 = ingest.files.iter().map(|f| f.rows).sum();
         let bytes: u64 = ingest.files.iter().map(|f| f.bytes).sum();
+        if ingest.replace {
+            // The previous files stop being part of the table in this transaction; they stay on
+            // disk, unread (the catalog names what is read).
+            tx.execute("DELETE FROM files WHERE table_name = ?1", [ingest.table])?;
+        }
         tx.execute(
             "INSERT INTO ingests (id, table_name, source_path, source_sha256, rows, bytes, committed_at, actor)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

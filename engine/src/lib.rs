@@ -22,9 +22,11 @@ pub mod dp;
 pub mod error;
 pub mod governance;
 pub mod ingest;
+pub mod omop;
 pub mod pseudonym;
 pub mod schema;
 pub mod synth;
+pub mod vocabulary;
 pub mod warehouse;
 
 pub use error::{Error, Result};

@@ -16,7 +16,8 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result, SchemaProblem};
 
-/// The schemas shipped with secretum (OMOP CDM v5.4 subset), copied into a warehouse at init.
+/// The schemas shipped with secretum (the OMOP CDM v5.4 clinical tables a study needs, and the
+/// standardized vocabularies as public tables), copied into a warehouse at init.
 pub const BUNDLED: &[(&str, &str)] = &[
     ("person.toml", include_str!("../../schemas/person.toml")),
     ("observation_period.toml", include_str!("../../schemas/observation_period.toml")),
@@ -25,6 +26,23 @@ pub const BUNDLED: &[(&str, &str)] = &[
     ("drug_exposure.toml", include_str!("../../schemas/drug_exposure.toml")),
     ("measurement.toml", include_str!("../../schemas/measurement.toml")),
     ("death.toml", include_str!("../../schemas/death.toml")),
+    ("procedure_occurrence.toml", include_str!("../../schemas/procedure_occurrence.toml")),
+    ("observation.toml", include_str!("../../schemas/observation.toml")),
+    ("device_exposure.toml", include_str!("../../schemas/device_exposure.toml")),
+    ("visit_detail.toml", include_str!("../../schemas/visit_detail.toml")),
+    ("condition_era.toml", include_str!("../../schemas/condition_era.toml")),
+    ("drug_era.toml", include_str!("../../schemas/drug_era.toml")),
+    ("specimen.toml", include_str!("../../schemas/specimen.toml")),
+    ("payer_plan_period.toml", include_str!("../../schemas/payer_plan_period.toml")),
+    ("concept.toml", include_str!("../../schemas/concept.toml")),
+    ("concept_ancestor.toml", include_str!("../../schemas/concept_ancestor.toml")),
+    ("concept_relationship.toml", include_str!("../../schemas/concept_relationship.toml")),
+    ("concept_synonym.toml", include_str!("../../schemas/concept_synonym.toml")),
+    ("vocabulary.toml", include_str!("../../schemas/vocabulary.toml")),
+    ("domain.toml", include_str!("../../schemas/domain.toml")),
+    ("concept_class.toml", include_str!("../../schemas/concept_class.toml")),
+    ("relationship.toml", include_str!("../../schemas/relationship.toml")),
+    ("drug_strength.toml", include_str!("../../schemas/drug_strength.toml")),
     ("vocabularies/condition_concepts.txt", include_str!("../../schemas/vocabularies/condition_concepts.txt")),
     ("vocabularies/drug_concepts.txt", include_str!("../../schemas/vocabularies/drug_concepts.txt")),
     ("vocabularies/measurement_concepts.txt", include_str!("../../schemas/vocabularies/measurement_concepts.txt")),
@@ -166,6 +184,11 @@ pub enum Domain {
     Values(BTreeSet<DomainValue>),
     /// All integers in `lo..=hi`.
     Range(i64, i64),
+    /// The concept ids of one OMOP domain (`Condition`, `Drug`, `Gender`, ...), as the loaded
+    /// vocabulary's `concept` table lists them. Not checked at ingest (the vocabulary may come
+    /// later, and a site's codes are its own); public once the vocabulary is loaded, see
+    /// [`crate::vocabulary::resolve_domains`].
+    Concepts(String),
 }
 
 impl Domain {
@@ -173,20 +196,23 @@ impl Domain {
         match self {
             Domain::Values(set) => set.contains(&DomainValue::Int(v)),
             Domain::Range(lo, hi) => (*lo..=*hi).contains(&v),
+            Domain::Concepts(_) => true,
         }
     }
 
     pub fn contains_str(&self, v: &str) -> bool {
         match self {
             Domain::Values(set) => set.contains(&DomainValue::Str(v.to_owned())),
-            Domain::Range(..) => false,
+            Domain::Range(..) | Domain::Concepts(_) => false,
         }
     }
 
+    /// How many values it has (an unresolved concept domain counts as unbounded).
     pub fn len(&self) -> usize {
         match self {
             Domain::Values(set) => set.len(),
             Domain::Range(lo, hi) => (hi - lo + 1).max(0) as usize,
+            Domain::Concepts(_) => usize::MAX,
         }
     }
 
@@ -199,6 +225,7 @@ impl Domain {
         match self {
             Domain::Values(set) => set.iter().cloned().collect(),
             Domain::Range(lo, hi) => (*lo..=*hi).map(DomainValue::Int).collect(),
+            Domain::Concepts(_) => Vec::new(),
         }
     }
 }
@@ -287,6 +314,9 @@ pub struct TablePolicy {
     pub max_rows_per_unit: u32,
     /// How many groups one patient may contribute to (schema default; a query may tighten it).
     pub max_groups_per_unit: u32,
+    /// Public reference data (the OMOP vocabularies): no patient in it, no privacy unit, readable
+    /// row by row and joinable at no privacy cost.
+    pub public: bool,
     pub columns: Vec<ColumnPolicy>,
 }
 
@@ -414,6 +444,8 @@ struct TableToml {
     max_rows_per_unit: Option<i64>,
     max_groups_per_unit: Option<i64>,
     #[serde(default)]
+    public: bool,
+    #[serde(default)]
     columns: Vec<ColumnToml>,
 }
 
@@ -462,6 +494,12 @@ fn parse_table(
         push(None, "table name must be lowercase letters, digits and underscores".into());
     }
     let max_rows_per_unit = match raw.max_rows_per_unit {
+        None | Some(_) if raw.public => {
+            if raw.max_rows_per_unit.is_some() {
+                push(None, "a public table has no patients: max_rows_per_unit does not apply".into());
+            }
+            1
+        }
         Some(n) if (1..=1_000_000).contains(&n) => n as u32,
         Some(n) => {
             push(None, format!("max_rows_per_unit must be between 1 and 1000000, not {n}"));
@@ -610,10 +648,16 @@ fn parse_table(
 
     // Table-level rules.
     let units: Vec<&ColumnPolicy> = columns.iter().filter(|c| c.role == Role::PrivacyUnit).collect();
-    match units.len() {
-        0 => push(None, "no privacy_unit column: every patient table names the column that holds the patient pseudonym".into()),
-        1 => {}
-        n => push(None, format!("{n} privacy_unit columns: exactly one is allowed")),
+    if raw.public {
+        for c in columns.iter().filter(|c| c.role != Role::Attribute) {
+            push(Some(&c.name), format!("a public table holds no patient data: its columns are attributes, not {}", c.role.name()));
+        }
+    } else {
+        match units.len() {
+            0 => push(None, "no privacy_unit column: every patient table names the column that holds the patient pseudonym".into()),
+            1 => {}
+            n => push(None, format!("{n} privacy_unit columns: exactly one is allowed")),
+        }
     }
     for c in &columns {
         let col = Some(c.name.as_str());
@@ -651,6 +695,7 @@ fn parse_table(
         file: PathBuf::from(file),
         max_rows_per_unit,
         max_groups_per_unit,
+        public: raw.public,
         columns,
     })
 }
@@ -744,6 +789,14 @@ fn parse_domain(
                 return Err("domain.range has more than 1000000 values".into());
             }
             Ok(Domain::Range(lo, hi))
+        }
+        toml::Value::Table(t) if t.len() == 1 && t.contains_key("concepts") => {
+            let d =
+                t["concepts"].as_str().filter(|d| !d.is_empty()).ok_or("domain.concepts must name an OMOP domain (\"Condition\", ...)")?;
+            if ty != ColumnType::Integer {
+                return Err("domain.concepts applies to integer (concept id) columns".into());
+            }
+            Ok(Domain::Concepts(d.to_owned()))
         }
         toml::Value::Table(t) if t.len() == 1 && t.contains_key("vocabulary") => {
             let path = t["vocabulary"].as_str().ok_or("domain.vocabulary must be a file name")?;

@@ -490,5 +490,390 @@ pub fn generate(patients: u64, seed: u64, out: &Path, progress: Option<&dyn Fn(u
         o.writer.flush().at(&o.path)?;
         files.push((o.name.to_owned(), o.path.clone(), o.rows));
     }
+    // The vocabulary the codes come from, as an Athena download.
+    let vocabulary = out.join("vocabulary");
+    for path in write_vocabulary(&vocabulary)? {
+        let name = path.file_stem().map(|s| s.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+        files.push((format!("vocabulary/{name}"), path, 0));
+    }
     Ok(GenerateReport { files })
+}
+
+/// How `generate --format omop` writes the export.
+#[derive(Debug, Clone, Copy)]
+pub struct OmopOptions {
+    pub version: crate::omop::CdmVersion,
+    /// Upper-case headers and file names (`PERSON.csv`, `PERSON_ID`), as many ETL tools write them.
+    pub upper_case: bool,
+}
+
+/// The same synthetic patients as [`generate`], written as an OMOP CDM export: `person_id` is the
+/// hospital's internal patient number (1, 2, ...), no NIR, names, phone or postcode;
+/// `year_of_birth`, `month_of_birth`, `day_of_birth` and `birth_datetime` as the CDM has them;
+/// v5.3 or v5.4 column names; the vocabulary in `vocabulary/`.
+pub fn generate_omop(patients: u64, seed: u64, out: &Path, options: OmopOptions, progress: Option<&dyn Fn(u64)>) -> Result<GenerateReport> {
+    std::fs::create_dir_all(out).at(out)?;
+    let raw = out.join(".extract");
+    let _ = std::fs::remove_dir_all(&raw);
+    let extract = generate(patients, seed, &raw, progress)?;
+    let result = (|| -> Result<GenerateReport> {
+        let mut ids: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut files = Vec::new();
+        for (table, path, _) in &extract.files {
+            if table.starts_with("vocabulary/") {
+                continue;
+            }
+            let name = if options.upper_case { table.to_ascii_uppercase() } else { table.clone() };
+            let dest = out.join(format!("{name}.csv"));
+            let rows = omop_table(table, path, &dest, &mut ids, options)?;
+            files.push((table.clone(), dest, rows));
+        }
+        let vocabulary = out.join("vocabulary");
+        for path in write_vocabulary(&vocabulary)? {
+            let name = path.file_stem().map(|s| s.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+            files.push((format!("vocabulary/{name}"), path, 0));
+        }
+        Ok(GenerateReport { files })
+    })();
+    let _ = std::fs::remove_dir_all(&raw);
+    result
+}
+
+/// One table of the raw extract rewritten as the CDM has it.
+fn omop_table(table: &str, from: &Path, to: &Path, ids: &mut std::collections::HashMap<String, u64>, options: OmopOptions) -> Result<u64> {
+    let mut reader = csv::Reader::from_path(from).map_err(|e| csv_err(from, e))?;
+    let header: Vec<String> = reader.headers().map_err(|e| csv_err(from, e))?.iter().map(str::to_owned).collect();
+    let col = |name: &str| header.iter().position(|h| h == name);
+    let nir = col("nir");
+    let birth = col("birth_date");
+    let dropped = ["nir", "first_name", "last_name", "phone", "postcode", "birth_date"];
+    let mut out_header: Vec<String> = Vec::new();
+    if nir.is_some() {
+        out_header.push("person_id".into());
+    }
+    out_header.extend(header.iter().filter(|h| !dropped.contains(&h.as_str())).cloned());
+    if birth.is_some() {
+        out_header.extend(
+            ["year_of_birth", "month_of_birth", "day_of_birth", "birth_datetime", "location_id", "person_source_value"].map(String::from),
+        );
+    }
+    // A column v5.3 and v5.4 name differently, so that the version shows.
+    if table == "visit_occurrence" {
+        out_header.push(match options.version {
+            crate::omop::CdmVersion::V53 => "admitting_source_concept_id".into(),
+            crate::omop::CdmVersion::V54 => "admitted_from_concept_id".into(),
+        });
+    }
+    let shown: Vec<String> = out_header.iter().map(|h| if options.upper_case { h.to_ascii_uppercase() } else { h.clone() }).collect();
+    let file = File::create(to).at(to)?;
+    let mut writer = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, file));
+    writer.write_record(&shown).map_err(|e| csv_err(to, e))?;
+    let mut rows = 0u64;
+    for record in reader.records() {
+        let record = record.map_err(|e| csv_err(from, e))?;
+        let mut out: Vec<String> = Vec::with_capacity(out_header.len());
+        if let Some(i) = nir {
+            let next = ids.len() as u64 + 1;
+            let id = *ids.entry(record.get(i).unwrap_or("").to_owned()).or_insert(next);
+            out.push(id.to_string());
+        }
+        for (i, h) in header.iter().enumerate() {
+            if !dropped.contains(&h.as_str()) {
+                out.push(record.get(i).unwrap_or("").to_owned());
+            }
+        }
+        if let Some(i) = birth {
+            let d = NaiveDate::parse_from_str(record.get(i).unwrap_or(""), "%Y-%m-%d").ok();
+            out.push(d.map(|d| d.year().to_string()).unwrap_or_default());
+            out.push(d.map(|d| d.month().to_string()).unwrap_or_default());
+            out.push(d.map(|d| d.day().to_string()).unwrap_or_default());
+            out.push(d.map(|d| format!("{} 00:00:00", d.format("%Y-%m-%d"))).unwrap_or_default());
+            out.push(String::new());
+            out.push(String::new());
+        }
+        if table == "visit_occurrence" {
+            out.push("0".into());
+        }
+        writer.write_record(&out).map_err(|e| csv_err(to, e))?;
+        rows += 1;
+    }
+    writer.flush().at(to)?;
+    Ok(rows)
+}
+
+// ---- the synthetic vocabulary ------------------------------------------------------------------
+
+/// Concepts of the synthetic vocabulary: (id, name, domain, vocabulary, class, standard, code).
+type ConceptRow = (i64, String, &'static str, &'static str, &'static str, &'static str, String);
+
+/// Groupings of the synthetic conditions (real SNOMED concepts): (id, name, children).
+const CONDITION_GROUPS: &[(i64, &str, &[i64])] = &[
+    (201820, "Diabetes mellitus", &[201826]),
+    (316866, "Hypertensive disorder", &[320128]),
+    (134057, "Disorder of cardiovascular system", &[316866, 313217, 4329847, 443454]),
+    (320136, "Disorder of respiratory system", &[317009, 255573, 255848]),
+];
+/// The root of the conditions' hierarchy.
+const CLINICAL_FINDING: i64 = 441840;
+/// Drug classes (ATC 2nd level) as local concepts: OMOP reserves ids above 2,000,000,000 for
+/// concepts a site defines, so these cannot clash with the standard vocabularies.
+const ATC_CLASSES: &[(i64, &str, &str)] = &[
+    (2_000_000_001, "A10", "DRUGS USED IN DIABETES"),
+    (2_000_000_002, "C09", "AGENTS ACTING ON THE RENIN-ANGIOTENSIN SYSTEM"),
+    (2_000_000_003, "C07", "BETA BLOCKING AGENTS"),
+    (2_000_000_004, "C10", "LIPID MODIFYING AGENTS"),
+    (2_000_000_005, "R03", "DRUGS FOR OBSTRUCTIVE AIRWAY DISEASES"),
+    (2_000_000_006, "B01", "ANTITHROMBOTIC AGENTS"),
+    (2_000_000_007, "N06", "PSYCHOANALEPTICS"),
+    (2_000_000_008, "N02", "ANALGESICS"),
+];
+
+fn vocabulary_names(text: &str) -> Vec<(i64, String)> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let (id, name) = l.split_once('\t')?;
+            Some((id.trim().parse().ok()?, name.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// Write the vocabulary the synthetic data uses, in the Athena download's format (one
+/// tab-separated file per table, upper-case names, dates as YYYYMMDD): every concept the
+/// generator writes (conditions, drugs, measurements, gender, race, ethnicity, visit and type
+/// concepts), a small hierarchy in `CONCEPT_ANCESTOR` (conditions under SNOMED groupings,
+/// ingredients under ATC classes), and the `VOCABULARY`, `DOMAIN`, `CONCEPT_CLASS`,
+/// `CONCEPT_RELATIONSHIP` and `RELATIONSHIP` rows they need. Returns the files written.
+pub fn write_vocabulary(dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).at(dir)?;
+    let conditions = vocabulary_names(include_str!("../../schemas/vocabularies/condition_concepts.txt"));
+    let drugs = vocabulary_names(include_str!("../../schemas/vocabularies/drug_concepts.txt"));
+    let measurements = vocabulary_names(include_str!("../../schemas/vocabularies/measurement_concepts.txt"));
+    let mut concepts: Vec<ConceptRow> =
+        vec![(0, "No matching concept".into(), "Metadata", "None", "Undefined", "", "No matching concept".into())];
+    let fixed: &[(i64, &str, &'static str, &'static str, &'static str, &str)] = &[
+        (8507, "MALE", "Gender", "Gender", "Gender", "M"),
+        (8532, "FEMALE", "Gender", "Gender", "Gender", "F"),
+        (8515, "Asian", "Race", "Race", "Race", "2"),
+        (8516, "Black or African American", "Race", "Race", "Race", "3"),
+        (8527, "White", "Race", "Race", "Race", "5"),
+        (38003563, "Hispanic or Latino", "Ethnicity", "Ethnicity", "Ethnicity", "Hispanic"),
+        (38003564, "Not Hispanic or Latino", "Ethnicity", "Ethnicity", "Ethnicity", "Not Hispanic"),
+        (9201, "Inpatient Visit", "Visit", "Visit", "Visit", "IP"),
+        (9202, "Outpatient Visit", "Visit", "Visit", "Visit", "OP"),
+        (9203, "Emergency Room Visit", "Visit", "Visit", "Visit", "ER"),
+        (262, "Emergency Room and Inpatient Visit", "Visit", "Visit", "Visit", "ERIP"),
+        (32817, "EHR", "Type Concept", "Type Concept", "Type Concept", "OMOP4976890"),
+        (32856, "Lab", "Type Concept", "Type Concept", "Type Concept", "OMOP4976929"),
+        (32810, "Claim", "Type Concept", "Type Concept", "Type Concept", "OMOP4976883"),
+        (32879, "Registry", "Type Concept", "Type Concept", "Type Concept", "OMOP4976952"),
+    ];
+    for (id, name, domain, vocab, class, code) in fixed {
+        concepts.push((*id, (*name).into(), domain, vocab, class, "S", (*code).into()));
+    }
+    concepts.push((CLINICAL_FINDING, "Clinical finding".into(), "Condition", "SNOMED", "Clinical Finding", "S", "404684003".into()));
+    for (id, name, _) in CONDITION_GROUPS {
+        concepts.push((*id, (*name).into(), "Condition", "SNOMED", "Clinical Finding", "S", format!("{id}")));
+    }
+    for (id, name) in &conditions {
+        concepts.push((*id, name.clone(), "Condition", "SNOMED", "Clinical Finding", "S", format!("{id}")));
+    }
+    for c in CONDITIONS {
+        // The source codes, non-standard, mapped to their standard concept.
+        concepts.push((
+            icd10_concept(c.icd10),
+            icd10_name(c.icd10, &conditions, c.concept),
+            "Condition",
+            "ICD10",
+            "ICD10 code",
+            "",
+            c.icd10.into(),
+        ));
+    }
+    for (id, code, name) in ATC_CLASSES {
+        concepts.push((*id, (*name).into(), "Drug", "ATC", "ATC 2nd", "C", (*code).into()));
+    }
+    for (id, name) in &drugs {
+        concepts.push((*id, name.clone(), "Drug", "RxNorm", "Ingredient", "S", format!("{id}")));
+    }
+    for (id, name) in &measurements {
+        concepts.push((*id, name.clone(), "Measurement", "LOINC", "Lab Test", "S", format!("{id}")));
+    }
+
+    // Ancestry: every standard concept is its own ancestor (level 0), conditions descend from
+    // their groupings and from the root, ingredients from their ATC class.
+    let mut ancestors: Vec<(i64, i64, u32, u32)> = concepts.iter().filter(|c| c.5 == "S" || c.5 == "C").map(|c| (c.0, c.0, 0, 0)).collect();
+    let mut parent: std::collections::BTreeMap<i64, Vec<i64>> = std::collections::BTreeMap::new();
+    for (group, _, children) in CONDITION_GROUPS {
+        for child in *children {
+            parent.entry(*child).or_default().push(*group);
+        }
+        parent.entry(*group).or_default().push(CLINICAL_FINDING);
+    }
+    for (id, _) in &conditions {
+        parent.entry(*id).or_default().push(CLINICAL_FINDING);
+    }
+    let mut levels: std::collections::BTreeMap<(i64, i64), (u32, u32)> = std::collections::BTreeMap::new();
+    for start in parent.keys() {
+        // Walk up every path from `start`, recording the shortest and longest distance.
+        let mut frontier = vec![(*start, 0u32)];
+        while let Some((node, depth)) = frontier.pop() {
+            for p in parent.get(&node).into_iter().flatten() {
+                let e = levels.entry((*p, *start)).or_insert((depth + 1, depth + 1));
+                e.0 = e.0.min(depth + 1);
+                e.1 = e.1.max(depth + 1);
+                frontier.push((*p, depth + 1));
+            }
+        }
+    }
+    ancestors.extend(levels.into_iter().map(|((a, d), (lo, hi))| (a, d, lo, hi)));
+    for c in CONDITIONS {
+        for (atc, ingredient, _) in c.drugs {
+            if let Some((class, _, _)) = ATC_CLASSES.iter().find(|(_, code, _)| atc.starts_with(code)) {
+                let pair = (*class, *ingredient, 1, 1);
+                if !ancestors.contains(&pair) {
+                    ancestors.push(pair);
+                }
+            }
+        }
+    }
+
+    let mut written = Vec::new();
+    let mut write = |name: &str, header: &[&str], rows: Vec<Vec<String>>| -> Result<()> {
+        let path = dir.join(format!("{name}.csv"));
+        let file = File::create(&path).at(&path)?;
+        let mut w = csv::WriterBuilder::new().delimiter(b'\t').quote_style(csv::QuoteStyle::Never).from_writer(BufWriter::new(file));
+        w.write_record(header).map_err(|e| csv_err(&path, e))?;
+        for r in rows {
+            w.write_record(&r).map_err(|e| csv_err(&path, e))?;
+        }
+        w.flush().at(&path)?;
+        written.push(path);
+        Ok(())
+    };
+    let (start, end) = ("19700101".to_string(), "20991231".to_string());
+    write(
+        "CONCEPT",
+        &[
+            "concept_id",
+            "concept_name",
+            "domain_id",
+            "vocabulary_id",
+            "concept_class_id",
+            "standard_concept",
+            "concept_code",
+            "valid_start_date",
+            "valid_end_date",
+            "invalid_reason",
+        ],
+        concepts
+            .iter()
+            .map(|c| {
+                vec![
+                    c.0.to_string(),
+                    c.1.clone(),
+                    c.2.into(),
+                    c.3.into(),
+                    c.4.into(),
+                    c.5.into(),
+                    c.6.clone(),
+                    start.clone(),
+                    end.clone(),
+                    String::new(),
+                ]
+            })
+            .collect(),
+    )?;
+    write(
+        "CONCEPT_ANCESTOR",
+        &["ancestor_concept_id", "descendant_concept_id", "min_levels_of_separation", "max_levels_of_separation"],
+        ancestors.iter().map(|(a, d, lo, hi)| vec![a.to_string(), d.to_string(), lo.to_string(), hi.to_string()]).collect(),
+    )?;
+    let maps: Vec<Vec<String>> = CONDITIONS
+        .iter()
+        .flat_map(|c| {
+            let (s, t) = (icd10_concept(c.icd10), c.concept);
+            [
+                vec![s.to_string(), t.to_string(), "Maps to".into(), start.clone(), end.clone(), String::new()],
+                vec![t.to_string(), s.to_string(), "Mapped from".into(), start.clone(), end.clone(), String::new()],
+            ]
+        })
+        .collect();
+    write(
+        "CONCEPT_RELATIONSHIP",
+        &["concept_id_1", "concept_id_2", "relationship_id", "valid_start_date", "valid_end_date", "invalid_reason"],
+        maps,
+    )?;
+    write(
+        "RELATIONSHIP",
+        &[
+            "relationship_id",
+            "relationship_name",
+            "is_hierarchical",
+            "defines_ancestry",
+            "reverse_relationship_id",
+            "relationship_concept_id",
+        ],
+        vec![
+            vec![
+                "Maps to".into(),
+                "Non-standard to Standard map (OMOP)".into(),
+                "0".into(),
+                "0".into(),
+                "Mapped from".into(),
+                "44818977".into(),
+            ],
+            vec![
+                "Mapped from".into(),
+                "Standard to Non-standard map (OMOP)".into(),
+                "0".into(),
+                "0".into(),
+                "Maps to".into(),
+                "44818976".into(),
+            ],
+        ],
+    )?;
+    let mut vocabularies: Vec<&str> = concepts.iter().map(|c| c.3).collect();
+    vocabularies.sort();
+    vocabularies.dedup();
+    write(
+        "VOCABULARY",
+        &["vocabulary_id", "vocabulary_name", "vocabulary_reference", "vocabulary_version", "vocabulary_concept_id"],
+        vocabularies
+            .iter()
+            .map(|v| vec![(*v).into(), format!("{v} (synthetic subset)"), "secretum generate".into(), "synthetic".into(), "0".into()])
+            .collect(),
+    )?;
+    let mut domains: Vec<&str> = concepts.iter().map(|c| c.2).collect();
+    domains.sort();
+    domains.dedup();
+    write(
+        "DOMAIN",
+        &["domain_id", "domain_name", "domain_concept_id"],
+        domains.iter().map(|d| vec![(*d).into(), (*d).into(), "0".into()]).collect(),
+    )?;
+    let mut classes: Vec<&str> = concepts.iter().map(|c| c.4).collect();
+    classes.sort();
+    classes.dedup();
+    write(
+        "CONCEPT_CLASS",
+        &["concept_class_id", "concept_class_name", "concept_class_concept_id"],
+        classes.iter().map(|c| vec![(*c).into(), (*c).into(), "0".into()]).collect(),
+    )?;
+    write(
+        "CONCEPT_SYNONYM",
+        &["concept_id", "concept_synonym_name", "language_concept_id"],
+        conditions.iter().map(|(id, name)| vec![id.to_string(), name.to_lowercase(), "4180186".into()]).collect(),
+    )?;
+    Ok(written)
+}
+
+/// The local concept id of an ICD-10 source code (above 2,000,000,000: a site's own concepts).
+fn icd10_concept(code: &str) -> i64 {
+    2_100_000_000 + code.bytes().fold(0i64, |acc, b| (acc * 131 + b as i64) % 90_000_000)
+}
+
+fn icd10_name(code: &str, conditions: &[(i64, String)], concept: i64) -> String {
+    let name = conditions.iter().find(|(id, _)| *id == concept).map_or("condition", |(_, n)| n.as_str());
+    format!("{name} ({code})")
 }

@@ -12,7 +12,15 @@ pub struct Warehouse {
     pub layout: Layout,
     pub schemas: Schemas,
     pub catalog: Catalog,
+    /// The schemas with concept domains resolved from the loaded vocabulary (see
+    /// [`crate::vocabulary::resolve_domains`]); shared by the warehouses a server opens.
+    resolved: std::sync::Arc<DomainCache>,
 }
+
+/// Schemas with resolved concept domains, and the state of the `concept` table they were
+/// resolved from.
+#[derive(Default)]
+pub struct DomainCache(std::sync::Mutex<Option<(String, std::sync::Arc<Schemas>)>>);
 
 /// What `init` did.
 #[derive(Debug)]
@@ -56,6 +64,18 @@ impl Warehouse {
         catalog.set_meta("key_file", &key_file.to_string_lossy())?;
         catalog.set_meta("key_fingerprint", &key.fingerprint())?;
         catalog.set_meta("created_at", &crate::db::now_rfc3339())?;
+        drop(catalog);
+        // A minimal vocabulary to start with (the concepts of the synthetic data, the OMOP gender,
+        // race, visit and type concepts): concept-id columns have public domains from the first
+        // query; `secretum vocabulary load` replaces it with a site's Athena download.
+        if schemas.tables.get("concept").is_some_and(|p| p.public) {
+            let mut wh = Warehouse::open(data_dir)?;
+            let dir = layout.root.join(".bundled-vocabulary");
+            crate::synth::write_vocabulary(&dir)?;
+            let loaded = crate::vocabulary::load(&mut wh, &dir, "init", None);
+            let _ = std::fs::remove_dir_all(&dir);
+            loaded?;
+        }
         Ok(InitReport { data_dir: data_dir.to_owned(), key_file, tables: schemas.tables.keys().cloned().collect() })
     }
 
@@ -74,7 +94,32 @@ impl Warehouse {
         }
         let schemas = Schemas::load_dir(&layout.schemas())?;
         let catalog = Catalog::open(&layout.database())?;
-        Ok(Warehouse { layout, schemas, catalog })
+        Ok(Warehouse { layout, schemas, catalog, resolved: Default::default() })
+    }
+
+    /// A warehouse from parts already opened (a server's: one layout and schemas, a catalog
+    /// connection per request, one domain cache).
+    pub fn from_parts(layout: Layout, schemas: Schemas, catalog: Catalog, cache: std::sync::Arc<DomainCache>) -> Warehouse {
+        Warehouse { layout, schemas, catalog, resolved: cache }
+    }
+
+    /// The cache of resolved domains, to share with warehouses made [`Warehouse::from_parts`].
+    pub fn domain_cache(&self) -> std::sync::Arc<DomainCache> {
+        self.resolved.clone()
+    }
+
+    /// The schemas with resolved concept domains, if resolved from this state of `concept`.
+    pub(crate) fn resolved_domains(&self, stamp: &str) -> Option<std::sync::Arc<Schemas>> {
+        let guard = self.resolved.0.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().filter(|(s, _)| s == stamp).map(|(_, schemas)| schemas.clone())
+    }
+
+    pub(crate) fn remember_resolved_domains(&self, stamp: String, schemas: std::sync::Arc<Schemas>) {
+        *self.resolved.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((stamp, schemas));
+    }
+
+    pub(crate) fn forget_resolved_domains(&self) {
+        *self.resolved.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Load the pseudonymization key (`key_file`, or the one recorded at init) and check that it

@@ -11,8 +11,8 @@ SELECT COUNT(*) FROM person
 == patients join using
 SELECT COUNT(DISTINCT person_id) FROM person JOIN condition_occurrence USING (person_id)
 -> accepted
-   tables: person (≤ 1 per patient), condition_occurrence (≤ 10 per patient)
-   rows per patient: 10
+   tables: person (≤ 1 per patient), condition_occurrence (≤ 40 per patient)
+   rows per patient: 40
    groups: none
    aggregate 1: count of patients; patients Δ 1
 
@@ -35,10 +35,10 @@ SELECT MEDIAN(year_of_birth) FROM person
 == percentile within group
 SELECT approx_percentile_cont(0.9) WITHIN GROUP (ORDER BY value_as_number) FROM measurement WHERE value_as_number BETWEEN 0 AND 50
 -> accepted
-   tables: measurement (≤ 20 per patient)
-   rows per patient: 20
+   tables: measurement (≤ 100 per patient)
+   rows per patient: 100
    groups: none
-   aggregate 1: 0.9-quantile of measurement.value_as_number in [0, 50]; quantile Δ 20
+   aggregate 1: 0.9-quantile of measurement.value_as_number in [0, 50]; quantile Δ 100
 
 == variance and stddev
 SELECT VAR_SAMP(year_of_birth), STDDEV(year_of_birth) FROM person
@@ -52,13 +52,13 @@ SELECT VAR_SAMP(year_of_birth), STDDEV(year_of_birth) FROM person
 == several aggregates
 SELECT COUNT(*), COUNT(DISTINCT person_id), SUM(days_supply), AVG(quantity) FROM drug_exposure
 -> accepted
-   tables: drug_exposure (≤ 20 per patient)
-   rows per patient: 20
+   tables: drug_exposure (≤ 40 per patient)
+   rows per patient: 40
    groups: none
-   aggregate 1: count of rows; rows Δ 20
+   aggregate 1: count of rows; rows Δ 40
    aggregate 2: count of patients; patients Δ 1
-   aggregate 3: sum of drug_exposure.days_supply in [0, 365]; sum Δ 7300
-   aggregate 4: mean of drug_exposure.quantity in [0, 1000]; centred sum Δ 10000, values Δ 20
+   aggregate 3: sum of drug_exposure.days_supply in [0, 365]; sum Δ 14600
+   aggregate 4: mean of drug_exposure.quantity in [0, 1000]; centred sum Δ 20000, values Δ 40
 
 == count column values
 SELECT COUNT(department) FROM person
@@ -79,18 +79,18 @@ SELECT COUNT(*) AS "N patients" FROM person
 == sum days supply
 SELECT SUM(days_supply) FROM drug_exposure
 -> accepted
-   tables: drug_exposure (≤ 20 per patient)
-   rows per patient: 20
+   tables: drug_exposure (≤ 40 per patient)
+   rows per patient: 40
    groups: none
-   aggregate 1: sum of drug_exposure.days_supply in [0, 365]; sum Δ 7300
+   aggregate 1: sum of drug_exposure.days_supply in [0, 365]; sum Δ 14600
 
 == stddev pop
 SELECT STDDEV_POP(quantity) FROM drug_exposure
 -> accepted
-   tables: drug_exposure (≤ 20 per patient)
-   rows per patient: 20
+   tables: drug_exposure (≤ 40 per patient)
+   rows per patient: 40
    groups: none
-   aggregate 1: population standard deviation of drug_exposure.quantity in [0, 1000]; centred sum Δ 10000, centred sum of squares Δ 5000000, values Δ 20
+   aggregate 1: population standard deviation of drug_exposure.quantity in [0, 1000]; centred sum Δ 20000, centred sum of squares Δ 10000000, values Δ 40
 
 == min raw
 SELECT MIN(year_of_birth) FROM person

@@ -3,10 +3,10 @@
 == sum bounded by where
 SELECT SUM(value_as_number) FROM measurement WHERE value_as_number BETWEEN 0 AND 20
 -> accepted
-   tables: measurement (≤ 20 per patient)
-   rows per patient: 20
+   tables: measurement (≤ 100 per patient)
+   rows per patient: 100
    groups: none
-   aggregate 1: sum of measurement.value_as_number in [0, 20]; sum Δ 400
+   aggregate 1: sum of measurement.value_as_number in [0, 20]; sum Δ 2000
 
 == avg of expression
 SELECT AVG(2026 - year_of_birth) AS age FROM person
@@ -19,10 +19,10 @@ SELECT AVG(2026 - year_of_birth) AS age FROM person
 == median age at diagnosis
 SELECT MEDIAN(EXTRACT(YEAR FROM condition_start_date) - year_of_birth) FROM person JOIN condition_occurrence USING (person_id) WHERE condition_source_value LIKE 'E11%'
 -> accepted
-   tables: person (≤ 1 per patient), condition_occurrence (≤ 10 per patient)
-   rows per patient: 10
+   tables: person (≤ 1 per patient), condition_occurrence (≤ 40 per patient)
+   rows per patient: 40
    groups: none
-   aggregate 1: median of an expression of condition_occurrence.condition_start_date, person.year_of_birth in [-36, 126]; quantile Δ 10
+   aggregate 1: median of an expression of condition_occurrence.condition_start_date, person.year_of_birth in [-36, 126]; quantile Δ 40
 
 == widening cast in avg
 SELECT AVG(CAST(year_of_birth AS DOUBLE)) FROM person
@@ -35,10 +35,10 @@ SELECT AVG(CAST(year_of_birth AS DOUBLE)) FROM person
 == between tightens bounds
 SELECT AVG(value_as_number) FROM measurement WHERE value_as_number >= 3 AND value_as_number <= 15
 -> accepted
-   tables: measurement (≤ 20 per patient)
-   rows per patient: 20
+   tables: measurement (≤ 100 per patient)
+   rows per patient: 100
    groups: none
-   aggregate 1: mean of measurement.value_as_number in [3, 15]; centred sum Δ 120, values Δ 20
+   aggregate 1: mean of measurement.value_as_number in [3, 15]; centred sum Δ 600, values Δ 100
 
 == attack divisor through cast
 -- The published oracle: the divisor looks like 0.5 but evaluates to 0. The analysis now applies
@@ -51,23 +51,23 @@ WHERE year_of_birth = 1994 AND department = '31' AND gender_concept_id = 8532 AN
 == float overflow is null
 SELECT AVG(CASE WHEN value_as_number * 1e308 * 10 IS NULL THEN 0 ELSE 1 END) FROM measurement
 -> accepted
-   tables: measurement (≤ 20 per patient)
-   rows per patient: 20
+   tables: measurement (≤ 100 per patient)
+   rows per patient: 100
    groups: none
-   aggregate 1: mean of an expression of measurement.value_as_number in [0, 1]; centred sum Δ 10, values Δ 20
+   aggregate 1: mean of an expression of measurement.value_as_number in [0, 1]; centred sum Δ 50, values Δ 100
 
 == an explicit clamp bounds any expression
 SELECT SUM(LEAST(GREATEST(value_as_number * value_as_number, 0), 100)) FROM measurement
 -> accepted
-   tables: measurement (≤ 20 per patient)
-   rows per patient: 20
+   tables: measurement (≤ 100 per patient)
+   rows per patient: 100
    groups: none
-   aggregate 1: sum of an expression of measurement.value_as_number in [0, 100]; sum Δ 2000
+   aggregate 1: sum of an expression of measurement.value_as_number in [0, 100]; sum Δ 10000
 
 == a clamp open on one side is no bound
 SELECT SUM(GREATEST(value_as_number * value_as_number, 0)) FROM measurement
 -> accepted
-   tables: measurement (≤ 20 per patient)
-   rows per patient: 20
+   tables: measurement (≤ 100 per patient)
+   rows per patient: 100
    groups: none
-   aggregate 1: sum of an expression of measurement.value_as_number in [0, 250000]; sum Δ 5000000
+   aggregate 1: sum of an expression of measurement.value_as_number in [0, 250000]; sum Δ 25000000

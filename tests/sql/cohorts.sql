@@ -23,7 +23,7 @@ WITH first_t2d AS (SELECT person_id, MIN(condition_start_date) AS index_date FRO
 -> accepted
    tables: f (per-patient relation: 1 per patient), person (≤ 1 per patient), h (per-patient relation: 1 per patient)
    derived f.index_date: in [1990-01-01, 2026-12-31] (min of condition_occurrence.condition_start_date)
-   derived h.n_tests: in [0, 20] (a count of at most the 20 rows a patient may have)
+   derived h.n_tests: in [0, 100] (a count of at most the 100 rows a patient may have)
    derived h.mean_hba1c: in [0, 500] (avg of measurement.value_as_number)
    rows per patient: 1
    groups: the integers -11..126 of an expression of f.index_date, person.year_of_birth (138 keys)
@@ -34,20 +34,20 @@ WITH first_t2d AS (SELECT person_id, MIN(condition_start_date) AS index_date FRO
 SELECT COUNT(*), AVG(t.n) FROM (SELECT person_id, COUNT(*) AS n FROM measurement GROUP BY person_id) t
 -> accepted
    tables: t (per-patient relation: 1 per patient)
-   derived t.n: in [0, 20] (a count of at most the 20 rows a patient may have)
+   derived t.n: in [0, 100] (a count of at most the 100 rows a patient may have)
    rows per patient: 1
    groups: none
    aggregate 1: count of rows; rows Δ 1
-   aggregate 2: mean of t.n in [0, 20]; centred sum Δ 10, values Δ 1
+   aggregate 2: mean of t.n in [0, 100]; centred sum Δ 50, values Δ 1
 
 == per-patient sum and its bounds
 SELECT SUM(t.total) FROM (SELECT person_id, SUM(days_supply) AS total FROM drug_exposure GROUP BY person_id) t
 -> accepted
    tables: t (per-patient relation: 1 per patient)
-   derived t.total: in [0, 7300] (a sum of at most 20 values of drug_exposure.days_supply)
+   derived t.total: in [0, 14600] (a sum of at most 40 values of drug_exposure.days_supply)
    rows per patient: 1
    groups: none
-   aggregate 1: sum of t.total in [0, 7300]; sum Δ 7300
+   aggregate 1: sum of t.total in [0, 14600]; sum Δ 14600
 
 == per-patient having
 SELECT COUNT(*) FROM (SELECT person_id FROM measurement GROUP BY person_id HAVING COUNT(*) >= 3) t
@@ -61,20 +61,20 @@ SELECT COUNT(*) FROM (SELECT person_id FROM measurement GROUP BY person_id HAVIN
 SELECT AVG(t.codes), COUNT(*) FROM (SELECT person_id, COUNT(DISTINCT condition_concept_id) AS codes, BOOL_OR(condition_source_value LIKE 'I10%') AS hypertensive FROM condition_occurrence GROUP BY person_id) t WHERE t.hypertensive
 -> accepted
    tables: t (per-patient relation: 1 per patient)
-   derived t.codes: in [0, 10] (a count of at most the 10 rows a patient may have)
+   derived t.codes: in [0, 40] (a count of at most the 40 rows a patient may have)
    rows per patient: 1
    groups: none
-   aggregate 1: mean of t.codes in [0, 10]; centred sum Δ 5, values Δ 1
+   aggregate 1: mean of t.codes in [0, 40]; centred sum Δ 20, values Δ 1
    aggregate 2: count of rows; rows Δ 1
 
 == per-patient relation joined to a table
 WITH f AS (SELECT person_id, MIN(condition_start_date) AS d FROM condition_occurrence WHERE condition_source_value LIKE 'E11%' GROUP BY person_id) SELECT COUNT(*) FROM drug_exposure x JOIN f ON x.person_id = f.person_id WHERE x.drug_exposure_start_date >= f.d
 -> accepted
-   tables: drug_exposure (≤ 20 per patient), f (per-patient relation: 1 per patient)
+   tables: drug_exposure (≤ 40 per patient), f (per-patient relation: 1 per patient)
    derived f.d: in [1990-01-01, 2026-12-31] (min of condition_occurrence.condition_start_date)
-   rows per patient: 20
+   rows per patient: 40
    groups: none
-   aggregate 1: count of rows; rows Δ 20
+   aggregate 1: count of rows; rows Δ 40
 
 == two per-patient relations joined
 WITH a AS (SELECT person_id, MIN(condition_start_date) AS d FROM condition_occurrence GROUP BY person_id), b AS (SELECT person_id, MIN(drug_exposure_start_date) AS t FROM drug_exposure GROUP BY person_id) SELECT AVG(b.t - a.d) FROM a JOIN b ON a.person_id = b.person_id
@@ -98,11 +98,11 @@ WITH f AS (SELECT person_id, MIN(condition_start_date) AS d FROM condition_occur
 == months since index as a public key
 WITH f AS (SELECT person_id, MIN(condition_start_date) AS d FROM condition_occurrence WHERE condition_source_value LIKE 'E11%' GROUP BY person_id) SELECT (m.measurement_date - f.d) / 30 AS month, COUNT(*) FROM measurement m JOIN f ON m.person_id = f.person_id WHERE m.measurement_date >= f.d AND m.measurement_date < f.d + INTERVAL '365 days' GROUP BY 1
 -> accepted
-   tables: measurement (≤ 20 per patient), f (per-patient relation: 1 per patient)
+   tables: measurement (≤ 100 per patient), f (per-patient relation: 1 per patient)
    derived f.d: in [1990-01-01, 2026-12-31] (min of condition_occurrence.condition_start_date)
-   rows per patient: 20
+   rows per patient: 100
    groups: the integers -1..13 of an expression of f.d, measurement.measurement_date (15 keys)
-   aggregate 1: count of rows; rows Δ 20
+   aggregate 1: count of rows; rows Δ 100
 
 == follow-up in an observation window
 WITH f AS (SELECT person_id, MIN(condition_start_date) AS d FROM condition_occurrence WHERE condition_source_value LIKE 'E11%' GROUP BY person_id) SELECT COUNT(*) FROM f JOIN observation_period o ON o.person_id = f.person_id WHERE o.observation_period_start_date <= f.d AND o.observation_period_end_date >= f.d + INTERVAL '1 year'
@@ -142,7 +142,7 @@ SELECT gender_concept_id, COUNT(*) FROM person WHERE person_id NOT IN (SELECT pe
 -> accepted
    tables: person (≤ 1 per patient)
    rows per patient: 1
-   groups: public domain of person.gender_concept_id (2 keys)
+   groups: public domain of person.gender_concept_id (3 keys)
    aggregate 1: count of rows; rows Δ 1
 
 == in a per-patient set with having
@@ -157,7 +157,7 @@ SELECT COUNT(*) FROM person WHERE person_id IN (SELECT person_id FROM measuremen
 SELECT COUNT(*) FROM (SELECT person_id, COUNT(*) AS n FROM condition_occurrence GROUP BY person_id) t WHERE t.n > 100
 -> accepted
    tables: t (per-patient relation: 1 per patient)
-   derived t.n: in [0, 10] (a count of at most the 10 rows a patient may have)
+   derived t.n: in [0, 40] (a count of at most the 40 rows a patient may have)
    rows per patient: 1
    groups: none
    aggregate 1: count of rows; rows Δ 1
@@ -287,16 +287,16 @@ WITH f AS (SELECT person_id, MIN(condition_start_date) AS d FROM condition_occur
    derived o.end_d: in [1990-01-01, 2026-12-31] (max of observation_period.observation_period_end_date)
    derived x.dd: in [1990-01-01, 2026-12-31] (min of condition_occurrence.condition_start_date)
    rows per patient: 1
-   groups: the public domain of person.gender_concept_id × the integers 0..10 of an expression of f.d, o.end_d, x.dd × the integers 0..1 of an expression of x.dd (44 keys)
+   groups: the public domain of person.gender_concept_id × the integers 0..10 of an expression of f.d, o.end_d, x.dd × the integers 0..1 of an expression of x.dd (66 keys)
    aggregate 1: count of rows; rows Δ 1
 
 == left join to a table keeps a condition on it above the join
 SELECT COUNT(*) FROM person p LEFT JOIN drug_exposure x ON x.person_id = p.person_id WHERE x.drug_source_value IS NULL
 -> accepted
-   tables: person (≤ 1 per patient), drug_exposure (≤ 20 per patient)
-   rows per patient: 20
+   tables: person (≤ 1 per patient), drug_exposure (≤ 40 per patient)
+   rows per patient: 40
    groups: none
-   aggregate 1: count of rows; rows Δ 20
+   aggregate 1: count of rows; rows Δ 40
 
 == right join
 SELECT COUNT(*) FROM person p RIGHT JOIN drug_exposure x ON x.person_id = p.person_id
@@ -318,12 +318,12 @@ WITH a AS (SELECT person_id, MIN(condition_start_date) AS d FROM condition_occur
 -> accepted
    tables: c (per-patient relation: 1 per patient)
    derived a.d: in [1990-01-01, 2026-12-31] (min of condition_occurrence.condition_start_date)
-   derived b.n: in [0, 20] (a count of at most the 20 rows a patient may have)
+   derived b.n: in [0, 100] (a count of at most the 100 rows a patient may have)
    derived c.d: in [1990-01-01, 2026-12-31] (min of condition_occurrence.condition_start_date)
-   derived c.n: in [2, 20] (a count of at most the 20 rows a patient may have, narrowed by WHERE)
+   derived c.n: in [2, 100] (a count of at most the 100 rows a patient may have, narrowed by WHERE)
    rows per patient: 1
    groups: none
-   aggregate 1: sum of c.n in [2, 20]; sum Δ 20
+   aggregate 1: sum of c.n in [2, 100]; sum Δ 100
 
 == rows of a table selected next to a per-patient relation
 WITH a AS (SELECT person_id, MIN(condition_start_date) AS d FROM condition_occurrence GROUP BY person_id), c AS (SELECT a.person_id, m.value_as_number FROM a JOIN measurement m ON a.person_id = m.person_id) SELECT COUNT(*) FROM c

@@ -5,7 +5,7 @@ SELECT gender_concept_id, COUNT(*) AS n FROM person GROUP BY gender_concept_id H
 -> accepted
    tables: person (≤ 1 per patient)
    rows per patient: 1
-   groups: public domain of person.gender_concept_id (2 keys)
+   groups: public domain of person.gender_concept_id (3 keys)
    aggregate 1: count of rows; rows Δ 1
 
 == order by limit
@@ -21,7 +21,7 @@ SELECT gender_concept_id AS sex, AVG(year_of_birth) AS mean_yob FROM person GROU
 -> accepted
    tables: person (≤ 1 per patient)
    rows per patient: 1
-   groups: public domain of person.gender_concept_id (2 keys)
+   groups: public domain of person.gender_concept_id (3 keys)
    aggregate 1: mean of person.year_of_birth in [1900, 2026]; centred sum Δ 63, values Δ 1
 
 == having on avg
@@ -29,7 +29,7 @@ SELECT gender_concept_id, AVG(year_of_birth) FROM person GROUP BY 1 HAVING AVG(y
 -> accepted
    tables: person (≤ 1 per patient)
    rows per patient: 1
-   groups: public domain of person.gender_concept_id (2 keys)
+   groups: public domain of person.gender_concept_id (3 keys)
    aggregate 1: mean of person.year_of_birth in [1900, 2026]; centred sum Δ 63, values Δ 1
 
 == output arithmetic on aggregate

@@ -13,7 +13,7 @@ SELECT "gender_concept_id", COUNT(*) FROM "person" GROUP BY "gender_concept_id"
 -> accepted
    tables: person (≤ 1 per patient)
    rows per patient: 1
-   groups: public domain of person.gender_concept_id (2 keys)
+   groups: public domain of person.gender_concept_id (3 keys)
    aggregate 1: count of rows; rows Δ 1
 
 == comments inline and block

@@ -16,7 +16,7 @@ use secretum_engine::ingest::{self, IngestOptions};
 use secretum_engine::{Warehouse, synth};
 use serde_json::Value;
 
-use crate::common::{Fixture, read_table};
+use crate::common::{Fixture, max_rows, read_table};
 
 const FIRST_T2D: &str = "SELECT person_id, MIN(condition_start_date) AS d FROM condition_occurrence WHERE condition_source_value LIKE 'E11%' GROUP BY person_id";
 
@@ -275,28 +275,29 @@ fn an_adversarial_patient_moves_each_cohort_release_by_at_most_its_sensitivity()
     }
     let f = FIRST_T2D;
     let hba1c = "SELECT m.person_id, COUNT(*) AS n, AVG(m.value_as_number) AS mean FROM measurement m JOIN f ON m.person_id = f.person_id WHERE m.measurement_source_value = '4548-4' AND m.measurement_date >= f.d GROUP BY m.person_id";
+    let (km, kc, ko) = (max_rows("measurement"), max_rows("condition_occurrence"), max_rows("observation_period"));
     // (query, stated L1 sensitivity over all its groups, as the summary states it)
     let cases: Vec<(String, f64)> = vec![
         (format!("WITH f AS ({f}) SELECT COUNT(*) FROM f"), 1.0),
         (format!("WITH f AS ({f}), h AS ({hba1c}) SELECT SUM(h.mean) FROM f JOIN h ON h.person_id = f.person_id"), 500.0),
-        (format!("WITH f AS ({f}), h AS ({hba1c}) SELECT SUM(h.n) FROM h"), 20.0),
+        (format!("WITH f AS ({f}), h AS ({hba1c}) SELECT SUM(h.n) FROM h"), km),
         (
             format!(
                 "WITH f AS ({f}), h AS ({hba1c}) SELECT EXTRACT(YEAR FROM f.d) - p.year_of_birth AS age, COUNT(*) FROM f JOIN person p ON p.person_id = f.person_id JOIN h ON h.person_id = f.person_id WHERE h.n >= 2 GROUP BY 1"
             ),
             1.0,
         ),
-        (format!("WITH f AS ({f}) SELECT COUNT(*) FROM measurement m JOIN f ON m.person_id = f.person_id WHERE m.measurement_date >= f.d"), 20.0),
+        (format!("WITH f AS ({f}) SELECT COUNT(*) FROM measurement m JOIN f ON m.person_id = f.person_id WHERE m.measurement_date >= f.d"), km),
         (
             format!(
                 "WITH f AS ({f}) SELECT (m.measurement_date - f.d) / 30 AS month, COUNT(*) FROM measurement m JOIN f ON m.person_id = f.person_id WHERE m.measurement_date >= f.d AND m.measurement_date < f.d + INTERVAL '365 days' GROUP BY 1"
             ),
-            20.0,
+            km,
         ),
         ("SELECT COUNT(*) FROM person p WHERE EXISTS (SELECT 1 FROM condition_occurrence c WHERE c.person_id = p.person_id AND c.condition_source_value LIKE 'E11%')".into(), 1.0),
         ("SELECT COUNT(*) FROM person WHERE person_id IN (SELECT person_id FROM measurement GROUP BY person_id HAVING COUNT(*) > 1000)".into(), 1.0),
-        ("SELECT SUM(t.n) FROM (SELECT person_id, COUNT(*) AS n FROM condition_occurrence GROUP BY person_id) t".into(), 10.0),
-        (format!("WITH f AS ({f}) SELECT COUNT(*) FROM f JOIN observation_period o ON o.person_id = f.person_id WHERE o.observation_period_end_date >= f.d + INTERVAL '1 year'"), 2.0),
+        ("SELECT SUM(t.n) FROM (SELECT person_id, COUNT(*) AS n FROM condition_occurrence GROUP BY person_id) t".into(), kc),
+        (format!("WITH f AS ({f}) SELECT COUNT(*) FROM f JOIN observation_period o ON o.person_id = f.person_id WHERE o.observation_period_end_date >= f.d + INTERVAL '1 year'"), ko),
     ];
     for (sql, sensitivity) in &cases {
         let [a, b] = [0, 1].map(|i| {

@@ -95,3 +95,8 @@ pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let rows = r.records().map(|r| r.expect("record").iter().map(str::to_owned).collect()).collect();
     (header, rows)
 }
+
+/// A table's `max_rows_per_unit` in the bundled schemas (what a test's stated sensitivity is made of).
+pub fn max_rows(table: &str) -> f64 {
+    secretum_engine::schema::Schemas::bundled().expect("bundled schemas").tables[table].max_rows_per_unit as f64
+}

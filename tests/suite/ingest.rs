@@ -55,7 +55,20 @@ fn generate_then_ingest_round_trip_keeps_every_row() {
     let names: Vec<String> = person[0].schema().fields().iter().map(|f| f.name().clone()).collect();
     assert_eq!(
         names,
-        ["person_id", "gender_concept_id", "year_of_birth", "department", "race_concept_id", "ethnicity_concept_id", "gender_source_value"]
+        [
+            "person_id",
+            "gender_concept_id",
+            "year_of_birth",
+            "department",
+            "race_concept_id",
+            "ethnicity_concept_id",
+            "gender_source_value",
+            "gender_source_concept_id",
+            "race_source_value",
+            "race_source_concept_id",
+            "ethnicity_source_value",
+            "ethnicity_source_concept_id"
+        ]
     );
 }
 
@@ -269,7 +282,7 @@ fn every_kind_of_bad_row_is_reported_with_file_line_and_column_and_nothing_is_co
         assert!(msg.contains(&format!("{}:22: {expected}", file.display())), "expected `{expected}` at line 22 in:\n{msg}");
         assert!(msg.contains("nothing was committed"));
         assert!(wh.catalog.files("person").unwrap().is_empty());
-        assert!(parquet_files(&fx.data).is_empty(), "a failed ingest left Parquet behind");
+        assert!(parquet_files(&fx.data.join("tables/person")).is_empty(), "a failed ingest left Parquet behind");
     }
     // The identifier's value is never echoed.
     let file = person_with(&fx, 3, &[person_row(&fx, "nir", "999999999999999")]);
@@ -290,7 +303,18 @@ fn every_kind_of_bad_row_is_reported_with_file_line_and_column_and_nothing_is_co
 
 #[test]
 fn out_of_bounds_values_are_rejected_where_the_schema_says_so() {
+    // A steward's schema that rejects days_supply outside [0, 365] (the bundled one keeps such
+    // values and clamps them in queries: real exports have longer prescriptions).
     let fx = Fixture::new(50, 2);
+    let schemas = fx.path("schemas");
+    secretum_engine::schema::Schemas::write_bundled(&schemas).unwrap();
+    let toml = std::fs::read_to_string(schemas.join("drug_exposure.toml")).unwrap();
+    let strict = toml.replacen("name = \"days_supply\"", "name = \"days_supply\"\non_out_of_bounds = \"reject\"", 1);
+    assert_ne!(toml, strict);
+    std::fs::write(schemas.join("drug_exposure.toml"), strict).unwrap();
+    let data = fx.path("strict");
+    secretum_engine::Warehouse::init(&data, Some(&fx.path("strict.key")), Some(&schemas)).unwrap();
+    let key = secretum_engine::pseudonym::Key::load(&fx.path("strict.key")).unwrap();
     let (header, rows) = read_csv(&fx.raw("drug_exposure"));
     let supply = header.iter().position(|h| h == "days_supply").unwrap();
     let mut out = header.join(",") + "\n";
@@ -304,8 +328,11 @@ fn out_of_bounds_values_are_rejected_where_the_schema_says_so() {
     }
     let file = fx.path("drugs.csv");
     std::fs::write(&file, out).unwrap();
-    let msg = ingest::ingest(&mut fx.open(), &fx.key(), &IngestOptions::new("drug_exposure", &file)).unwrap_err().to_string();
+    let mut strict_wh = secretum_engine::Warehouse::open(&data).unwrap();
+    let msg = ingest::ingest(&mut strict_wh, &key, &IngestOptions::new("drug_exposure", &file)).unwrap_err().to_string();
     assert!(msg.contains(":5: days_supply: `400` is outside the bounds [0, 365]"), "{msg}");
+    // The bundled schema keeps it (clamped when aggregated).
+    ingest::ingest(&mut fx.open(), &fx.key(), &IngestOptions::new("drug_exposure", &file)).unwrap();
 }
 
 #[test]
@@ -314,8 +341,9 @@ fn many_bad_rows_show_the_first_and_count_the_rest() {
     let bad: Vec<String> = (0..45).map(|_| person_row(&fx, "gender_concept_id", "x")).collect();
     let file = person_with(&fx, 2, &bad);
     let msg = ingest::ingest(&mut fx.open(), &fx.key(), &IngestOptions::new("person", &file)).unwrap_err().to_string();
-    assert_eq!(msg.matches("is not an integer").count(), 20, "{msg}");
-    assert!(msg.contains("and 25 more invalid rows"), "{msg}");
+    // Each bad row is also a second row of the same patient (the rows repeat one NIR): 90 problems.
+    assert_eq!(msg.matches("is not an integer").count() + msg.matches("appears twice").count(), 20, "{msg}");
+    assert!(msg.contains("and 70 more"), "{msg}");
 }
 
 #[test]
@@ -344,7 +372,7 @@ fn an_injected_failure_in_the_last_batch_commits_nothing() {
     let err = ingest::ingest(&mut wh, &key, &opts).unwrap_err();
     assert!(err.to_string().contains("injected failure"), "{err}");
     assert!(wh.catalog.files("visit_occurrence").unwrap().is_empty());
-    assert!(parquet_files(&fx.data).is_empty());
+    assert!(parquet_files(&fx.data.join("tables/visit_occurrence")).is_empty());
     // The same ingest then succeeds.
     let report = ingest::ingest(&mut wh, &key, &IngestOptions::new("visit_occurrence", &file)).unwrap();
     assert_eq!(report.rows, rows.len() as u64);
@@ -389,7 +417,7 @@ fn a_killed_ingest_leaves_the_catalog_as_it_was_and_can_be_rerun() {
     assert!(killed_mid_write);
     let wh = fx.open();
     assert!(wh.catalog.files("visit_occurrence").unwrap().is_empty(), "nothing committed");
-    assert!(parquet_files(&fx.data.join("tables")).is_empty(), "no partial file is visible");
+    assert!(parquet_files(&fx.data.join("tables/visit_occurrence")).is_empty(), "no partial file is visible");
     // Re-running the same ingest succeeds and sweeps what the killed one left.
     let out = secretum(&["ingest", "--data-dir", data, "--key-file", key, "--table", "visit_occurrence", "--file", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -404,15 +432,22 @@ fn the_same_file_twice_is_refused_unless_allowed() {
     let fx = Fixture::new(50, 1);
     let mut wh = fx.open();
     let key = fx.key();
-    let file = fx.raw("person");
-    ingest::ingest(&mut wh, &key, &IngestOptions::new("person", &file)).unwrap();
-    let msg = ingest::ingest(&mut wh, &key, &IngestOptions::new("person", &file)).unwrap_err().to_string();
-    assert!(msg.contains("already ingested into `person`") && msg.contains("--allow-duplicate"), "{msg}");
-    assert_eq!(wh.catalog.files("person").unwrap().len(), 1);
-    let mut opts = IngestOptions::new("person", &file);
+    ingest::ingest(&mut wh, &key, &IngestOptions::new("person", &fx.raw("person"))).unwrap();
+    let file = fx.raw("condition_occurrence");
+    ingest::ingest(&mut wh, &key, &IngestOptions::new("condition_occurrence", &file)).unwrap();
+    let msg = ingest::ingest(&mut wh, &key, &IngestOptions::new("condition_occurrence", &file)).unwrap_err().to_string();
+    assert!(msg.contains("already ingested into `condition_occurrence`") && msg.contains("--allow-duplicate"), "{msg}");
+    assert_eq!(wh.catalog.files("condition_occurrence").unwrap().len(), 1);
+    let mut opts = IngestOptions::new("condition_occurrence", &file);
     opts.allow_duplicate = true;
     ingest::ingest(&mut wh, &key, &opts).unwrap();
-    assert_eq!(wh.catalog.files("person").unwrap().len(), 2);
+    assert_eq!(wh.catalog.files("condition_occurrence").unwrap().len(), 2);
+    // A second copy of person is refused whatever: a patient is one row of person.
+    let person = fx.raw("person");
+    let mut opts = IngestOptions::new("person", &person);
+    opts.allow_duplicate = true;
+    let msg = ingest::ingest(&mut wh, &key, &opts).unwrap_err().to_string();
+    assert!(msg.contains("appears twice"), "{msg}");
 }
 
 #[test]

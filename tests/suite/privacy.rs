@@ -131,12 +131,13 @@ fn sum_noise_is_laplace_with_the_promised_scale_and_intervals_cover_95_percent()
 fn mean_noise_and_interval_coverage() {
     let (_d, wh, _ledger) = empty_warehouse();
     let rt = rt();
-    // AVG over measurement values bounded by WHERE to [0, 20], 20 rows per patient: the
-    // centred sum has Δ = 20·10 = 200 and the count Δ = 20, each with ε / 2.
+    // AVG over measurement values bounded by WHERE to [0, 20], K rows per patient: the centred
+    // sum has Δ = K·10 and the count Δ = K, each with ε / 2.
+    let k = crate::common::max_rows("measurement");
     let sql = "SELECT AVG(value_as_number) FROM measurement WHERE value_as_number BETWEEN 0 AND 20";
     let p = rt.block_on(dp::prepare(&wh, &req("stats", sql, 1.0))).unwrap();
     let report = &p.dry_run().unwrap().report.aggregates[0];
-    assert_eq!(report.sensitivity, vec![("centred_sum".to_string(), 200.0), ("values".to_string(), 20.0)]);
+    assert_eq!(report.sensitivity, vec![("centred_sum".to_string(), k * 10.0), ("values".to_string(), k)]);
     // 20,000 values of mean 6.5: centred sum = 20,000 · (6.5 − 10).
     let (n, mean) = (20_000.0, 6.5);
     let exact = [n * (mean - 10.0), n];
@@ -148,11 +149,11 @@ fn mean_noise_and_interval_coverage() {
         errors.push(v - mean);
         covered += usize::from(lo <= mean && mean <= hi);
     }
-    // To first order the error is δS/n − (mean − 10)·δN/n: the sum's noise (scale 400, i.e.
-    // 400 / 20,000 = 0.02 in mean units, variance 2·0.02²) plus the count's (scale 40, weighted
-    // by the centred mean −3.5: variance 3.5²·2·(40 / 20,000)²).
+    // To first order the error is δS/n − (mean − 10)·δN/n: the sum's noise (scale 2·10K at
+    // ε/2, i.e. 20K / 20,000 in mean units, variance 2·(20K/n)²) plus the count's (scale 2K,
+    // weighted by the centred mean −3.5: variance 3.5²·2·(2K / n)²).
     let var = errors.iter().map(|e| e * e).sum::<f64>() / RELEASES as f64;
-    let expected = 2.0 * (400.0 / n).powi(2) + (mean - 10.0).powi(2) * 2.0 * (40.0 / n).powi(2);
+    let expected = 2.0 * (20.0 * k / n).powi(2) + (mean - 10.0).powi(2) * 2.0 * (2.0 * k / n).powi(2);
     assert!((var / expected - 1.0).abs() < 0.2, "mean noise variance {var:.6}, expected about {expected:.6}");
     let coverage = covered as f64 / RELEASES as f64;
     assert!((0.93..=0.97).contains(&coverage), "95% intervals of the mean cover {:.1}%", coverage * 100.0);
@@ -242,17 +243,13 @@ fn one_patient_with_a_million_rows_or_extreme_values_moves_no_aggregate_beyond_i
     let l1 = |a: &Vec<Vec<serde_json::Value>>, b: &Vec<Vec<serde_json::Value>>| -> f64 {
         a.iter().zip(b).map(|(x, y)| (cell(x.last().unwrap()) - cell(y.last().unwrap())).abs()).sum()
     };
-    // Sensitivities: 10 condition rows per patient; 1 patient; 10 joined rows; 20 values of at
-    // most 500; 10 rows over all groups.
-    for (i, (bound, what)) in [
-        (10.0, "row count"),
-        (1.0, "patient count"),
-        (10.0, "joined row count"),
-        (20.0 * 500.0, "clamped sum"),
-        (10.0, "grouped counts (L1)"),
-    ]
-    .iter()
-    .enumerate()
+    // Sensitivities: K condition rows per patient; 1 patient; K joined rows; K' values of at
+    // most 500; K rows over all groups.
+    let (k, km) = (crate::common::max_rows("condition_occurrence"), crate::common::max_rows("measurement"));
+    for (i, (bound, what)) in
+        [(k, "row count"), (1.0, "patient count"), (k, "joined row count"), (km * 500.0, "clamped sum"), (k, "grouped counts (L1)")]
+            .iter()
+            .enumerate()
     {
         let moved = l1(&honest[i], &attacked[i]);
         assert!(moved <= *bound + 1e-6, "{what}: one patient moved the exact release by {moved}, more than its sensitivity {bound}");
@@ -309,8 +306,8 @@ fn exhausted_budget_is_refused_before_any_data_is_read_and_failures_stay_charged
     let fx = Fixture::new(50, 4);
     ingest_tables(&fx, &["person"]);
     project(&fx.data, "small", 0.5, &["person"]);
-    // Make every data file unreadable: any read would fail.
-    for f in crate::common::parquet_files(&fx.data) {
+    // Make every patient data file unreadable: any read would fail.
+    for f in crate::common::parquet_files(&fx.data.join("tables/person")) {
         std::fs::write(&f, b"not parquet").unwrap();
     }
     let wh = fx.open();
@@ -415,10 +412,10 @@ fn cli_query_json_table_csv_dry_run_and_refusals() {
     assert!(out.status.success(), "{}", crate::common::stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["columns"], serde_json::json!(["gender_concept_id", "n"]));
-    assert_eq!(v["rows"].as_array().unwrap().len(), 2, "both public keys are released");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 3, "every public key is released (0, 8507, 8532)");
     assert_eq!(v["epsilon_spent"], 0.5);
     assert!((v["budget_remaining"]["epsilon"].as_f64().unwrap() - 1.5).abs() < 1e-9);
-    let cell = &v["rows"][0][1];
+    let cell = &v["rows"][1][1];
     let (value, lo, hi) = (cell["value"].as_f64().unwrap(), cell["ci95"][0].as_f64().unwrap(), cell["ci95"][1].as_f64().unwrap());
     assert!(lo <= value && value <= hi);
 
@@ -487,7 +484,7 @@ fn an_adversarial_float_sum_moves_the_release_by_at_most_its_sensitivity() {
     // Values at both bounds of measurement.value_as_number ([0, 500]) in an order that makes a
     // float sum round: one huge patient interleaving 0, 500 and values whose sum is not exact
     // in binary. The sum is computed on exact fixed-point integers, so the exact release moves
-    // by at most K·max|bound| = 20 × 500 whatever the rows and their order.
+    // by at most K·max|bound| = K × 500 whatever the rows and their order.
     let fx = Fixture::new(150, 21);
     ingest_tables(&fx, &["person", "measurement"]);
     let attacked = Fixture::new(150, 21);
@@ -536,7 +533,8 @@ fn an_adversarial_float_sum_moves_the_release_by_at_most_its_sensitivity() {
     }
     for i in 0..10 {
         let moved = (sums[1][i] - sums[0][i]).abs();
-        assert!(moved <= 20.0 * 500.0 + 1e-6, "one patient moved an exact sum by {moved} > 10000");
+        let bound = crate::common::max_rows("measurement") * 500.0;
+        assert!(moved <= bound + 1e-6, "one patient moved an exact sum by {moved} > {bound}");
         assert!(moved > 0.0, "the adversarial patient should be visible");
     }
 }

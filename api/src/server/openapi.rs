@@ -19,7 +19,7 @@ use super::routes::{audit, catalog, projects, queries, service, users};
         license(name = "Apache-2.0")
     ),
     paths(
-        service::health, openapi_json, service::me, catalog::tables, catalog::ingests,
+        service::health, openapi_json, service::me, catalog::tables, catalog::concepts, catalog::ingests,
         projects::request_project, projects::list_projects, projects::get_project, projects::approve, projects::reject,
         projects::transition, queries::query, queries::history,
         audit::audit_log, audit::audit_verify, audit::policy,

@@ -75,6 +75,7 @@ pub struct AppState {
 struct Inner {
     layout: Layout,
     schemas: Schemas,
+    domains: Arc<secretum_engine::warehouse::DomainCache>,
     config: Config,
     limiter: RateLimiter,
     queries: Semaphore,
@@ -86,6 +87,7 @@ impl AppState {
         let wh = Warehouse::open(&config.data_dir)?;
         Ok(AppState {
             inner: Arc::new(Inner {
+                domains: wh.domain_cache(),
                 layout: wh.layout,
                 schemas: wh.schemas,
                 limiter: RateLimiter::new(config.rate_limit, config.rate_burst),
@@ -109,11 +111,12 @@ impl AppState {
     }
 
     pub fn warehouse(&self) -> Result<Warehouse> {
-        Ok(Warehouse {
-            layout: self.inner.layout.clone(),
-            schemas: self.inner.schemas.clone(),
-            catalog: Catalog::open(&self.inner.layout.database())?,
-        })
+        Ok(Warehouse::from_parts(
+            self.inner.layout.clone(),
+            self.inner.schemas.clone(),
+            Catalog::open(&self.inner.layout.database())?,
+            self.inner.domains.clone(),
+        ))
     }
 
     pub fn schemas(&self) -> &Schemas {

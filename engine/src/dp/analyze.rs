@@ -120,6 +120,11 @@ pub struct KeySpec {
     pub public: bool,
     /// Integer bounds of the key by interval arithmetic, when few enough to release them all.
     pub range: Option<(f64, f64)>,
+    /// The public table (qualifier, table) every column of the key comes from: its keys are the
+    /// values the public table holds ([`super::groups::resolve_public_table_keys`]).
+    pub public_source: Option<(String, String)>,
+    /// The keys read from that public table.
+    pub values: Option<Vec<ScalarValue>>,
 }
 
 /// The result of analysis: everything needed to bound, execute and noise the query.
@@ -139,6 +144,9 @@ pub struct Analysis {
     pub derivations: Vec<String>,
     /// The qualifiers of the outer query's per-patient relations (one row per patient each).
     pub per_patient: Vec<String>,
+    /// The qualifiers of the outer query's public tables (a join to one may repeat a patient's
+    /// rows: the bounded relation is truncated after the joins).
+    pub public: Vec<String>,
     /// The privacy-unit column of the first table, as the plan names it.
     pub unit: Column,
     /// Rows one patient may contribute to the aggregation (after the join).
@@ -429,6 +437,7 @@ impl Analyzer<'_> {
             file: std::path::PathBuf::new(),
             max_rows_per_unit: 1,
             max_groups_per_unit: 1,
+            public: false,
             columns,
         })
     }
@@ -788,7 +797,8 @@ pub fn check_tables(references: &[datafusion::common::TableReference], schemas: 
         let datafusion::common::TableReference::Bare { table } = r else {
             return refuse(Rule::TableReference, format!("table {r} must be a plain table name of the project"));
         };
-        if project_tables.iter().any(|t| t == table.as_ref()) {
+        // Public tables (the vocabularies) are every project's.
+        if project_tables.iter().any(|t| t == table.as_ref()) || schemas.tables.get(table.as_ref()).is_some_and(|p| p.public) {
             continue;
         }
         if schemas.tables.contains_key(table.as_ref()) {
@@ -928,7 +938,33 @@ impl<'a> Analyzer<'a> {
             // A boolean key (`x.d IS NOT NULL`, `n >= 2`) has the public domain {false, true}.
             let field = aggregate.schema.field(i);
             if field.data_type() == &DataType::Boolean {
-                keys.push(KeySpec { expr: e.clone(), name: field.name().clone(), columns, public: true, range: Some((0.0, 1.0)) });
+                keys.push(KeySpec {
+                    expr: e.clone(),
+                    name: field.name().clone(),
+                    columns,
+                    public: true,
+                    range: Some((0.0, 1.0)),
+                    public_source: None,
+                    values: None,
+                });
+                continue;
+            }
+            // A key read from one public table alone (`c.concept_name`) releases every value
+            // that table holds, narrowed by WHERE on it: public data, not the patients'.
+            let sources: BTreeSet<String> = e.column_refs().into_iter().filter_map(|c| self.resolve_any(c).ok().map(|(q, _)| q)).collect();
+            if let [q] = sources.iter().collect::<Vec<_>>().as_slice()
+                && self.is_public(q)
+            {
+                let table = self.tables.iter().find(|(x, _)| x == *q).map_or((*q).clone(), |(_, t)| t.clone());
+                keys.push(KeySpec {
+                    expr: e.clone(),
+                    name: field.name().clone(),
+                    columns,
+                    public: true,
+                    range: None,
+                    public_source: Some(((*q).clone(), table)),
+                    values: None,
+                });
                 continue;
             }
             // An integer key with bounds by interval arithmetic (ages at an index date, months
@@ -948,7 +984,7 @@ impl<'a> Analyzer<'a> {
                 .filter(|n| *n <= 10 * crate::schema::MAX_DOMAIN);
             let range = range.filter(|_| product.is_none());
             let public = range.is_some() || product.is_some();
-            keys.push(KeySpec { expr: e.clone(), name: field.name().clone(), columns, public, range });
+            keys.push(KeySpec { expr: e.clone(), name: field.name().clone(), columns, public, range, public_source: None, values: None });
         }
 
         // Aggregates.
@@ -971,7 +1007,7 @@ impl<'a> Analyzer<'a> {
         // Contribution bounds. After the join, one patient's rows are bounded by the largest
         // per-table bound (each table is truncated to its own bound before the join, and the
         // joined rows are truncated again to this bound).
-        let policy = |q: &String| self.qualifiers.get(q);
+        let policy = |q: &String| self.qualifiers.get(q).filter(|p| !p.public);
         let rows_per_unit = self.tables.iter().filter_map(|(q, _)| policy(q)).map(|p| p.max_rows_per_unit).max().unwrap_or(1).max(1);
         // Groups: each table's default allows at most its own row bound; after a join the
         // largest default applies (a patient's K rows fall in at most K groups anyway).
@@ -985,9 +1021,9 @@ impl<'a> Analyzer<'a> {
         // value per patient: each table is truncated to that one row before any join, and a
         // single-table query is truncated to it. A patient is then in exactly one group.
         let single_valued = keys.iter().all(|k| {
-            k.columns
-                .iter()
-                .all(|(c, _)| c.relation.as_ref().and_then(|r| self.qualifiers.get(r.table())).is_some_and(|t| t.max_rows_per_unit == 1))
+            k.columns.iter().all(|(c, _)| {
+                c.relation.as_ref().and_then(|r| self.qualifiers.get(r.table())).is_some_and(|t| !t.public && t.max_rows_per_unit == 1)
+            }) && !self.tables.iter().any(|(q, _)| self.is_public(q))
         });
         let keys_per_unit = if keys.is_empty() || single_valued { 1 } else { groups_per_unit.min(rows_per_unit) };
         let tables = self.tables.clone();
@@ -996,7 +1032,9 @@ impl<'a> Analyzer<'a> {
         let policies = self.qualifiers.clone();
         let derivations = self.derivations.clone();
         let per_patient = self.per_patient.clone();
+        let public: Vec<String> = self.tables.iter().filter(|(q, _)| self.is_public(q)).map(|(q, _)| q.clone()).collect();
         Ok(Analysis {
+            public,
             plan: plan.clone(),
             aggregate,
             tables,
@@ -1015,7 +1053,12 @@ impl<'a> Analyzer<'a> {
 
     /// The privacy unit of this scope's first relation, as the plan names it.
     fn unit(&self) -> Result<Column> {
-        let (q, _) = self.tables.first().ok_or_else(|| Error::refused(Rule::TableReference, "a query must read the project's tables"))?;
+        let (q, _) = self.tables.iter().find(|(q, _)| !self.is_public(q)).ok_or_else(|| {
+            Error::refused(
+                Rule::TableReference,
+                "a query must read the project's patient tables (public tables alone are read with `secretum vocabulary search` or GET /v1/concepts)",
+            )
+        })?;
         let policy = self.qualifiers.get(q).ok_or_else(|| Error::internal(format!("relation {q} without a policy")))?;
         Ok(Column::new(Some(q.clone()), policy.privacy_unit().name.clone()))
     }
@@ -1023,7 +1066,16 @@ impl<'a> Analyzer<'a> {
     /// The rows one patient may have in this scope's relation (the product of what each joined
     /// relation may hold; 1 for a per-patient relation).
     fn rows_product(&self) -> u64 {
-        self.tables.iter().filter_map(|(q, _)| self.qualifiers.get(q)).fold(1u64, |acc, p| acc.saturating_mul(p.max_rows_per_unit as u64))
+        self.tables
+            .iter()
+            .filter_map(|(q, _)| self.qualifiers.get(q))
+            .filter(|p| !p.public)
+            .fold(1u64, |acc, p| acc.saturating_mul(p.max_rows_per_unit as u64))
+    }
+
+    /// Whether a qualifier names a public table (no patient in it).
+    fn is_public(&self, qualifier: &str) -> bool {
+        self.qualifiers.get(qualifier).is_some_and(|p| p.public)
     }
 
     fn source(&mut self, plan: &LogicalPlan) -> Result<()> {
@@ -1061,8 +1113,29 @@ impl<'a> Analyzer<'a> {
                     };
                     let (qa, pa) = self.resolve_any(a)?;
                     let (qb, pb) = self.resolve_any(b)?;
-                    if pa.role != Role::PrivacyUnit || pb.role != Role::PrivacyUnit {
-                        return refuse(Rule::JoinOnUnit, format!("joins must be on the privacy unit, not on {} = {}", a.name, b.name));
+                    match (self.is_public(&qa), self.is_public(&qb)) {
+                        // Patient tables join on the privacy unit only.
+                        (false, false) => {
+                            if pa.role != Role::PrivacyUnit || pb.role != Role::PrivacyUnit {
+                                return refuse(
+                                    Rule::JoinOnUnit,
+                                    format!("joins must be on the privacy unit, not on {} = {}", a.name, b.name),
+                                );
+                            }
+                        }
+                        // A public table joins a patient table on a releasable column (a concept
+                        // id, a code): never on the unit or an identifier, which would let public
+                        // rows stand for patients.
+                        (true, false) | (false, true) => {
+                            let patient = if self.is_public(&qa) { pb } else { pa };
+                            if !patient.is_releasable() {
+                                return refuse(
+                                    Rule::UnitOrIdentifier,
+                                    format!("a public table may be joined on a patient table's attributes, not on {}", patient.name),
+                                );
+                            }
+                        }
+                        (true, true) => {}
                     }
                     linked |= left.contains(&qa) != left.contains(&qb);
                 }
@@ -1104,7 +1177,11 @@ impl<'a> Analyzer<'a> {
 
     /// Add a relation (a stored table, or a per-patient relation) under its qualifier.
     fn relation(&mut self, qualifier: &str, name: &str, policy: TablePolicy) -> Result<()> {
-        if self.qualifiers.insert(qualifier.to_owned(), policy).is_some() || self.tables.iter().any(|(_, t)| t == name) {
+        // A public table holds no patient: joining it twice (concept for two codes) is harmless.
+        let public = policy.public;
+        if self.qualifiers.insert(qualifier.to_owned(), policy).is_some()
+            || (!public && self.tables.iter().any(|(q, t)| t == name && !self.is_public(q)))
+        {
             return refuse(Rule::SelfJoin, format!("table {name} appears twice: self-joins are not allowed"));
         }
         self.tables.push((qualifier.to_owned(), name.to_owned()));

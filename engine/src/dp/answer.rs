@@ -48,6 +48,10 @@ pub struct Report {
     /// (`f.index_date: in [2000-01-01, 2025-12-31] (min of condition_occurrence.condition_start_date)`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub derived_bounds: Vec<String>,
+    /// The rows per patient each table was truncated to (its `max_rows_per_unit`; 1 for a
+    /// per-patient relation), before the joins; the query's own bound applies after them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rows_per_patient_by_table: std::collections::BTreeMap<String, u32>,
     /// Counts whose noisy value is under this are suppressed (NULL), by the steward's policy;
     /// 0 when nothing is suppressed.
     #[serde(default)]

@@ -42,6 +42,8 @@ fn domain_array(p: &ColumnPolicy) -> Option<ArrayRef> {
             }
         }
         (Some(Domain::Range(lo, hi)), _) => Arc::new(Int64Array::from_iter_values(*lo..=*hi)),
+        // Resolved into values before analysis when the vocabulary lists few enough.
+        (Some(Domain::Concepts(_)), _) => return None,
         (None, ColumnType::Date) => {
             let (lo, _) = p.bounds?;
             Arc::new(Date32Array::from_iter_values((0..n as i32).map(|d| lo.ceil() as i32 + d)))
@@ -65,6 +67,9 @@ fn domain_array(p: &ColumnPolicy) -> Option<ArrayRef> {
 /// The public keys of one group key: its expression evaluated over the cross product of the
 /// public domains of the columns it reads. Computed from the schema alone.
 fn key_values(ctx: &SessionContext, key: &KeySpec, filters: &[Expr], out_type: &DataType) -> Result<Vec<ScalarValue>> {
+    if let Some(values) = &key.values {
+        return Ok(values.clone());
+    }
     let mut columns: Vec<(Column, ColumnPolicy)> = Vec::new();
     for (c, p) in &key.columns {
         if !columns.iter().any(|(x, _)| x == c) {
@@ -173,4 +178,47 @@ pub fn select_partitions(
     let mut keys: Vec<Vec<ScalarValue>> = kept.into_iter().filter_map(|n| by_name.get(&n).map(|k| (*k).clone())).collect();
     keys.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     Ok(keys)
+}
+
+/// The keys of group keys read from one public table: every value the key takes over that
+/// table's rows, narrowed by the WHERE conjuncts on that table alone. Reads public data only
+/// (the vocabularies), before the debit.
+pub async fn resolve_public_table_keys(ctx: &SessionContext, analysis: &mut Analysis) -> Result<()> {
+    let agg_schema = analysis.aggregate().schema.clone();
+    let filters = analysis.filters.clone();
+    for (i, key) in analysis.keys.iter_mut().enumerate() {
+        let Some((qualifier, table)) = key.public_source.clone() else { continue };
+        let mut df = ctx.table(table.as_str()).await?.alias(&qualifier)?;
+        for f in &filters {
+            let refs = f.column_refs();
+            if !refs.is_empty() && refs.iter().all(|c| c.relation.as_ref().is_some_and(|r| r.table() == qualifier)) {
+                df = df.filter(f.clone())?;
+            }
+        }
+        let df = df.select(vec![key.expr.clone().alias("__key")])?.distinct()?;
+        let out_type = agg_schema.field(i).data_type().clone();
+        let mut values = Vec::new();
+        for batch in df.collect().await? {
+            let column = cast(batch.column(0), &out_type).map_err(|e| internal(e.into()))?;
+            for r in 0..column.len() {
+                let v = ScalarValue::try_from_array(&column, r).map_err(internal)?;
+                if !v.is_null() {
+                    values.push(v);
+                }
+            }
+            if values.len() > MAX_DOMAIN {
+                return Err(Error::refused(
+                    Rule::TooManyGroups,
+                    format!(
+                        "the group key {} takes more than {MAX_DOMAIN} values in `{table}`: narrow it with WHERE on that table",
+                        key.name
+                    ),
+                ));
+            }
+        }
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        values.dedup();
+        key.values = Some(values);
+    }
+    Ok(())
 }

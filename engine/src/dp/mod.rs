@@ -45,7 +45,7 @@ pub mod postprocess;
 pub mod release;
 pub mod rewrite;
 pub mod rule;
-pub(crate) mod session;
+pub mod session;
 pub mod statement;
 pub mod total;
 
@@ -127,6 +127,12 @@ impl Prepared {
             aggregates: self.release.reports(&self.analysis),
             groups: self.release.groups_label(&self.analysis),
             derived_bounds: self.analysis.derivations.clone(),
+            rows_per_patient_by_table: self
+                .analysis
+                .tables
+                .iter()
+                .filter_map(|(q, t)| self.analysis.policies.get(q).filter(|p| !p.public).map(|p| (t.clone(), p.max_rows_per_unit)))
+                .collect(),
             suppression_threshold: self.policy.suppression_threshold,
             notes: Vec::new(),
             query_id: None,
@@ -286,15 +292,18 @@ pub async fn prepare(wh: &Warehouse, req: &QueryRequest) -> Result<Prepared> {
     // before DataFusion's planner could drop it silently.
     statement::check(&statement)?;
 
+    // Concept-id columns get public domains from the loaded vocabulary (public data).
+    let schemas = crate::vocabulary::resolve_domains(wh).await?;
     let ctx = session::session(wh, &project.tables)?;
     let state = ctx.state();
     let references = state.resolve_table_references(&statement).map_err(session::plan_error)?;
-    analyze::check_tables(&references, &wh.schemas, &project.tables)?;
+    analyze::check_tables(&references, &schemas, &project.tables)?;
     let plan = state.statement_to_plan(statement).await.map_err(session::plan_error)?;
     let plan = state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {}).map_err(session::plan_error)?;
-    let analysis = analyze::Analyzer::new(&wh.schemas).analyze(plan, req.max_groups)?;
+    let analysis = analyze::Analyzer::new(&schemas).analyze(plan, req.max_groups)?;
     // From here on, every expression is evaluated by total functions.
-    let analysis = analysis.make_total()?;
+    let mut analysis = analysis.make_total()?;
+    groups::resolve_public_table_keys(&ctx, &mut analysis).await?;
 
     let delta = match (analysis.public_groups(), req.delta) {
         (true, _) => 0.0,

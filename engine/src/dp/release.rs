@@ -361,11 +361,15 @@ impl Release {
             .iter()
             .map(|(q, t)| match a.policies.get(q) {
                 Some(_) if a.per_patient.contains(q) => format!("{t} (per-patient relation: 1 per patient)"),
+                Some(p) if p.public => format!("{t} (public)"),
                 Some(p) => format!("{t} (≤ {} per patient)", p.max_rows_per_unit),
                 None => t.clone(),
             })
             .collect();
         s.push_str(&format!("tables: {}\n", tables.join(", ")));
+        if !a.public.is_empty() {
+            s.push_str(&format!("public joins may repeat a patient's rows: truncated to {} per patient after the joins\n", self.bound));
+        }
         for d in &a.derivations {
             s.push_str(&format!("derived {d}\n"));
         }

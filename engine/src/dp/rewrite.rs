@@ -103,7 +103,29 @@ fn bound_source(plan: &LogicalPlan, schemas: &Schemas) -> datafusion::error::Res
             None => kept.push(c),
         }
     }
-    let rebuilt = bound_relations(node, schemas, joined, &pushed)?;
+    // A public table that a conjunct selects rows of (`ca.ancestor_concept_id IN (...)`) and that
+    // joins a patient table on a column (`ca.descendant_concept_id = co.condition_concept_id`)
+    // selects that table's rows too: the patient table keeps only rows with a match, before it is
+    // truncated (a semi-join, which repeats no row). The inner join above still does the join.
+    let mut semi: Vec<(String, Expr, Expr, LogicalPlan)> = Vec::new();
+    if joined {
+        let mut leaf_plans = Vec::new();
+        leaf_plans_of(node, &mut leaf_plans);
+        for (a, b) in join_pairs(node) {
+            for (patient, public) in [(&a, &b), (&b, &a)] {
+                let (Some(pq), Some(uq)) = (qualifier(patient), qualifier(public)) else { continue };
+                let is_public = |q: &str| leaf_plans.iter().any(|(x, t, _)| x == q && schemas.tables.get(t).is_some_and(|p| p.public));
+                if is_public(&pq) || !is_public(&uq) || !leaves.contains(&pq) || !leaves.contains(&uq) {
+                    continue;
+                }
+                let Some(conds) = pushed.iter().find(|(q, _)| *q == uq).and_then(|(_, v)| conjunction(v.clone())) else { continue };
+                let Some((_, _, plan)) = leaf_plans.iter().find(|(x, _, _)| *x == uq) else { continue };
+                let selected = LogicalPlanBuilder::from(plan.clone()).filter(conds)?.project(vec![public.clone()])?.build()?;
+                semi.push((pq, patient.clone(), public.clone(), selected));
+            }
+        }
+    }
+    let rebuilt = bound_relations(node, schemas, joined, &pushed, &semi)?;
     match conjunction(kept) {
         Some(p) => LogicalPlanBuilder::from(rebuilt).filter(p)?.build(),
         None => Ok(rebuilt),
@@ -145,27 +167,30 @@ fn single_qualifier(e: &Expr) -> Option<String> {
     qualifiers.all(|q| q.as_deref() == Some(first.as_str())).then_some(first)
 }
 
+type SemiJoins = [(String, Expr, Expr, LogicalPlan)];
+
 fn bound_relations(
     plan: &LogicalPlan,
     schemas: &Schemas,
     joined: bool,
     pushed: &[(String, Vec<Expr>)],
+    semi: &SemiJoins,
 ) -> datafusion::error::Result<LogicalPlan> {
     match plan {
         LogicalPlan::Join(j) => {
-            let left = bound_relations(&j.left, schemas, joined, pushed)?;
-            let right = bound_relations(&j.right, schemas, joined, pushed)?;
+            let left = bound_relations(&j.left, schemas, joined, pushed, semi)?;
+            let right = bound_relations(&j.right, schemas, joined, pushed, semi)?;
             plan.with_new_exprs(plan.expressions(), vec![left, right])
         }
         LogicalPlan::Filter(_) => bound_source(plan, schemas),
         LogicalPlan::SubqueryAlias(s) => match s.input.as_ref() {
-            LogicalPlan::TableScan(t) => stored(plan.clone(), s.alias.table(), t.table_name.table(), schemas, joined, pushed),
+            LogicalPlan::TableScan(t) => stored(plan.clone(), s.alias.table(), t.table_name.table(), schemas, joined, pushed, semi),
             inner => {
                 let inner = bound_per_patient(inner, schemas)?;
                 LogicalPlanBuilder::from(inner).alias(s.alias.clone())?.build()
             }
         },
-        LogicalPlan::TableScan(t) => stored(plan.clone(), t.table_name.table(), t.table_name.table(), schemas, joined, pushed),
+        LogicalPlan::TableScan(t) => stored(plan.clone(), t.table_name.table(), t.table_name.table(), schemas, joined, pushed, semi),
         other => Ok(other.clone()),
     }
 }
@@ -179,17 +204,68 @@ fn stored(
     schemas: &Schemas,
     joined: bool,
     pushed: &[(String, Vec<Expr>)],
+    semi: &SemiJoins,
 ) -> datafusion::error::Result<LogicalPlan> {
     if let Some(p) = pushed.iter().find(|(q, _)| q == qualifier).and_then(|(_, v)| conjunction(v.clone())) {
         plan = LogicalPlanBuilder::from(plan).filter(p)?.build()?;
     }
-    if !joined {
-        return Ok(plan);
-    }
     let policy =
         schemas.tables.get(table).ok_or_else(|| datafusion::error::DataFusionError::Plan(format!("table {table} has no policy")))?;
+    // A public table holds no patient: nothing to bound.
+    if !joined || policy.public {
+        return Ok(plan);
+    }
+    for (_, patient, public, selected) in semi.iter().filter(|(q, ..)| q == qualifier) {
+        let (Expr::Column(p), Expr::Column(u)) = (patient, public) else { continue };
+        plan =
+            LogicalPlanBuilder::from(plan).join(selected.clone(), JoinType::LeftSemi, (vec![p.clone()], vec![u.clone()]), None)?.build()?;
+    }
     let unit = Column::new(Some(qualifier), policy.privacy_unit().name.clone());
     truncate(plan, unit, policy.max_rows_per_unit)
+}
+
+/// The equi-join column pairs of a scope's joins.
+fn join_pairs(plan: &LogicalPlan) -> Vec<(Expr, Expr)> {
+    match plan {
+        LogicalPlan::Join(j) if j.join_type == JoinType::Inner => {
+            let mut out: Vec<(Expr, Expr)> = j.on.clone();
+            out.extend(join_pairs(&j.left));
+            out.extend(join_pairs(&j.right));
+            out
+        }
+        LogicalPlan::Join(j) => {
+            let mut out = join_pairs(&j.left);
+            out.extend(join_pairs(&j.right));
+            out
+        }
+        LogicalPlan::Filter(f) => join_pairs(&f.input),
+        _ => Vec::new(),
+    }
+}
+
+fn qualifier(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Column(c) => c.relation.as_ref().map(|r| r.table().to_owned()),
+        _ => None,
+    }
+}
+
+/// The stored-table leaves of a scope: (qualifier, table, plan).
+fn leaf_plans_of(plan: &LogicalPlan, out: &mut Vec<(String, String, LogicalPlan)>) {
+    match plan {
+        LogicalPlan::Join(j) => {
+            leaf_plans_of(&j.left, out);
+            leaf_plans_of(&j.right, out);
+        }
+        LogicalPlan::Filter(f) => leaf_plans_of(&f.input, out),
+        LogicalPlan::SubqueryAlias(s) => {
+            if let LogicalPlan::TableScan(t) = s.input.as_ref() {
+                out.push((s.alias.table().to_owned(), t.table_name.table().to_owned(), plan.clone()))
+            }
+        }
+        LogicalPlan::TableScan(t) => out.push((t.table_name.table().to_owned(), t.table_name.table().to_owned(), plan.clone())),
+        _ => {}
+    }
 }
 
 /// A per-patient relation: [Projection] [Filter: HAVING] Aggregate by the unit over a source,
@@ -275,11 +351,13 @@ pub fn bounded_relation(analysis: &Analysis, schemas: &Schemas, bound: u32) -> d
     // Rows per patient after the join: each joined relation is truncated to its own bound (a
     // per-patient relation has one row per patient), so their product bounds the join. A single
     // stored table is not truncated before, only after.
+    // A join to a public table may repeat a patient's rows (a code with many ancestors): no
+    // product holds, the rows are truncated after the joins.
     let single_stored = analysis.tables.len() == 1 && analysis.per_patient.is_empty();
-    let product: u64 = if single_stored {
+    let product: u64 = if single_stored || !analysis.public.is_empty() {
         u64::MAX
     } else {
-        analysis.policies.values().fold(1u64, |acc, p| acc.saturating_mul(p.max_rows_per_unit as u64))
+        analysis.policies.values().filter(|p| !p.public).fold(1u64, |acc, p| acc.saturating_mul(p.max_rows_per_unit as u64))
     };
     let mut exprs = vec![Expr::Column(analysis.unit.clone()).alias(PID)];
     for (i, k) in analysis.keys.iter().enumerate() {

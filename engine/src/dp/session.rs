@@ -33,8 +33,24 @@ fn num_partitions() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }
 
-/// The session over the project's tables.
+/// The session over the project's tables, and the warehouse's public tables (the vocabularies).
 pub fn session(wh: &Warehouse, tables: &[String]) -> Result<SessionContext> {
+    let mut all: Vec<String> = tables.to_vec();
+    for (name, policy) in &wh.schemas.tables {
+        if policy.public && !all.contains(name) {
+            all.push(name.clone());
+        }
+    }
+    register(wh, &all)
+}
+
+/// A session over the public tables only (vocabulary search, public domains).
+pub fn public_session(wh: &Warehouse) -> Result<SessionContext> {
+    let public: Vec<String> = wh.schemas.tables.iter().filter(|(_, p)| p.public).map(|(n, _)| n.clone()).collect();
+    register(wh, &public)
+}
+
+fn register(wh: &Warehouse, tables: &[String]) -> Result<SessionContext> {
     let mut config = SessionConfig::new().with_information_schema(false).with_target_partitions(num_partitions());
     // Statistics would be read from every file's footer while planning; the release never uses
     // them (a count must come from the bounded rows, not from metadata), so skip that work.

@@ -36,12 +36,13 @@ enum Op {
         check: Option<Check>,
         c: Checked,
     },
-    /// The privacy unit, or an identifier pseudonymized in place.
+    /// The privacy unit (`unit`), or an identifier pseudonymized in place.
     Pseudonym {
         src: usize,
         ty: ColumnType,
         check: Option<Check>,
         p: Pseudonymizer,
+        unit: bool,
         c: Checked,
         out: Int64Builder,
     },
@@ -116,6 +117,20 @@ pub struct Converter {
     file: String,
     pub shown: Vec<RowProblem>,
     pub more: u64,
+    /// Checks of each row's patient against the warehouse (orphans, duplicated persons).
+    unit_check: Option<UnitCheck>,
+    /// Orphan rows left out (`--orphans drop`).
+    pub orphans_dropped: u64,
+}
+
+/// What an ingest checks each row's patient (its privacy-unit pseudonym) against.
+pub enum UnitCheck {
+    /// The patients of `person`: a row of another table whose patient is not there is an
+    /// orphan, invalid (`drop = false`) or left out (`drop = true`).
+    Orphans { known: std::collections::HashSet<i64>, drop: bool },
+    /// `person` itself: its privacy unit is its primary key, once per table (`seen` starts
+    /// with the patients already stored).
+    Unique { seen: std::collections::HashSet<i64> },
 }
 
 impl Converter {
@@ -140,6 +155,7 @@ impl Converter {
                         ty: s.0,
                         check: s.1,
                         p: Pseudonymizer::new(key, "privacy_unit"),
+                        unit: true,
                         c: checked,
                         out: Int64Builder::new(),
                     }
@@ -149,6 +165,7 @@ impl Converter {
                     ty: c.ty,
                     check: c.check,
                     p: Pseudonymizer::new(key, &c.name),
+                    unit: false,
                     c: checked,
                     out: Int64Builder::new(),
                 },
@@ -215,7 +232,27 @@ impl Converter {
             file: file.to_owned(),
             shown: Vec::new(),
             more: 0,
+            unit_check: None,
+            orphans_dropped: 0,
         }
+    }
+
+    /// Check every row's patient (see [`UnitCheck`]).
+    pub fn with_unit_check(mut self, check: UnitCheck) -> Converter {
+        self.unit_check = Some(check);
+        self
+    }
+
+    /// The privacy unit's pseudonym of a row, when the row has a valid one.
+    fn unit_of(&self, row: &dyn RowFields) -> Option<(String, i64)> {
+        self.ops.iter().find_map(|(name, op)| match op {
+            Op::Pseudonym { src, ty, p, unit: true, .. } => {
+                let v = row.get(*src).filter(|v| !v.is_empty())?;
+                let bytes = identifier_bytes(v, *ty).ok()?;
+                Some((name.clone(), p.pseudonymize(&bytes)))
+            }
+            _ => None,
+        })
     }
 
     pub fn failed(&self) -> bool {
@@ -238,6 +275,26 @@ impl Converter {
     /// Validate and convert one row. Every op appends exactly one value (null on error) so the
     /// builders stay aligned; a failed ingest never writes its batches anyway.
     pub fn push_row(&mut self, row: &dyn RowFields, line: u64) {
+        if self.unit_check.is_some()
+            && let Some((column, unit)) = self.unit_of(row)
+        {
+            let problem = match self.unit_check.as_mut() {
+                Some(UnitCheck::Orphans { known, drop }) if !known.contains(&unit) => {
+                    if *drop {
+                        self.orphans_dropped += 1;
+                        return;
+                    }
+                    Some("this patient is not in `person` (an orphan row): ingest person first, or pass --orphans drop")
+                }
+                Some(UnitCheck::Unique { seen }) => {
+                    (!seen.insert(unit)).then_some("this patient appears twice: the privacy unit is the primary key of this table")
+                }
+                _ => None,
+            };
+            if let Some(reason) = problem {
+                self.row_problem(line, Some(&column), reason.into());
+            }
+        }
         self.rows += 1;
         let mut problems: Vec<(String, String)> = Vec::new();
         for (name, op) in &mut self.ops {
@@ -323,35 +380,80 @@ fn check_bounds(v: f64, bounds: Option<(f64, f64)>, reject: bool, what: impl Fn(
     }
 }
 
-fn parse_int(v: &[u8], c: &Checked) -> Result<i64, Invalid> {
-    text(v)?.parse::<i64>().map_err(|_| Invalid(format!("{} is not an integer", shown(v, c))))
+/// An integer as exports write them: `123`, or `123.0` (ids and concept ids written as floats by
+/// some ETL tools); any other fraction is not an integer.
+fn integer(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(i) = s.parse::<i64>() {
+        return Some(i);
+    }
+    let (whole, frac) = s.split_once('.')?;
+    if frac.is_empty() || !frac.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    whole.parse::<i64>().ok()
 }
 
-/// `YYYY-MM-DD` (optionally followed by a time, which is ignored) → days since the epoch.
+fn parse_int(v: &[u8], c: &Checked) -> Result<i64, Invalid> {
+    integer(text(v)?).ok_or_else(|| Invalid(format!("{} is not an integer", shown(v, c))))
+}
+
+/// The bytes an identifier is pseudonymized from: an integer identifier in its canonical form
+/// (so `10204.0` in one file and `10204` in another are the same patient), anything else as is.
+fn identifier_bytes(v: &[u8], ty: ColumnType) -> Result<std::borrow::Cow<'_, [u8]>, Invalid> {
+    if ty != ColumnType::Integer {
+        return Ok(std::borrow::Cow::Borrowed(v));
+    }
+    let s = text(v)?;
+    // Already canonical: digits without a leading zero.
+    if !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit()) && (s.len() == 1 || !s.starts_with('0')) {
+        return Ok(std::borrow::Cow::Borrowed(v));
+    }
+    let i = integer(s).ok_or_else(|| Invalid::from("an integer identifier that is not an integer"))?;
+    Ok(std::borrow::Cow::Owned(i.to_string().into_bytes()))
+}
+
+/// `YYYY-MM-DD` (optionally followed by a time, which is ignored) or `YYYYMMDD` (the
+/// vocabularies' and some exports' form) → days since the epoch.
 fn parse_date(v: &[u8], c: &Checked) -> Result<i32, Invalid> {
-    let bad = || Invalid(format!("{} is not a date (YYYY-MM-DD)", shown(v, c)));
-    if v.len() < 10 || (v.len() > 10 && v[10] != b' ' && v[10] != b'T') {
-        return Err(bad());
-    }
+    let bad = || Invalid(format!("{} is not a date (YYYY-MM-DD or YYYYMMDD)", shown(v, c)));
     let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        v[r].iter().try_fold(0u32, |acc, b| b.is_ascii_digit().then(|| acc * 10 + (b - b'0') as u32))
+        v.get(r)?.iter().try_fold(0u32, |acc, b| b.is_ascii_digit().then(|| acc * 10 + (b - b'0') as u32))
     };
-    if v[4] != b'-' || v[7] != b'-' {
-        return Err(bad());
-    }
-    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else { return Err(bad()) };
+    let (y, m, d) = if v.len() == 8 {
+        (num(0..4), num(4..6), num(6..8))
+    } else {
+        if v.len() < 10 || (v.len() > 10 && v[10] != b' ' && v[10] != b'T') || v[4] != b'-' || v[7] != b'-' {
+            return Err(bad());
+        }
+        (num(0..4), num(5..7), num(8..10))
+    };
+    let (Some(y), Some(m), Some(d)) = (y, m, d) else { return Err(bad()) };
     let date = chrono::NaiveDate::from_ymd_opt(y as i32, m, d).ok_or_else(bad)?;
     Ok(date.signed_duration_since(chrono::NaiveDate::default()).num_days() as i32)
 }
 
+/// A datetime as exports write them: `YYYY-MM-DD HH:MM[:SS[.ffffff]]` (or with `T`), with or
+/// without a time zone (`Z`, `+01:00`: converted to UTC), or a date alone (midnight).
 fn parse_datetime(v: &[u8], c: &Checked) -> Result<i64, Invalid> {
-    let s = text(v)?;
+    let s = text(v)?.trim();
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M%#z", "%Y-%m-%dT%H:%M%#z"] {
+        if let Ok(t) = chrono::DateTime::parse_from_str(s, fmt) {
+            return Ok(t.to_utc().timestamp_micros());
+        }
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.to_utc().timestamp_micros());
+    }
     for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
             return Ok(t.and_utc().timestamp_micros());
         }
     }
-    Err(Invalid(format!("{} is not a datetime (YYYY-MM-DD HH:MM:SS)", shown(v, c))))
+    if let Ok(d) = parse_date(v, c) {
+        return Ok(d as i64 * 86_400_000_000);
+    }
+    Err(Invalid(format!("{} is not a datetime (YYYY-MM-DD HH:MM:SS, with or without a time zone)", shown(v, c))))
 }
 
 fn check_identifier(v: &[u8], ty: ColumnType, check: Option<Check>) -> Result<(), Invalid> {
@@ -375,11 +477,11 @@ fn apply(op: &mut Op, row: &dyn RowFields) -> Result<(), Invalid> {
             }
             Ok(())
         }
-        Op::Pseudonym { src, ty, check, p, c, out } => {
+        Op::Pseudonym { src, ty, check, p, c, out, .. } => {
             let r = (|| {
                 let Some(v) = field(row, *src, c)? else { return Ok(None) };
                 check_identifier(v, *ty, *check)?;
-                Ok(Some(p.pseudonymize(v)))
+                Ok(Some(p.pseudonymize(&identifier_bytes(v, *ty)?)))
             })();
             out.append_option(r.clone().ok().flatten());
             r.map(|_| ())

@@ -24,9 +24,10 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::{FileEntry, NewIngest};
 use crate::error::{Error, IoContext, Result};
+use crate::omop::{self, CdmVersion, Shape};
 use crate::pseudonym::Key;
 use crate::warehouse::Warehouse;
-use convert::{Converter, RowFields};
+use convert::{Converter, RowFields, UnitCheck};
 
 /// Rows per Arrow batch handed from the validating thread to the Parquet writer.
 pub const BATCH_ROWS: usize = 64 * 1024;
@@ -46,7 +47,7 @@ pub enum Format {
 impl Format {
     pub fn parse(s: &str) -> Option<Format> {
         match s.to_ascii_lowercase().as_str() {
-            "csv" => Some(Format::Csv),
+            "csv" | "tsv" | "txt" => Some(Format::Csv),
             "parquet" => Some(Format::Parquet),
             "ndjson" | "jsonl" | "json" => Some(Format::Ndjson),
             _ => None,
@@ -67,6 +68,17 @@ pub struct Progress {
     pub rows: u64,
 }
 
+/// What to do with a row whose patient is not in `person`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Orphans {
+    /// The ingest fails, naming the rows (the default: an orphan usually means `person` was not
+    /// loaded, or loaded from another extract).
+    #[default]
+    Reject,
+    /// The rows are left out, and counted in the report.
+    Drop,
+}
+
 pub struct IngestOptions<'a> {
     pub table: &'a str,
     pub file: &'a Path,
@@ -76,11 +88,32 @@ pub struct IngestOptions<'a> {
     pub progress: Option<&'a dyn Fn(Progress)>,
     /// Test hook: fail after this many batches were written, as a crash or a full disk would.
     pub fail_after_batches: Option<usize>,
+    /// The CDM version of an OMOP export (detected from its columns when not given).
+    pub cdm_version: Option<CdmVersion>,
+    pub orphans: Orphans,
+    /// Replace the table's files instead of adding to them (the vocabularies: a new release
+    /// replaces the previous one).
+    pub replace: bool,
+    /// Whether `"` quotes fields in a CSV file (not in the vocabularies' tab-separated files,
+    /// whose names may hold a `"`).
+    pub quoting: bool,
 }
 
 impl<'a> IngestOptions<'a> {
     pub fn new(table: &'a str, file: &'a Path) -> Self {
-        IngestOptions { table, file, format: None, allow_duplicate: false, actor: "steward", progress: None, fail_after_batches: None }
+        IngestOptions {
+            table,
+            file,
+            format: None,
+            allow_duplicate: false,
+            actor: "steward",
+            progress: None,
+            fail_after_batches: None,
+            cdm_version: None,
+            orphans: Orphans::Reject,
+            replace: false,
+            quoting: true,
+        }
     }
 }
 
@@ -93,9 +126,81 @@ pub struct IngestReport {
     pub bytes: u64,
     pub source_sha256: String,
     pub elapsed: Duration,
+    /// What the file was read as (a raw extract, an OMOP export of some version).
+    pub shape: String,
+    /// CDM columns of the file that this warehouse does not keep (dropped).
+    pub dropped_cdm_columns: Vec<String>,
+    /// Columns of the file that are not in the CDM (a site's additions; dropped).
+    pub dropped_other_columns: Vec<String>,
+    /// Rows left out because their patient is not in `person` (`--orphans drop`).
+    pub orphans_dropped: u64,
+    /// Remarks for the steward.
+    pub notes: Vec<String>,
 }
 
-/// Ingest one raw extract into one table.
+/// A file's header (names as written) and CSV delimiter, read without reading the rest.
+fn peek_header(path: &Path, format: Format) -> Result<(Vec<String>, u8)> {
+    let unreadable = |reason: String| Error::UnreadableInput { file: path.display().to_string(), reason };
+    match format {
+        Format::Csv => {
+            let mut first = Vec::new();
+            let file = File::open(path).at(path)?;
+            let mut reader = BufReader::new(file);
+            std::io::BufRead::read_until(&mut reader, b'\n', &mut first).at(path)?;
+            if first.is_empty() {
+                return Err(unreadable("the file is empty: no header".into()));
+            }
+            // Comma or tab (or semicolon, or pipe): whichever the header line holds most of.
+            let count = |b: u8| first.iter().filter(|c| **c == b).count();
+            let delimiter = [b',', b'\t', b';', b'|'].into_iter().max_by_key(|b| count(*b)).unwrap_or(b',');
+            let mut r = csv::ReaderBuilder::new().has_headers(false).delimiter(delimiter).from_reader(first.as_slice());
+            let header = match r.byte_records().next() {
+                Some(Ok(rec)) => rec.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect(),
+                _ => return Err(unreadable("cannot read the CSV header".into())),
+            };
+            Ok((header, delimiter))
+        }
+        Format::Parquet => {
+            let file = File::open(path).at(path)?;
+            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| unreadable(format!("not a readable Parquet file: {e}")))?;
+            Ok((builder.schema().fields().iter().map(|f| f.name().clone()).collect(), b','))
+        }
+        Format::Ndjson => {
+            let file = File::open(path).at(path)?;
+            let mut first = String::new();
+            std::io::BufRead::read_line(&mut BufReader::new(file), &mut first).at(path)?;
+            let keys = match serde_json::from_str::<serde_json::Value>(&first) {
+                Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+                _ => Vec::new(),
+            };
+            Ok((keys, b','))
+        }
+    }
+}
+
+/// The pseudonyms of the patients a table holds (its committed files' privacy-unit column).
+pub fn stored_units(wh: &Warehouse, table: &str) -> Result<std::collections::HashSet<i64>> {
+    let policy = wh.schemas.get(table)?;
+    let unit = policy.privacy_unit().name.clone();
+    let mut out = std::collections::HashSet::new();
+    for f in wh.catalog.files(table)? {
+        let path = wh.layout.root.join(&f.path);
+        let file = File::open(&path).at(&path)?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?;
+        let Some(index) = builder.schema().fields().iter().position(|c| *c.name() == unit) else { continue };
+        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [index]);
+        for batch in builder.with_projection(mask).build()? {
+            let batch = batch?;
+            if let Some(ids) = batch.column(0).as_any().downcast_ref::<arrow::array::Int64Array>() {
+                out.extend(ids.iter().flatten());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Ingest one raw extract or OMOP export into one table.
 pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result<IngestReport> {
     let started = Instant::now();
     let policy = wh.schemas.get(opts.table)?.clone();
@@ -109,15 +214,56 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
         }
     };
     let bytes_total = std::fs::metadata(opts.file).at(opts.file)?.len();
+    let (written_header, delimiter) = peek_header(opts.file, format)?;
+    let (header, version) = omop::normalize_header(opts.table, &written_header, opts.cdm_version);
+    let shape = match omop::detect(&policy, &header) {
+        Some(Shape::Omop(_)) => Shape::Omop(version.unwrap_or(CdmVersion::V54)),
+        Some(s) => s,
+        None => {
+            let unit = policy.privacy_unit();
+            return Err(Error::UnreadableInput {
+                file: opts.file.display().to_string(),
+                reason: format!(
+                    "cannot tell what it is: a raw extract names its patients in `{}`, an OMOP export in `{}`; the header has neither",
+                    unit.source.as_deref().unwrap_or(&unit.name),
+                    unit.name
+                ),
+            });
+        }
+    };
+    let input = match shape {
+        Shape::Extract => policy.clone(),
+        Shape::Omop(_) => omop::input_policy(&policy),
+    };
     sweep_staging(wh)?;
+
+    let shown_name = opts.file.display().to_string();
+    let mut notes = Vec::new();
+    let mut conv = Converter::new(&input, key, &shown_name);
+    let (dropped_cdm, dropped_other) = match shape {
+        Shape::Omop(_) => omop::dropped(opts.table, &header, &conv.raw_names),
+        Shape::Extract => (Vec::new(), Vec::new()),
+    };
+    // Each row's patient: unique in `person`, present in `person` for every other table.
+    if !policy.public {
+        if opts.table == "person" {
+            conv = conv.with_unit_check(UnitCheck::Unique { seen: stored_units(wh, "person")? });
+        } else if wh.schemas.tables.contains_key("person") {
+            let known = stored_units(wh, "person")?;
+            if known.is_empty() {
+                notes.push("`person` is empty: orphan rows cannot be checked (ingest person first)".into());
+            } else {
+                conv = conv.with_unit_check(UnitCheck::Orphans { known, drop: opts.orphans == Orphans::Drop });
+            }
+        }
+    }
 
     let id = new_ingest_id();
     let staging = wh.layout.staging().join(&id);
     std::fs::create_dir_all(&staging).at(&staging)?;
     std::fs::write(staging.join("pid"), std::process::id().to_string()).at(&staging)?;
 
-    let shown_name = opts.file.display().to_string();
-    let mut conv = Converter::new(&policy, key, &shown_name);
+    let lenient = matches!(shape, Shape::Omop(_));
     let result = (|| -> Result<(String, Vec<(PathBuf, u64, u64)>)> {
         let (tx, rx) = sync_channel::<RecordBatch>(2);
         let writer_dir = staging.clone();
@@ -128,10 +274,11 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
             .spawn(move || write_parquet(rx, &writer_dir, &prefix, fail_after))
             .map_err(|e| Error::io(&staging, e))?;
         let mut sink = BatchSink { tx: Some(tx), rows: 0 };
+        let columns = Columns { header: &header, lenient, delimiter };
         let read = match format {
-            Format::Csv => read_csv(opts, bytes_total, &mut conv, &mut sink),
+            Format::Csv => read_csv(opts, bytes_total, &columns, &mut conv, &mut sink),
             Format::Ndjson => read_ndjson(opts, bytes_total, &mut conv, &mut sink),
-            Format::Parquet => read_parquet(opts, bytes_total, &mut conv, &mut sink),
+            Format::Parquet => read_parquet(opts, bytes_total, &columns, &mut conv, &mut sink),
         };
         drop(sink.tx.take());
         let written = writer.join().map_err(|_| Error::internal("the Parquet writer thread panicked"))?;
@@ -170,6 +317,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
             source_sha256: &sha,
             actor: opts.actor,
             allow_duplicate: opts.allow_duplicate,
+            replace: opts.replace,
             files: &files,
         })?;
         Ok(files)
@@ -185,6 +333,11 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
                 files,
                 source_sha256: sha,
                 elapsed: started.elapsed(),
+                shape: shape.name(),
+                dropped_cdm_columns: dropped_cdm,
+                dropped_other_columns: dropped_other,
+                orphans_dropped: conv.orphans_dropped,
+                notes,
             })
         }
         Err(e) => {
@@ -192,6 +345,116 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
             Err(e)
         }
     }
+}
+
+/// What `ingest --dir` did.
+#[derive(Debug, Clone, Default)]
+pub struct DirReport {
+    /// The tables ingested, in order.
+    pub ingested: Vec<IngestReport>,
+    /// Files left aside, and why (vocabulary files, files already ingested, unknown names).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// The order tables are ingested in: `person` first (every other table's rows are checked
+/// against it), visits before what refers to them, then the rest by name.
+fn dependency_rank(table: &str) -> (u8, String) {
+    let rank = match table {
+        "person" => 0,
+        "observation_period" => 1,
+        "visit_occurrence" => 2,
+        "visit_detail" => 3,
+        _ => 4,
+    };
+    (rank, table.to_owned())
+}
+
+/// The table a file of an export holds, from its name (`PERSON.csv`, `condition_occurrence.tsv`,
+/// `measurement.parquet`).
+pub fn table_of(path: &Path) -> Option<(String, Format)> {
+    let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
+    let (stem, ext) = name.rsplit_once('.')?;
+    Some((stem.to_owned(), Format::parse(ext)?))
+}
+
+/// Ingest every recognised table of a directory (an OMOP export), in dependency order. Each
+/// table commits on its own; the first failure stops the run (the tables before it stay
+/// committed, the report says which). Files already ingested are skipped.
+pub fn ingest_dir(
+    wh: &mut Warehouse,
+    key: &Key,
+    dir: &Path,
+    template: &IngestOptions<'_>,
+    progress: Option<&dyn Fn(&str, u64, u64)>,
+) -> Result<DirReport> {
+    let mut report = DirReport::default();
+    let mut found: Vec<(String, PathBuf, Format)> = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).at(dir)?.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    entries.sort();
+    for path in entries {
+        match table_of(&path) {
+            Some((table, _)) if crate::vocabulary::TABLES.contains(&table.as_str()) => {
+                report.skipped.push((path, "a vocabulary file: load it with `secretum vocabulary load`".into()))
+            }
+            Some((table, format)) if wh.schemas.tables.get(&table).is_some_and(|p| !p.public) => {
+                if found.iter().any(|(t, _, _)| *t == table) {
+                    return Err(Error::BadRequest(format!("{}: two files hold table `{table}`; ingest them one by one", dir.display())));
+                }
+                found.push((table, path, format))
+            }
+            _ => report.skipped.push((path, "not a table of this warehouse's schemas".into())),
+        }
+    }
+    if found.is_empty() {
+        return Err(Error::BadRequest(format!(
+            "{}: no file named after a table of this warehouse (PERSON.csv, condition_occurrence.csv, ...)",
+            dir.display()
+        )));
+    }
+    found.sort_by_key(|(t, _, _)| dependency_rank(t));
+    let total: u64 = found.iter().map(|(_, p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let mut done = 0u64;
+    for (table, path, format) in &found {
+        let already = wh.catalog.ingests()?;
+        let sha = hash_file(path)?;
+        if already.iter().any(|i| i.table == *table && i.source_sha256 == sha) {
+            report.skipped.push((path.clone(), format!("already ingested into `{table}`")));
+            done += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            continue;
+        }
+        let shown = |p: Progress| {
+            if let Some(f) = progress {
+                f(table, done + p.bytes_read, total)
+            }
+        };
+        let opts = IngestOptions {
+            table,
+            file: path,
+            format: Some(*format),
+            allow_duplicate: false,
+            actor: template.actor,
+            progress: Some(&shown),
+            fail_after_batches: None,
+            cdm_version: template.cdm_version,
+            orphans: template.orphans,
+            replace: false,
+            quoting: template.quoting,
+        };
+        match ingest(wh, key, &opts) {
+            Ok(r) => report.ingested.push(r),
+            Err(e) => {
+                let committed: Vec<&str> = report.ingested.iter().map(|r| r.table.as_str()).collect();
+                let before = if committed.is_empty() {
+                    "nothing was committed".to_owned()
+                } else {
+                    format!("committed before it: {}", committed.join(", "))
+                };
+                return Err(Error::BadRequest(format!("`{table}` ({}) was not ingested ({before}):\n{e}", path.display())));
+            }
+        }
+        done += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    }
+    Ok(report)
 }
 
 /// Remove what an ingest that did not commit left behind: its staging directory, and any of its
@@ -328,11 +591,21 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// How a file's columns are read: its normalized header, whether columns the table does not
+/// read are dropped (an OMOP export: reported by the caller) or refused (a raw extract: an
+/// undeclared column may be an identifier nobody classified), and the CSV delimiter.
+struct Columns<'a> {
+    header: &'a [String],
+    lenient: bool,
+    delimiter: u8,
+}
+
 /// How the header of the input maps onto the schema's raw columns.
-fn map_header(header: &[String], conv: &Converter, table: &str) -> Result<Vec<Option<usize>>> {
+fn map_header(columns: &Columns<'_>, conv: &Converter, table: &str) -> Result<Vec<Option<usize>>> {
+    let header = columns.header;
     let mut problems = Vec::new();
     for (i, h) in header.iter().enumerate() {
-        if !conv.raw_names.iter().any(|n| n == h) {
+        if !columns.lenient && !conv.raw_names.iter().any(|n| n == h) {
             problems.push(format!(
                 "column `{h}` is not in the schema of `{table}`: declare it (with its privacy role) or remove it from the extract"
             ));
@@ -351,7 +624,7 @@ fn map_header(header: &[String], conv: &Converter, table: &str) -> Result<Vec<Op
         Ok(map)
     } else {
         Err(Error::UnreadableInput {
-            file: format!("the extract for `{table}`"),
+            file: format!("the file for `{table}`"),
             reason: format!("it does not match the table's schema:\n  {}", problems.join("\n  ")),
         })
     }
@@ -368,21 +641,28 @@ impl RowFields for CsvRow<'_> {
     }
 }
 
-fn read_csv(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter, sink: &mut BatchSink) -> Result<String> {
+fn read_csv(
+    opts: &IngestOptions<'_>,
+    bytes_total: u64,
+    columns: &Columns<'_>,
+    conv: &mut Converter,
+    sink: &mut BatchSink,
+) -> Result<String> {
     let file = File::open(opts.file).at(opts.file)?;
     let hashing = Hashing { inner: file, hasher: Sha256::new(), read: 0 };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
+        .delimiter(columns.delimiter)
+        .quoting(opts.quoting)
         .buffer_capacity(1 << 20)
         .from_reader(BufReader::with_capacity(1 << 20, hashing));
-    let header: Vec<String> = reader
-        .byte_headers()
-        .map_err(|e| Error::UnreadableInput { file: opts.file.display().to_string(), reason: format!("cannot read the CSV header: {e}") })?
-        .iter()
-        .map(|h| String::from_utf8_lossy(h).trim().to_owned())
-        .collect();
-    let map = map_header(&header, conv, opts.table)?;
+    reader.byte_headers().map_err(|e| Error::UnreadableInput {
+        file: opts.file.display().to_string(),
+        reason: format!("cannot read the CSV header: {e}"),
+    })?;
+    let header = columns.header;
+    let map = map_header(columns, conv, opts.table)?;
     let mut record = csv::ByteRecord::new();
     let mut rows = 0u64;
     loop {
@@ -489,14 +769,19 @@ fn read_ndjson(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter,
     hash_file(opts.file)
 }
 
-fn read_parquet(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter, sink: &mut BatchSink) -> Result<String> {
+fn read_parquet(
+    opts: &IngestOptions<'_>,
+    bytes_total: u64,
+    columns: &Columns<'_>,
+    conv: &mut Converter,
+    sink: &mut BatchSink,
+) -> Result<String> {
     let sha = hash_file(opts.file)?;
     let file = File::open(opts.file).at(opts.file)?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::UnreadableInput { file: opts.file.display().to_string(), reason: format!("not a readable Parquet file: {e}") })?
         .with_batch_size(BATCH_ROWS);
-    let header: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
-    let map = map_header(&header, conv, opts.table)?;
+    let map = map_header(columns, conv, opts.table)?;
     let mut row = 1u64;
     for batch in builder.build()? {
         let batch = batch?;

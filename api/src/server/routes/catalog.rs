@@ -1,17 +1,18 @@
 //! What may be asked: the tables, their columns, privacy roles, bounds and public domains
-//! (never rows, never counts); and the ingest history (stewards).
+//! (never rows of patient tables, never counts); the concepts of the public vocabulary, row by
+//! row; and the ingest history (stewards).
 
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use secretum_engine::governance::accounts::Role;
 use secretum_engine::schema::Domain;
 
 use crate::server::auth::Caller;
 use crate::server::error::ApiResult;
-use crate::server::error::ErrorBody;
+use crate::server::error::{ApiError, ErrorBody, Params};
 use crate::server::state::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -22,6 +23,9 @@ pub struct TableView {
     pub max_rows_per_unit: u32,
     /// Groups one patient may contribute to (a query may tighten it).
     pub max_groups_per_unit: u32,
+    /// Public reference data (the vocabularies): no patient, readable row by row
+    /// (`GET /v1/concepts`), joinable at no privacy cost.
+    pub public: bool,
     pub columns: Vec<ColumnView>,
 }
 
@@ -48,9 +52,12 @@ pub struct DomainView {
     pub size: usize,
     /// `[lo, hi]` for an integer range.
     pub range: Option<[i64; 2]>,
-    /// The listed values (for lists).
+    /// The listed values (for lists of at most 1,000).
     #[schema(value_type = Option<Vec<Object>>)]
     pub values: Option<Vec<serde_json::Value>>,
+    /// For concept ids: the OMOP domain whose concepts (in the loaded vocabulary) are the keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concepts: Option<String>,
 }
 
 /// What researchers may ask about: tables, columns, privacy roles, bounds, domains. Never rows,
@@ -59,8 +66,16 @@ pub struct DomainView {
     responses((status = 200, body = Vec<TableView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn tables(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<TableView>>> {
     caller.require(&[Role::Researcher, Role::Steward], "the catalog")?;
-    let views = st
-        .schemas()
+    // Concept domains as the loaded vocabulary resolves them (public data).
+    let handle = tokio::runtime::Handle::current();
+    let resolved = st.blocking(move |st| Ok(handle.block_on(secretum_engine::vocabulary::resolve_domains(&st.warehouse()?))?)).await?;
+    let concept_domain = |table: &str, column: &str| -> Option<String> {
+        st.schemas().tables.get(table)?.column(column).and_then(|c| match &c.domain {
+            Some(Domain::Concepts(d)) => Some(d.clone()),
+            _ => None,
+        })
+    };
+    let views = resolved
         .tables
         .values()
         .map(|t| TableView {
@@ -68,6 +83,7 @@ pub async fn tables(State(st): State<AppState>, caller: Caller) -> ApiResult<Jso
             description: t.description.clone(),
             max_rows_per_unit: t.max_rows_per_unit,
             max_groups_per_unit: t.max_groups_per_unit,
+            public: t.public,
             columns: t
                 .stored_columns()
                 .map(|c| ColumnView {
@@ -78,19 +94,22 @@ pub async fn tables(State(st): State<AppState>, caller: Caller) -> ApiResult<Jso
                     nullable: c.nullable,
                     bounds: c.bounds.map(|(lo, hi)| [lo, hi]),
                     domain: c.domain.as_ref().map(|d| match d {
-                        Domain::Range(lo, hi) => DomainView { size: d.len(), range: Some([*lo, *hi]), values: None },
+                        Domain::Range(lo, hi) => DomainView { size: d.len(), range: Some([*lo, *hi]), values: None, concepts: None },
                         Domain::Values(set) => DomainView {
                             size: set.len(),
                             range: None,
-                            values: Some(
+                            values: (set.len() <= 1000).then(|| {
                                 set.iter()
                                     .map(|v| match v {
                                         secretum_engine::schema::DomainValue::Int(i) => (*i).into(),
                                         secretum_engine::schema::DomainValue::Str(s) => s.clone().into(),
                                     })
-                                    .collect(),
-                            ),
+                                    .collect()
+                            }),
+                            concepts: concept_domain(&t.name, &c.name),
                         },
+                        // More concepts than a public domain may have (or no vocabulary loaded).
+                        Domain::Concepts(name) => DomainView { size: 0, range: None, values: None, concepts: Some(name.clone()) },
                     }),
                     description: c.description.clone(),
                 })
@@ -137,4 +156,32 @@ pub async fn ingests(State(st): State<AppState>, caller: Caller) -> ApiResult<Js
         ))
     })
     .await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConceptQuery {
+    /// Words of the concept's name (any case), or its code, or its id.
+    pub q: String,
+    /// At most this many concepts, 1 to 1000 (default 50).
+    pub limit: Option<usize>,
+}
+
+/// Concepts of the loaded vocabulary: public reference data, read row by row at no privacy cost
+/// (standard concepts first).
+#[utoipa::path(get, path = "/v1/concepts", tag = "catalog", security(("bearer" = [])), params(ConceptQuery),
+    responses((status = 200, body = Vec<secretum_engine::vocabulary::Concept>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn concepts(
+    State(st): State<AppState>,
+    caller: Caller,
+    Params(q): Params<ConceptQuery>,
+) -> ApiResult<Json<Vec<secretum_engine::vocabulary::Concept>>> {
+    caller.require(&[Role::Researcher, Role::Steward], "the vocabulary")?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::malformed(format!("limit must be 1 to 1000, got {limit}")));
+    }
+    let handle = tokio::runtime::Handle::current();
+    let found = st.blocking(move |st| Ok(handle.block_on(secretum_engine::vocabulary::search(&st.warehouse()?, &q.q, limit))?)).await?;
+    Ok(Json(found))
 }

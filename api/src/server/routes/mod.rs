@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/console.css", get(super::console::style))
         .route("/v1/me", get(service::me))
         .route("/v1/tables", get(catalog::tables))
+        .route("/v1/concepts", get(catalog::concepts))
         .route("/v1/ingests", get(catalog::ingests))
         .route("/v1/projects", post(projects::request_project).get(projects::list_projects))
         .route("/v1/projects/{id}", get(projects::get_project))

@@ -35,21 +35,25 @@ def _relations(cohort: str, end: str, event: str) -> str:
     return f"WITH c AS ({cohort}), o AS ({end}), e AS ({event})"
 
 
-def _joins(by: Optional[str]) -> Tuple[str, str, str]:
-    """The group key's select and GROUP BY parts, and the join that gives it."""
-    if by is None:
-        return "", "", ""
-    return f"p.{by} AS grp, ", "p.", f" JOIN person p ON p.person_id = c.person_id"
-
 
 _WHERE = "o.end_date >= c.index_date AND (e.event_date IS NULL OR e.event_date >= c.index_date)"
 
 
-def km_sql(cohort: str, end: str, event: str, *, by: Optional[str] = None, bucket_days: int = 365, horizon: int = 10) -> str:
+def _joins_where(by: Optional[str], where: Optional[str]) -> Tuple[str, str]:
+    """The join to `person` (needed for a group or a condition on it) and the WHERE clause."""
+    join = " JOIN person p ON p.person_id = c.person_id" if (by or where) else ""
+    cond = _WHERE + (f" AND ({where})" if where else "")
+    return join, cond
+
+
+def km_sql(
+    cohort: str, end: str, event: str, *, by: Optional[str] = None, where: Optional[str] = None, bucket_days: int = 365, horizon: int = 10
+) -> str:
     """The one query behind :func:`kaplan_meier`: patients by (group,) time bucket and whether
     the outcome ended their follow-up. Each patient is in exactly one cell (sensitivity 1);
     bucket ``horizon`` holds everyone followed beyond the horizon, as censored there."""
-    key, _, join = _joins(by)
+    key = f"p.{by} AS grp, " if by else ""
+    join, cond = _joins_where(by, where)
     days = bucket_days * horizon
     exit_ = "LEAST(COALESCE(e.event_date, o.end_date), o.end_date)"
     groups = "1, 2, 3" if by else "1, 2"
@@ -59,14 +63,15 @@ def km_sql(cohort: str, end: str, event: str, *, by: Optional[str] = None, bucke
         f"COALESCE(e.event_date <= o.end_date AND e.event_date < c.index_date + INTERVAL '{days} days', false) AS event, "
         f"COUNT(*) AS n "
         f"FROM c{join} JOIN o ON o.person_id = c.person_id LEFT JOIN e ON e.person_id = c.person_id "
-        f"WHERE {_WHERE} GROUP BY {groups}"
+        f"WHERE {cond} GROUP BY {groups}"
     )
 
 
-def incidence_sql(cohort: str, end: str, event: str, *, by: Optional[str] = None, max_days: int = 3650) -> str:
+def incidence_sql(cohort: str, end: str, event: str, *, by: Optional[str] = None, where: Optional[str] = None, max_days: int = 3650) -> str:
     """The one query behind :func:`incidence`: events and person-days of follow-up (each
     patient's at most ``max_days``), per group."""
-    key, _, join = _joins(by)
+    key = f"p.{by} AS grp, " if by else ""
+    join, cond = _joins_where(by, where)
     exit_ = "LEAST(COALESCE(e.event_date, o.end_date), o.end_date)"
     group = " GROUP BY 1" if by else ""
     return (
@@ -75,7 +80,7 @@ def incidence_sql(cohort: str, end: str, event: str, *, by: Optional[str] = None
         f"COUNT(CASE WHEN e.event_date <= o.end_date AND e.event_date <= c.index_date + INTERVAL '{max_days} days' THEN 1 END) AS events, "
         f"SUM(LEAST(GREATEST({exit_} - c.index_date, 0), {max_days})) AS person_days "
         f"FROM c{join} JOIN o ON o.person_id = c.person_id LEFT JOIN e ON e.person_id = c.person_id "
-        f"WHERE {_WHERE}{group}"
+        f"WHERE {cond}{group}"
     )
 
 
@@ -139,6 +144,7 @@ def kaplan_meier(
     event: str,
     epsilon: float,
     by: Optional[str] = None,
+    where: Optional[str] = None,
     bucket_days: int = 365,
     horizon: int = 10,
     simulations: int = 2000,
@@ -148,14 +154,15 @@ def kaplan_meier(
     column of ``person``), with pointwise 95% intervals.
 
     One DP query, charged ``epsilon``: a histogram of (group, time bucket of ``bucket_days``,
-    event or censored) for buckets up to ``horizon``. The curve and its intervals are
+    event or censored) for buckets up to ``horizon``; ``where`` is a condition on ``person p``
+    (``"p.gender_concept_id IN (8507, 8532)"``: it also narrows the groups). The curve and its intervals are
     post-processing: each released count is clipped at zero; the interval adds Greenwood's
     variance to the variance of the curve under redrawn privacy noise (``simulations`` draws).
 
     Returns one row per (group,) bucket: ``time_days`` (end of the bucket), ``at_risk``,
     ``events``, ``censored``, ``survival``, ``ci95_lo``, ``ci95_hi``. ``df.attrs`` holds the SQL,
     ε spent and the query's report."""
-    sql = km_sql(cohort, end, event, by=by, bucket_days=bucket_days, horizon=horizon)
+    sql = km_sql(cohort, end, event, by=by, where=where, bucket_days=bucket_days, horizon=horizon)
     released = client.query(project, sql, epsilon=epsilon)
     suppressed = int(released["n"].isna().sum())
     threshold = float(released.attrs.get("suppression_threshold") or 0)
@@ -170,6 +177,8 @@ def kaplan_meier(
     rows: List[Dict[str, Any]] = []
     for g, a in _cells(released, horizon, threshold).items():
         at_risk, s, greenwood = survival_curve(a["d"], a["c"])
+        if at_risk[0] < 1:
+            continue  # a group nobody is in (its counts are noise around zero)
         # The curve under privacy noise drawn again around the released counts, and
         # suppressed counts anywhere under the threshold.
         draws = np.empty((simulations, horizon + 1))
@@ -209,6 +218,7 @@ def incidence(
     event: str,
     epsilon: float,
     by: Optional[str] = None,
+    where: Optional[str] = None,
     max_days: int = 3650,
     per: float = 1000.0,
 ) -> pd.DataFrame:
@@ -221,7 +231,7 @@ def incidence(
 
     Returns ``events``, ``person_years``, ``rate`` (per ``per`` person-years), ``ci95_lo``,
     ``ci95_hi`` per group; ``df.attrs`` holds the SQL, ε spent and the query's report."""
-    sql = incidence_sql(cohort, end, event, by=by, max_days=max_days)
+    sql = incidence_sql(cohort, end, event, by=by, where=where, max_days=max_days)
     released = client.query(project, sql, epsilon=epsilon)
     rows: List[Dict[str, Any]] = []
     if released["events"].isna().any():
@@ -235,11 +245,15 @@ def incidence(
         b_events = _scale(r["events"], r["events_ci95_hi"])
         b_days = _scale(r["person_days"], r["person_days_ci95_hi"])
         years = days / 365.25
+        if years < 1.0:
+            # Less than a person-year released: nobody (or noise) is followed in this group.
+            rows.append({**({by: r["grp"]} if by is not None else {}), "events": events, "person_years": years, "rate": float("nan"), "ci95_lo": float("nan"), "ci95_hi": float("nan")})
+            continue
         rate = events / years * per
         # Var(log rate) ≈ Var(E)/E² + Var(T)/T²; a Laplace of scale b has variance 2b².
         e = max(events, 0.5)
         var_log = (e + 2 * b_events**2) / e**2 + 2 * b_days**2 / days**2
-        half = _Z * math.sqrt(var_log)
+        half = min(_Z * math.sqrt(var_log), 50.0)
         row: Dict[str, Any] = {}
         if by is not None:
             row[by] = r["grp"]
