@@ -37,7 +37,9 @@ const QUERIES: &[(&str, &str)] = &[
 const CONCEPTS: [i64; 5] = [3004410, 3004501, 3004249, 3016723, 3028437];
 
 /// Write one table's Parquet file with the stored schema, in batches, and commit it.
-fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn(&str, usize, usize) -> ArrayRef) {
+/// `column` gives the bench's values for a column, or `None` for the CDM columns the bench does
+/// not use (written as NULL).
+fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn(&str, usize, usize) -> Option<ArrayRef>) {
     let schema = wh.schemas.get(table).expect("table").stored_schema();
     let rel = format!("tables/{table}/bench.parquet");
     let path = wh.layout.root.join(&rel);
@@ -51,7 +53,11 @@ fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn(&st
     let mut start = 0;
     while start < rows {
         let n = batch.min(rows - start);
-        let columns: Vec<ArrayRef> = schema.fields().iter().map(|f| column(f.name(), start, n)).collect();
+        let columns: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| column(f.name(), start, n).unwrap_or_else(|| arrow::array::new_null_array(f.data_type(), n)))
+            .collect();
         writer.write(&RecordBatch::try_new(schema.clone(), columns).expect("batch")).expect("write");
         start += n;
     }
@@ -81,28 +87,34 @@ fn build(dir: &Path, rows: usize) -> std::path::PathBuf {
     let ints = |f: &dyn Fn(usize) -> i64, start: usize, n: usize| -> ArrayRef {
         Arc::new(Int64Array::from_iter_values((start..start + n).map(f)))
     };
-    write_table(&mut wh, "person", patients, |name, start, n| match name {
-        "person_id" => ints(&|i| i as i64 * 7919 + 13, start, n),
-        "gender_concept_id" => ints(&|i| if i % 2 == 0 { 8507 } else { 8532 }, start, n),
-        "year_of_birth" => ints(&|i| 1930 + (i % 80) as i64, start, n),
-        "department" => Arc::new(StringArray::from_iter_values((start..start + n).map(|i| format!("{:02}", 1 + i % 95)))),
-        "race_concept_id" | "ethnicity_concept_id" => ints(&|_| 0, start, n),
-        "gender_source_value" => Arc::new(StringArray::from_iter_values((start..start + n).map(|i| if i % 2 == 0 { "M" } else { "F" }))),
-        other => panic!("person column {other}"),
+    write_table(&mut wh, "person", patients, |name, start, n| {
+        Some(match name {
+            "person_id" => ints(&|i| i as i64 * 7919 + 13, start, n),
+            "gender_concept_id" => ints(&|i| if i % 2 == 0 { 8507 } else { 8532 }, start, n),
+            "year_of_birth" => ints(&|i| 1930 + (i % 80) as i64, start, n),
+            "department" => Arc::new(StringArray::from_iter_values((start..start + n).map(|i| format!("{:02}", 1 + i % 95)))),
+            "race_concept_id" | "ethnicity_concept_id" => ints(&|_| 0, start, n),
+            "gender_source_value" => {
+                Arc::new(StringArray::from_iter_values((start..start + n).map(|i| if i % 2 == 0 { "M" } else { "F" })))
+            }
+            _ => return None,
+        })
     });
-    write_table(&mut wh, "measurement", rows, |name, start, n| match name {
-        "measurement_id" => ints(&|i| i as i64, start, n),
-        "person_id" => ints(&|i| (i % patients) as i64 * 7919 + 13, start, n),
-        "measurement_concept_id" => ints(&|i| CONCEPTS[i % 5], start, n),
-        "measurement_date" => Arc::new(Date32Array::from_iter_values((start..start + n).map(|i| 15_000 + (i % 5000) as i32))),
-        "measurement_type_concept_id" => ints(&|_| 32817, start, n),
-        "value_as_number" | "range_low" | "range_high" => {
-            Arc::new(Float64Array::from_iter_values((start..start + n).map(|i| 4.0 + (i * 37 % 1000) as f64 / 100.0)))
-        }
-        "unit_source_value" => Arc::new(StringArray::from_iter_values((start..start + n).map(|_| "%"))),
-        "visit_occurrence_id" => ints(&|i| i as i64 / 3, start, n),
-        "measurement_source_value" => Arc::new(StringArray::from_iter_values((start..start + n).map(|_| "4548-4"))),
-        other => panic!("measurement column {other}"),
+    write_table(&mut wh, "measurement", rows, |name, start, n| {
+        Some(match name {
+            "measurement_id" => ints(&|i| i as i64, start, n),
+            "person_id" => ints(&|i| (i % patients) as i64 * 7919 + 13, start, n),
+            "measurement_concept_id" => ints(&|i| CONCEPTS[i % 5], start, n),
+            "measurement_date" => Arc::new(Date32Array::from_iter_values((start..start + n).map(|i| 15_000 + (i % 5000) as i32))),
+            "measurement_type_concept_id" => ints(&|_| 32817, start, n),
+            "value_as_number" | "range_low" | "range_high" => {
+                Arc::new(Float64Array::from_iter_values((start..start + n).map(|i| 4.0 + (i * 37 % 1000) as f64 / 100.0)))
+            }
+            "unit_source_value" => Arc::new(StringArray::from_iter_values((start..start + n).map(|_| "%"))),
+            "visit_occurrence_id" => ints(&|i| i as i64 / 3, start, n),
+            "measurement_source_value" => Arc::new(StringArray::from_iter_values((start..start + n).map(|_| "4548-4"))),
+            _ => return None,
+        })
     });
     let mut g = Governance::open(&data).expect("governance");
     g.set_policy("bench", &PolicyUpdate { patient_epsilon_cap: Some(1e12), ..Default::default() }).expect("policy");

@@ -98,15 +98,17 @@ pub fn is_cdm_column(table: &str, column: &str) -> bool {
 pub enum Shape {
     /// Direct identifiers, pseudonymized and generalized by the schema.
     Extract,
-    /// An OMOP CDM export: source ids re-keyed.
-    Omop(CdmVersion),
+    /// An OMOP CDM export: source ids re-keyed. Its version, when its columns show it (or the
+    /// steward gave it).
+    Omop(Option<CdmVersion>),
 }
 
 impl Shape {
     pub fn name(self) -> String {
         match self {
             Shape::Extract => "raw extract".into(),
-            Shape::Omop(v) => format!("OMOP CDM v{} export", v.name()),
+            Shape::Omop(Some(v)) => format!("OMOP CDM v{} export", v.name()),
+            Shape::Omop(None) => "OMOP CDM export".into(),
         }
     }
 }
@@ -140,14 +142,14 @@ pub fn normalize_header(table: &str, header: &[String], given: Option<CdmVersion
 /// privacy unit's source identifier (e.g. `nir`); an OMOP export names `person_id` itself.
 pub fn detect(policy: &TablePolicy, header: &[String]) -> Option<Shape> {
     if policy.public {
-        return Some(Shape::Omop(CdmVersion::V54));
+        return Some(Shape::Omop(None));
     }
     let unit = policy.privacy_unit();
     let source = unit.source.as_deref().unwrap_or(&unit.name);
     if source != unit.name && header.iter().any(|h| h == source) {
         Some(Shape::Extract)
     } else if header.iter().any(|h| *h == unit.name) {
-        Some(Shape::Omop(CdmVersion::V54))
+        Some(Shape::Omop(None))
     } else {
         None
     }

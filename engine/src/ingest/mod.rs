@@ -128,6 +128,8 @@ pub struct IngestReport {
     pub elapsed: Duration,
     /// What the file was read as (a raw extract, an OMOP export of some version).
     pub shape: String,
+    /// The CDM version of an OMOP export, when given or shown by its columns.
+    pub cdm_version: Option<CdmVersion>,
     /// CDM columns of the file that this warehouse does not keep (dropped).
     pub dropped_cdm_columns: Vec<String>,
     /// Columns of the file that are not in the CDM (a site's additions; dropped).
@@ -217,7 +219,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
     let (written_header, delimiter) = peek_header(opts.file, format)?;
     let (header, version) = omop::normalize_header(opts.table, &written_header, opts.cdm_version);
     let shape = match omop::detect(&policy, &header) {
-        Some(Shape::Omop(_)) => Shape::Omop(version.unwrap_or(CdmVersion::V54)),
+        Some(Shape::Omop(_)) => Shape::Omop(version),
         Some(s) => s,
         None => {
             let unit = policy.privacy_unit();
@@ -334,6 +336,10 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
                 source_sha256: sha,
                 elapsed: started.elapsed(),
                 shape: shape.name(),
+                cdm_version: match shape {
+                    Shape::Omop(v) => v,
+                    Shape::Extract => None,
+                },
                 dropped_cdm_columns: dropped_cdm,
                 dropped_other_columns: dropped_other,
                 orphans_dropped: conv.orphans_dropped,
@@ -414,6 +420,8 @@ pub fn ingest_dir(
     found.sort_by_key(|(t, _, _)| dependency_rank(t));
     let total: u64 = found.iter().map(|(_, p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
     let mut done = 0u64;
+    // One export has one version: the first file that shows it sets it for the others.
+    let mut version = template.cdm_version;
     for (table, path, format) in &found {
         let already = wh.catalog.ingests()?;
         let sha = hash_file(path)?;
@@ -435,13 +443,16 @@ pub fn ingest_dir(
             actor: template.actor,
             progress: Some(&shown),
             fail_after_batches: None,
-            cdm_version: template.cdm_version,
+            cdm_version: version,
             orphans: template.orphans,
             replace: false,
             quoting: template.quoting,
         };
         match ingest(wh, key, &opts) {
-            Ok(r) => report.ingested.push(r),
+            Ok(r) => {
+                version = version.or(r.cdm_version);
+                report.ingested.push(r)
+            }
             Err(e) => {
                 let committed: Vec<&str> = report.ingested.iter().map(|r| r.table.as_str()).collect();
                 let before = if committed.is_empty() {
