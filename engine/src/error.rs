@@ -96,7 +96,7 @@ pub enum Error {
     Schema(Vec<SchemaProblem>),
 
     /// Rows of an input file that do not fit the table's policy.
-    #[error("invalid input: nothing was committed.{}{}", list(.shown), if *.more > 0 { format!("\n  ... and {} more invalid rows", .more) } else { String::new() })]
+    #[error("invalid input, {} problem{} in all: nothing was committed.{}{}", .shown.len() as u64 + .more, if .shown.len() as u64 + .more == 1 { "" } else { "s" }, list(.shown), if *.more > 0 { format!("\n  ... and {} more", .more) } else { String::new() })]
     InvalidInput { shown: Vec<RowProblem>, more: u64 },
 
     /// An input file that cannot be read as its format at all.

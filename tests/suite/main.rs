@@ -6,6 +6,7 @@ mod console;
 mod golden;
 mod ingest;
 mod notebooks;
+mod omop;
 mod oracle;
 mod privacy;
 mod service;

@@ -129,8 +129,8 @@ pub enum UnitCheck {
     /// orphan, invalid (`drop = false`) or left out (`drop = true`).
     Orphans { known: std::collections::HashSet<i64>, drop: bool },
     /// `person` itself: its privacy unit is its primary key, once per table (`seen` starts
-    /// with the patients already stored).
-    Unique { seen: std::collections::HashSet<i64> },
+    /// with the patients already stored, at no line; then each patient at its first line).
+    Unique { seen: std::collections::HashMap<i64, Option<u64>> },
 }
 
 impl Converter {
@@ -284,15 +284,22 @@ impl Converter {
                         self.orphans_dropped += 1;
                         return;
                     }
-                    Some("this patient is not in `person` (an orphan row): ingest person first, or pass --orphans drop")
+                    Some("this patient is not in `person` (an orphan row): ingest person first, or pass --orphans drop".to_owned())
                 }
-                Some(UnitCheck::Unique { seen }) => {
-                    (!seen.insert(unit)).then_some("this patient appears twice: the privacy unit is the primary key of this table")
-                }
+                Some(UnitCheck::Unique { seen }) => match seen.get(&unit) {
+                    None => {
+                        seen.insert(unit, Some(line));
+                        None
+                    }
+                    Some(Some(first)) => {
+                        Some(format!("this patient is also on line {first}: the privacy unit is the primary key of this table"))
+                    }
+                    Some(None) => Some("this patient is already in the table: the privacy unit is the primary key of this table".into()),
+                },
                 _ => None,
             };
             if let Some(reason) = problem {
-                self.row_problem(line, Some(&column), reason.into());
+                self.row_problem(line, Some(&column), reason);
             }
         }
         self.rows += 1;

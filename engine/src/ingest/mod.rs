@@ -249,7 +249,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
     // Each row's patient: unique in `person`, present in `person` for every other table.
     if !policy.public {
         if opts.table == "person" {
-            conv = conv.with_unit_check(UnitCheck::Unique { seen: stored_units(wh, "person")? });
+            conv = conv.with_unit_check(UnitCheck::Unique { seen: stored_units(wh, "person")?.into_iter().map(|u| (u, None)).collect() });
         } else if wh.schemas.tables.contains_key("person") {
             let known = stored_units(wh, "person")?;
             if known.is_empty() {
