@@ -1,6 +1,8 @@
 //! Ingest throughput: pseudonymized ingest (validate, HMAC, generalize, zstd Parquet, commit)
 //! against a plain CSV-to-Parquet conversion of the same file (arrow's CSV reader, same Parquet
-//! settings), in the same run. Prints rows/s for both and their ratio.
+//! settings), in the same run, for both source shapes: the raw extract (NIR in every row) and
+//! the OMOP export of the same patients (v5.4, upper-case headers, source `person_id`s re-keyed,
+//! every row checked against `person`). Prints rows/s for both and their ratio, per shape.
 //!
 //! `cargo bench --bench ingest` (SECRETUM_BENCH_PATIENTS to change the size, default 100,000).
 
@@ -15,33 +17,47 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use secretum_engine::Warehouse;
 use secretum_engine::ingest::{self, IngestOptions};
+use secretum_engine::omop::CdmVersion;
+use secretum_engine::synth::OmopOptions;
 
 const TABLE: &str = "measurement";
 
 struct Setup {
     _dir: tempfile::TempDir,
-    raw: std::path::PathBuf,
+    /// The shape's name, its `person` file and the benched table's file.
+    shapes: Vec<(&'static str, std::path::PathBuf, std::path::PathBuf)>,
     root: std::path::PathBuf,
     rows: u64,
 }
 
 fn setup(patients: u64) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let report = secretum_engine::synth::generate(patients, 1, &dir.path().join("raw"), None).expect("generate");
-    let (_, raw, rows) = report.files.into_iter().find(|(t, _, _)| t == TABLE).expect("table");
+    let extract = secretum_engine::synth::generate(patients, 1, &dir.path().join("raw"), None).expect("generate");
+    let file = |files: &[(String, std::path::PathBuf, u64)], t: &str| {
+        files.iter().find(|(name, _, _)| name.eq_ignore_ascii_case(t)).map(|(_, p, n)| (p.clone(), *n)).expect("table")
+    };
+    let (raw, rows) = file(&extract.files, TABLE);
+    let options = OmopOptions { version: CdmVersion::V54, upper_case: true };
+    let omop = secretum_engine::synth::generate_omop(patients, 1, &dir.path().join("omop"), options, None).expect("generate omop");
+    let (omop_raw, omop_rows) = file(&omop.files, TABLE);
+    assert_eq!(rows, omop_rows, "the same patients in both shapes");
+    let shapes =
+        vec![("a raw extract", file(&extract.files, "person").0, raw), ("an OMOP export", file(&omop.files, "person").0, omop_raw)];
     let root = dir.path().to_owned();
-    Setup { _dir: dir, raw, root, rows }
+    Setup { _dir: dir, shapes, root, rows }
 }
 
-/// One pseudonymized ingest into a fresh warehouse.
-fn secretum_ingest(s: &Setup, n: usize) -> Duration {
+/// One pseudonymized ingest into a fresh warehouse (its `person` ingested first, not timed).
+fn secretum_ingest(s: &Setup, shape: usize, n: usize) -> Duration {
+    let (_, person, raw) = &s.shapes[shape];
     let data = s.root.join(format!("wh-{n}"));
     let _ = std::fs::remove_dir_all(&data);
     Warehouse::init(&data, Some(&s.root.join(format!("key-{n}"))), None).expect("init");
     let mut wh = Warehouse::open(&data).expect("open");
     let key = wh.key(None).expect("key");
+    ingest::ingest(&mut wh, &key, &IngestOptions::new("person", person)).expect("person");
     let started = Instant::now();
-    let report = ingest::ingest(&mut wh, &key, &IngestOptions::new(TABLE, &s.raw)).expect("ingest");
+    let report = ingest::ingest(&mut wh, &key, &IngestOptions::new(TABLE, raw)).expect("ingest");
     let elapsed = started.elapsed();
     assert_eq!(report.rows, s.rows);
     std::fs::remove_dir_all(&data).ok();
@@ -84,40 +100,44 @@ fn bench(c: &mut Criterion) {
     let s = setup(patients);
     let out = s.root.join("plain.parquet");
 
-    let mut group = c.benchmark_group("ingest");
-    group.throughput(Throughput::Elements(s.rows));
-    group.sample_size(10);
-    let mut n = 0;
-    // Only the ingest itself is timed: creating and removing the warehouse around it is not.
-    group.bench_function("pseudonymized_ingest", |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    n += 1;
-                    secretum_ingest(&s, n)
-                })
-                .sum()
-        })
-    });
-    group.bench_function("plain_csv_to_parquet", |b| b.iter(|| plain_conversion(&s.raw, &out)));
-    group.finish();
-
-    // The ratio, from interleaved runs of both in this same process.
-    let runs = if benching { 5 } else { 1 };
-    let (mut ours, mut plain) = (Vec::new(), Vec::new());
-    for i in 0..runs {
-        ours.push(secretum_ingest(&s, 1000 + i));
-        plain.push(plain_conversion(&s.raw, &out));
+    for (shape, (name, _, raw)) in s.shapes.iter().enumerate() {
+        let mut group = c.benchmark_group(format!("ingest from {name}"));
+        group.throughput(Throughput::Elements(s.rows));
+        group.sample_size(10);
+        let mut n = shape * 100_000;
+        // Only the ingest itself is timed: creating and removing the warehouse around it is not.
+        group.bench_function("pseudonymized_ingest", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        n += 1;
+                        secretum_ingest(&s, shape, n)
+                    })
+                    .sum()
+            })
+        });
+        group.bench_function("plain_csv_to_parquet", |b| b.iter(|| plain_conversion(raw, &out)));
+        group.finish();
     }
-    let (ours, plain) = (median(ours), median(plain));
-    let rate = |d: Duration| s.rows as f64 / d.as_secs_f64();
-    println!(
-        "\ningest {TABLE}, {} rows ({patients} patients): pseudonymized {:.0} rows/s, plain CSV->Parquet {:.0} rows/s, ratio {:.2} (target >= 0.70)",
-        s.rows,
-        rate(ours),
-        rate(plain),
-        rate(ours) / rate(plain)
-    );
+
+    // The ratios, from interleaved runs of both in this same process.
+    let runs = if benching { 5 } else { 1 };
+    for (shape, (name, _, raw)) in s.shapes.iter().enumerate() {
+        let (mut ours, mut plain) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            ours.push(secretum_ingest(&s, shape, 900_000 + shape * 1000 + i));
+            plain.push(plain_conversion(raw, &out));
+        }
+        let (ours, plain) = (median(ours), median(plain));
+        let rate = |d: Duration| s.rows as f64 / d.as_secs_f64();
+        println!(
+            "\ningest {TABLE} from {name}, {} rows ({patients} patients): pseudonymized {:.0} rows/s, plain CSV->Parquet {:.0} rows/s, ratio {:.2} (target >= 0.70)",
+            s.rows,
+            rate(ours),
+            rate(plain),
+            rate(ours) / rate(plain)
+        );
+    }
 }
 
 criterion_group!(benches, bench);

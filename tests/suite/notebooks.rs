@@ -31,7 +31,7 @@ fn run(cmd: &mut Command, what: &str) -> String {
 }
 
 /// A virtual environment with the client and the notebook dependencies.
-fn venv() -> PathBuf {
+pub(crate) fn venv() -> PathBuf {
     let python = std::env::var("SECRETUM_PYTHON").unwrap_or_else(|_| "python3".into());
     match Command::new(&python).args(["-c", "import venv, ensurepip"]).output() {
         Ok(o) if o.status.success() => {}

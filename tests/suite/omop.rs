@@ -618,3 +618,102 @@ fn one_patients_codes_with_many_ancestors_move_a_roll_up_by_at_most_the_bound() 
     assert!(with.0 - without.0 <= bound && with.0 > without.0, "rows moved by {} (bound {bound})", with.0 - without.0);
     assert_eq!(with.1 - without.1, 1.0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// An OMOP database no one here wrote
+
+/// The `inspectomop` package's tiny OMOP database (CDM v5.2, clinical tables and vocabulary),
+/// installed into the test environment (nothing of it is committed), exported as an ETL ships
+/// it (`tests/omop/export_inspectomop.py`), ingested and loaded through the binary, and
+/// counted: patients, patients with a condition, rows of every table (capped per patient at
+/// the table's bound, as the release does), patients under an ancestor concept, all against the
+/// raw tables within three times the answer's 95% half-width (a miss has probability about
+/// 0.05³ per check).
+#[test]
+fn an_omop_database_no_one_here_wrote_loads_as_shipped_and_answers_its_own_counts() {
+    let py = crate::notebooks::venv();
+    let has = |p: &Path| {
+        std::process::Command::new(p)
+            .args(["-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('inspectomop') is None)"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has(&py) {
+        // Its own dependencies (pandas, SQLAlchemy) are not needed: only its database file is read.
+        let o = std::process::Command::new(&py).args(["-m", "pip", "install", "-q", "--no-deps", "inspectomop==0.2.3"]).output().unwrap();
+        assert!(o.status.success(), "pip install inspectomop: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/omop/export_inspectomop.py");
+    let o = std::process::Command::new(&py).arg(&script).arg(dir.path()).output().unwrap();
+    assert!(o.status.success(), "export: {}", String::from_utf8_lossy(&o.stderr));
+    let truth: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("truth.json")).unwrap()).unwrap();
+
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let key = dir.path().join("key");
+    let run = |args: &[&str]| {
+        let o = secretum(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    run(&["init", "--data-dir", d, "--key-file", key.to_str().unwrap()]);
+    let export = dir.path().join("export");
+    let out = run(&["ingest", "--data-dir", d, "--key-file", key.to_str().unwrap(), "--dir", export.to_str().unwrap()]);
+    assert!(out.contains("person_source_value"), "dropped identifiers are reported: {out}");
+    run(&["vocabulary", "load", "--data-dir", d, dir.path().join("vocabulary").to_str().unwrap()]);
+
+    let tables: Vec<String> = truth["rows_per_patient"].as_object().unwrap().keys().cloned().collect();
+    let wh = Warehouse::open(&data).unwrap();
+    for t in &tables {
+        let file_rows = std::fs::read_to_string(export.join(format!("{}.csv", t.to_ascii_uppercase()))).unwrap().lines().count() as u64 - 1;
+        let stored: u64 = wh.catalog.summary([t.clone()]).unwrap().iter().map(|s| s.rows).sum();
+        assert_eq!(stored, file_rows, "{t}: every row of the export is stored");
+    }
+    run(&[
+        "policy",
+        "set",
+        "--data-dir",
+        d,
+        "--patient-epsilon-cap",
+        "1000000",
+        "--suppression-threshold",
+        "0",
+        "--query-epsilon-cap",
+        "2",
+    ]);
+    run(&["project", "create", "--data-dir", d, "--name", "io", "--epsilon", "1000", "--delta", "1e-5", "--tables", &tables.join(",")]);
+    let ask = |sql: &str| -> (f64, f64) {
+        let out = run(&["query", "--data-dir", d, "--project", "io", "--epsilon", "2", "--format", "json", sql]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let cell = &v["rows"][0][0];
+        let ci = cell["ci95"].as_array().unwrap();
+        let value = cell["value"].as_f64().unwrap();
+        (value, (ci[1].as_f64().unwrap() - ci[0].as_f64().unwrap()) / 2.0)
+    };
+    let check = |what: &str, (value, half): (f64, f64), truth: f64| {
+        eprintln!("{what}: DP {value} ± {half}, truth {truth}");
+        assert!((value - truth).abs() <= 3.0 * half, "{what}: DP {value} ± {half}, truth {truth}");
+    };
+    check("patients", ask("SELECT COUNT(*) FROM person"), truth["patients"].as_f64().unwrap());
+    check(
+        "patients with a condition",
+        ask("SELECT COUNT(DISTINCT person_id) FROM condition_occurrence"),
+        truth["patients_with_a_condition"].as_f64().unwrap(),
+    );
+    for t in &tables {
+        let k = crate::common::max_rows(t);
+        let capped: f64 = truth["rows_per_patient"][t].as_array().unwrap().iter().map(|n| n.as_f64().unwrap().min(k)).sum();
+        check(&format!("rows of {t} (≤ {k} per patient)"), ask(&format!("SELECT COUNT(*) FROM {t}")), capped);
+    }
+    let ancestor = &truth["ancestor"];
+    check(
+        "patients under the most common ancestor concept",
+        ask(&format!(
+            "SELECT COUNT(DISTINCT co.person_id) FROM condition_occurrence co JOIN concept_ancestor ca \
+             ON ca.descendant_concept_id = co.condition_concept_id WHERE ca.ancestor_concept_id = {}",
+            ancestor["concept_id"]
+        )),
+        ancestor["patients"].as_f64().unwrap(),
+    );
+}

@@ -89,9 +89,10 @@ pub(crate) fn ingest_one(wh: &mut Warehouse, key: &Key, table: &str, file: &Path
 fn print_ingest(report: &ingest::IngestReport) {
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     println!(
-        "ingested {} rows into {} from a {} ({} file{}, {}) in {:.2}s, {:.0} rows/s",
+        "ingested {} rows into {} from {} {} ({} file{}, {}) in {:.2}s, {:.0} rows/s",
         report.rows,
         report.table,
+        if report.shape.starts_with(['a', 'e', 'i', 'o', 'u', 'O']) { "an" } else { "a" },
         report.shape,
         report.files.len(),
         if report.files.len() == 1 { "" } else { "s" },
