@@ -104,6 +104,12 @@ pub enum Command {
     Vocabulary(VocabularyCommand),
     /// List tables with their files, rows and bytes (the steward's local view).
     Tables,
+    /// The warehouse at a glance: where it is, its key's fingerprint, its data version, and the
+    /// public key release bundles are signed with.
+    Info,
+    /// Signed release bundles: export one, or check one offline.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
     /// Projects and their privacy budgets (steward).
     #[command(subcommand)]
     Project(ProjectCommand),
@@ -139,6 +145,26 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ReleaseCommand {
+    /// Write the signed bundle of an answered query: SQL, plan and bounds, mechanisms, ε/δ, the
+    /// released table, data version, time, project and audit entry.
+    Export {
+        /// The query id (as the answer and `project show` give it).
+        query_id: i64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a bundle with the warehouse's public key (from `secretum info` or
+    /// `/v1/signing-key`), on any machine; says what was checked.
+    Verify {
+        bundle: PathBuf,
+        /// The warehouse's public key (64 hex digits).
+        #[arg(long)]
+        public_key: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum VocabularyCommand {
     /// Load an Athena download (CONCEPT.csv, CONCEPT_ANCESTOR.csv, ...: tab-separated, dates
     /// YYYYMMDD), each table replacing the one loaded before.
@@ -166,6 +192,11 @@ pub enum ProjectCommand {
         /// Comma-separated table names.
         #[arg(long, value_delimiter = ',', required = true)]
         tables: Vec<String>,
+        /// How queries compose: `pure` (ε adds up, Laplace noise) or `zcdp` (ρ-zCDP: ρ adds up,
+        /// Gaussian noise; the grant (ε, δ) is converted to the largest ρ that implies it, and
+        /// many queries cost far less ε than summing; needs --delta > 0).
+        #[arg(long, default_value = "pure")]
+        accounting: String,
     },
     /// List projects with their budgets spent and left.
     List,
@@ -185,6 +216,10 @@ pub enum ProjectCommand {
         /// RFC 3339 time, e.g. 2027-06-30T00:00:00Z (default: now + requested duration).
         #[arg(long)]
         expires_at: Option<String>,
+        /// `pure` or `zcdp` (ρ-zCDP with Gaussian noise; see `project create --help`); default:
+        /// as requested.
+        #[arg(long)]
+        accounting: Option<String>,
     },
     /// Reject a pending request.
     Reject {
@@ -358,6 +393,11 @@ fn cdm_version_arg(s: &str) -> Result<secretum_engine::omop::CdmVersion> {
     secretum_engine::omop::CdmVersion::parse(s).ok_or_else(|| Error::BadRequest(format!("unknown CDM version `{s}`: expected 5.3 or 5.4")))
 }
 
+fn accounting_arg(s: &str) -> Result<secretum_engine::governance::Accounting> {
+    secretum_engine::governance::Accounting::parse(s)
+        .ok_or_else(|| Error::BadRequest(format!("unknown accounting `{s}`: expected pure or zcdp")))
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     let explicit_data_dir = cli.global.data_dir.clone();
     let data_dir = cli.global.data_dir();
@@ -400,12 +440,20 @@ pub fn run(cli: Cli) -> Result<()> {
             VocabularyCommand::Search { query, limit } => commands::warehouse::vocabulary_search(d, &query, limit),
         },
         Command::Tables => commands::warehouse::tables(d),
+        Command::Info => commands::release::info(d),
+        Command::Release(cmd) => match cmd {
+            ReleaseCommand::Export { query_id, out } => commands::release::export(d, query_id, &out),
+            ReleaseCommand::Verify { bundle, public_key } => commands::release::verify(&bundle, &public_key),
+        },
         Command::Project(cmd) => match cmd {
-            ProjectCommand::Create { name, epsilon, delta, tables } => commands::projects::create(d, &name, epsilon, delta, &tables),
+            ProjectCommand::Create { name, epsilon, delta, tables, accounting } => {
+                commands::projects::create(d, &name, epsilon, delta, &tables, accounting_arg(&accounting)?)
+            }
             ProjectCommand::List => commands::projects::list(d),
             ProjectCommand::Show { name } => commands::projects::show(d, &name),
-            ProjectCommand::Approve { project, epsilon, delta, tables, expires_at } => {
-                commands::projects::approve(d, &project, &Approval { epsilon, delta, tables, expires_at })
+            ProjectCommand::Approve { project, epsilon, delta, tables, expires_at, accounting } => {
+                let accounting = accounting.as_deref().map(accounting_arg).transpose()?;
+                commands::projects::approve(d, &project, &Approval { epsilon, delta, tables, expires_at, accounting })
             }
             ProjectCommand::Reject { project, reason } => commands::projects::reject(d, &project, &reason),
             ProjectCommand::Suspend { project, reason } => {

@@ -348,6 +348,8 @@ mod tests {
             notes: vec![],
             query_id: Some(7),
             epsilon_needed: None,
+            replay_of: None,
+            zcdp: None,
         };
         Answer { batch, report }
     }

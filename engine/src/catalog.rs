@@ -98,6 +98,23 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The version of the data: a digest of every committed file (each ingest writes new files,
+    /// a vocabulary load replaces them), so any commit gives a new version.
+    pub fn data_version(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut stmt = self.conn.prepare_cached("SELECT path, ingest_id, rows FROM files ORDER BY path")?;
+        let mut h = Sha256::new();
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            h.update(r.get_ref(0)?.as_str().unwrap_or("").as_bytes());
+            h.update(b"\0");
+            h.update(r.get_ref(1)?.as_str().unwrap_or("").as_bytes());
+            h.update(b"\0");
+            h.update(r.get::<_, i64>(2)?.to_le_bytes());
+        }
+        Ok(hex::encode(&h.finalize()[..16]))
+    }
+
     pub fn is_referenced(&self, path: &str) -> Result<bool> {
         Ok(self.conn.query_row("SELECT 1 FROM files WHERE path = ?1", [path], |_| Ok(())).optional()?.is_some())
     }

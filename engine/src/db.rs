@@ -110,6 +110,21 @@ CREATE TABLE audit (
 CREATE INDEX audit_by_project ON audit (project);
 CREATE INDEX audit_by_actor ON audit (actor);
 "#,
+    r#"
+ALTER TABLE ledger ADD COLUMN replay_key TEXT;
+ALTER TABLE ledger ADD COLUMN replays INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE ledger ADD COLUMN rho REAL NOT NULL DEFAULT 0;
+ALTER TABLE ledger ADD COLUMN runner INTEGER;
+ALTER TABLE projects ADD COLUMN accounting TEXT NOT NULL DEFAULT 'pure';
+CREATE INDEX ledger_by_replay_key ON ledger (replay_key);
+CREATE TABLE releases (
+    ledger_id INTEGER PRIMARY KEY REFERENCES ledger (id),
+    batch        BLOB NOT NULL,
+    report       TEXT NOT NULL,
+    summary      TEXT NOT NULL,
+    data_version TEXT NOT NULL
+);
+"#,
 ];
 
 /// Open (creating if needed) the warehouse database at `path` and bring it to the current version.

@@ -62,6 +62,8 @@ pub enum BudgetRefusal {
     Epsilon { project: String, remaining: f64, asked: f64 },
     #[error("budget exhausted: project {project:?} has δ {remaining:e} left, the query asks for {asked:e}")]
     Delta { project: String, remaining: f64, asked: f64 },
+    #[error("budget exhausted: zCDP project {project:?} has ρ {remaining:.6} left, the query asks for ρ {asked:.6}")]
+    Rho { project: String, remaining: f64, asked: f64 },
     #[error(
         "warehouse per-patient cap reached: all projects together have spent ε {spent:.6} of the cap {cap}, the query asks for {asked}"
     )]

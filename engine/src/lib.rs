@@ -25,6 +25,7 @@ pub mod ingest;
 pub mod omop;
 pub mod pseudonym;
 pub mod schema;
+pub mod signing;
 pub mod synth;
 pub mod vocabulary;
 pub mod warehouse;

@@ -60,6 +60,8 @@ impl Warehouse {
         }
         let key = Key::create_file(&key_file)?;
         let key_file = std::fs::canonicalize(&key_file).at(&key_file)?;
+        // The key releases are signed with (bundles anyone can check offline).
+        crate::signing::Signer::open_or_create(&layout.root)?;
         let catalog = Catalog::open(&layout.database())?;
         catalog.set_meta("key_file", &key_file.to_string_lossy())?;
         catalog.set_meta("key_fingerprint", &key.fingerprint())?;

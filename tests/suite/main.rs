@@ -1,5 +1,6 @@
 //! End-to-end tests: real files, real SQLite, real Parquet, the real `secretum` binary.
 
+mod accounting;
 mod cohorts;
 mod common;
 mod console;

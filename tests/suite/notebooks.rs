@@ -32,6 +32,10 @@ fn run(cmd: &mut Command, what: &str) -> String {
 
 /// A virtual environment with the client and the notebook dependencies.
 pub(crate) fn venv() -> PathBuf {
+    // Tests run as threads of one process, and more than one needs the environment: one at a
+    // time creates it or reinstalls the client.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let python = std::env::var("SECRETUM_PYTHON").unwrap_or_else(|_| "python3".into());
     match Command::new(&python).args(["-c", "import venv, ensurepip"]).output() {
         Ok(o) if o.status.success() => {}

@@ -42,7 +42,7 @@ fn spent(data: &Path, name: &str) -> f64 {
 }
 
 fn charge<'a>(project: &'a str, epsilon: f64, delta: f64) -> Charge<'a> {
-    Charge { actor: "test", project, sql: "SELECT COUNT(*) FROM person", epsilon, delta }
+    Charge { actor: "test", project, sql: "SELECT COUNT(*) FROM person", epsilon, delta, rho: 0.0 }
 }
 
 fn req(project: &str, sql: &str, epsilon: f64) -> QueryRequest {
@@ -285,13 +285,15 @@ fn concurrent_full_queries_release_at_most_what_the_budget_allows() {
     ingest_tables(&fx, &["person"]);
     project(&fx.data, "five", 0.5, &["person"]);
     let data = fx.data.clone();
+    // Twenty different questions (the same one would replay its first release for free).
     let handles: Vec<_> = (0..20)
-        .map(|_| {
+        .map(|i| {
             let data = data.clone();
             std::thread::spawn(move || {
                 let wh = Warehouse::open(&data).unwrap();
                 let mut ledger = Ledger::open(&data).unwrap();
-                rt().block_on(dp::run(&wh, &mut ledger, &req("five", "SELECT COUNT(*) FROM person", 0.1), Noise::OpenDp))
+                let sql = format!("SELECT COUNT(*) FROM person WHERE year_of_birth > {}", 1800 + i);
+                rt().block_on(dp::run(&wh, &mut ledger, &req("five", &sql, 0.1), Noise::OpenDp))
             })
         })
         .collect();
@@ -368,12 +370,20 @@ fn a_killed_query_never_loses_a_debit_that_preceded_a_release() {
     ingest_tables(&fx, &["person", "condition_occurrence"]);
     project(&fx.data, "crash", 100.0, &["person", "condition_occurrence"]);
     let data = fx.data.to_str().unwrap().to_owned();
-    let sql = "SELECT gender_concept_id, COUNT(DISTINCT person_id) FROM person JOIN condition_occurrence USING (person_id) GROUP BY 1";
+    let sql = |i: usize| {
+        // A different question each time (the same one would replay a finished release).
+        format!(
+            "SELECT gender_concept_id, COUNT(DISTINCT person_id) FROM person JOIN condition_occurrence USING (person_id) \
+             WHERE year_of_birth > {} GROUP BY 1",
+            1800 + i
+        )
+    };
     let mut answered = 0;
-    for delay_ms in [0u64, 5, 10, 20, 40, 80, 160, 400] {
+    for (i, delay_ms) in [0u64, 5, 10, 20, 40, 80, 160, 400].into_iter().enumerate() {
+        let sql = sql(i);
         let before = spent(&fx.data, "crash");
         let mut child = std::process::Command::new(crate::common::BIN)
-            .args(["query", "--data-dir", &data, "--project", "crash", "--epsilon", "0.5", "--format", "json", sql])
+            .args(["query", "--data-dir", &data, "--project", "crash", "--epsilon", "0.5", "--format", "json", &sql])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -390,8 +400,9 @@ fn a_killed_query_never_loses_a_debit_that_preceded_a_release() {
             assert!(after - before < 0.5 + 1e-9 && after >= before, "spent {before} -> {after}");
         }
     }
-    // The last delays let the query finish: the property was exercised on both sides.
-    let out = secretum(&["query", "--data-dir", &data, "--project", "crash", "--epsilon", "0.5", "--format", "json", sql]);
+    // The last delays let the query finish: the property was exercised on both sides. A question
+    // whose first asking was killed is answered afresh (its interrupted debit does not hold it).
+    let out = secretum(&["query", "--data-dir", &data, "--project", "crash", "--epsilon", "0.5", "--format", "json", &sql(0)]);
     assert!(stdout(&out).contains("\"rows\""), "{}", crate::common::stderr(&out));
     let _ = answered;
 }
@@ -434,7 +445,7 @@ fn cli_query_json_table_csv_dry_run_and_refusals() {
     assert!(crate::common::stderr(&out).contains("aggregate-required"));
     let out = q(&["--epsilon", "1", "SELECT COUNT(*) FROM person"]);
     assert!(out.status.success(), "{}", crate::common::stderr(&out));
-    let out = q(&["--epsilon", "0.5", "SELECT COUNT(*) FROM person"]);
+    let out = q(&["--epsilon", "0.5", "SELECT COUNT(*) FROM person WHERE year_of_birth > 1900"]);
     assert!(!out.status.success());
     assert!(crate::common::stderr(&out).contains("budget exhausted"), "{}", crate::common::stderr(&out));
 }

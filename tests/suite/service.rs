@@ -228,7 +228,11 @@ fn the_whole_lifecycle_over_http() {
     assert!(a["rows"][1][1]["ci95"].is_array(), "{a}");
     assert!((a["budget_remaining"]["epsilon"].as_f64().unwrap() - 0.8).abs() < 1e-9);
     assert!(a["query_id"].as_i64().is_some());
-    let csv = call("POST", &format!("{}{q}", s.url), Some(&t.bob), Some(&json!({"sql": COUNT, "epsilon": 0.2})), Some("text/csv"));
+    // The same question at the same ε, by another member: the stored release, for free.
+    let again = post(&s, &q, &t.bob, json!({"sql": COUNT, "epsilon": 0.2})).json();
+    assert_eq!((again["replay_of"].as_i64(), again["epsilon_spent"].as_f64()), (a["query_id"].as_i64(), Some(0.0)), "{again}");
+    assert_eq!(again["rows"], a["rows"]);
+    let csv = call("POST", &format!("{}{q}", s.url), Some(&t.bob), Some(&json!({"sql": COUNT, "epsilon": 0.25})), Some("text/csv"));
     assert_eq!(csv.status, 200);
     assert!(csv.content_type.starts_with("text/csv"));
     assert!(String::from_utf8_lossy(&csv.body).starts_with("gender_concept_id,n,n_ci95_lo,n_ci95_hi\n"));
@@ -236,7 +240,7 @@ fn the_whole_lifecycle_over_http() {
         "POST",
         &format!("{}{q}", s.url),
         Some(&t.alice),
-        Some(&json!({"sql": COUNT, "epsilon": 0.2})),
+        Some(&json!({"sql": COUNT, "epsilon": 0.15})),
         Some("application/vnd.apache.arrow.stream"),
     );
     assert_eq!(arrow.status, 200);
@@ -503,7 +507,9 @@ fn a_hundred_concurrent_queries_against_a_budget_for_ten_release_at_most_ten() {
             let token = if i % 2 == 0 { t.alice.clone() } else { t.bob.clone() };
             std::thread::spawn(move || {
                 barrier.wait();
-                call("POST", &url, Some(&token), Some(&json!({"sql": "SELECT COUNT(*) FROM person", "epsilon": 0.1})), None).status
+                // A hundred different questions (the same one would replay its release for free).
+                let sql = format!("SELECT COUNT(*) FROM person WHERE year_of_birth > {}", 1800 + i);
+                call("POST", &url, Some(&token), Some(&json!({"sql": sql, "epsilon": 0.1})), None).status
             })
         })
         .collect();
@@ -624,12 +630,17 @@ fn sigterm_finishes_in_flight_queries_before_exiting() {
     let id = approved_project(&s, &t, 1000.0);
     let url = format!("{}/v1/projects/{id}/queries", s.url);
     let handles: Vec<_> = (0..6)
-        .map(|_| {
+        .map(|c| {
             let (url, token) = (url.clone(), t.alice.clone());
             std::thread::spawn(move || {
                 let mut statuses = Vec::new();
-                loop {
-                    let body = json!({"sql": "SELECT gender_concept_id, COUNT(*) FROM person JOIN measurement USING (person_id) GROUP BY 1", "epsilon": 0.5});
+                for n in 0.. {
+                    // Each a new question: a repeated one would be a free replay, not a query.
+                    let sql = format!(
+                        "SELECT gender_concept_id, COUNT(*) FROM person JOIN measurement USING (person_id) WHERE year_of_birth <> {} GROUP BY 1",
+                        c * 100_000 + n
+                    );
+                    let body = json!({"sql": sql, "epsilon": 0.5});
                     match agent().post(&url).header("Authorization", &format!("Bearer {token}")).send_json(&body) {
                         Ok(r) => statuses.push(r.status().as_u16()),
                         Err(_) => break, // no longer accepting connections
@@ -713,6 +724,8 @@ fn a_query_through_the_cli_and_one_through_the_server_leave_the_same_audit_entri
     let mut by_path = Vec::new();
     for via_server in [true, false] {
         for (sql, epsilon, dry) in queries {
+            // Another ε on the second path: the same question at the same ε would be a replay.
+            let epsilon = if via_server { epsilon } else { epsilon * 1.5 };
             if via_server {
                 let _ = post(&s, &format!("/v1/projects/{id}/queries"), &t.alice, json!({"sql": sql, "epsilon": epsilon, "dry_run": dry}));
             } else {

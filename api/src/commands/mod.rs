@@ -6,6 +6,7 @@ pub mod local;
 pub mod policy;
 pub mod projects;
 pub mod query;
+pub mod release;
 pub mod users;
 pub mod warehouse;
 

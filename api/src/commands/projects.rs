@@ -2,6 +2,9 @@
 
 use std::path::Path;
 
+use secretum_engine::budget::zcdp_rho_for;
+use secretum_engine::governance::Accounting;
+
 use secretum_engine::budget::Ledger;
 use secretum_engine::governance::{Approval, Governance, Project, Transition};
 use secretum_engine::{Result, Warehouse};
@@ -22,6 +25,16 @@ fn print_project(p: &Project) {
     println!("tables: {}", p.tables.join(", "));
     println!("ε: {} granted, {:.6} spent, {:.6} left", p.epsilon, p.epsilon_spent, p.epsilon_remaining());
     println!("δ: {:e} granted, {:e} spent, {:e} left", p.delta, p.delta_spent, p.delta_remaining());
+    if p.accounting == Accounting::Zcdp {
+        let granted = zcdp_rho_for(p.epsilon, p.delta).unwrap_or(0.0);
+        println!(
+            "ρ (zCDP accounting): {granted:.6} granted, {:.6} spent, {:.6} left; the ε spent above is what ρ {:.6} implies at δ {:e}",
+            p.rho_spent,
+            (granted - p.rho_spent).max(0.0),
+            p.rho_spent,
+            p.delta
+        );
+    }
     if let Some(e) = &p.expires_at {
         println!("expires: {e}");
     }
@@ -36,12 +49,35 @@ fn governance(data_dir: &Path) -> Result<(Warehouse, Governance)> {
 }
 
 /// A project granted at once by the steward.
-pub fn create(data_dir: &Path, name: &str, epsilon: f64, delta: f64, tables: &[String]) -> Result<()> {
+pub fn create(data_dir: &Path, name: &str, epsilon: f64, delta: f64, tables: &[String], accounting: Accounting) -> Result<()> {
     let (wh, mut g) = governance(data_dir)?;
     let tables: Vec<String> = tables.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
     let known: Vec<String> = wh.schemas.tables.keys().cloned().collect();
-    let p = g.create_project(&local_actor(), name, epsilon, delta, &tables, &known)?;
-    println!("created project {} (ε {}, δ {:e}) on tables {}", p.name, p.epsilon, p.delta, p.tables.join(", "));
+    if accounting == Accounting::Zcdp && !(delta > 0.0) {
+        return Err(secretum_engine::Error::BadRequest(
+            "zCDP accounting needs a δ > 0 in the grant (its ρ is spent as the (ε, δ) it implies); give --delta".into(),
+        ));
+    }
+    let mut p = g.create_project(&local_actor(), name, epsilon, delta, &tables, &known)?;
+    if accounting != p.accounting {
+        p = g.set_accounting(&local_actor(), &p.name, accounting)?;
+    }
+    println!(
+        "created project {} (ε {}, δ {:e}, {} accounting) on tables {}",
+        p.name,
+        p.epsilon,
+        p.delta,
+        p.accounting.name(),
+        p.tables.join(", ")
+    );
+    if p.accounting == Accounting::Zcdp {
+        println!(
+            "  ρ-zCDP budget: ρ {:.6} (the largest ρ that implies (ε {}, δ {:e}))",
+            zcdp_rho_for(p.epsilon, p.delta)?,
+            p.epsilon,
+            p.delta
+        );
+    }
     Ok(())
 }
 
@@ -69,7 +105,13 @@ pub fn show(data_dir: &Path, reference: &str) -> Result<()> {
     let p = g.existing(reference)?;
     print_project(&p);
     for e in Ledger::open(data_dir)?.entries(&p.name)? {
-        println!("  #{:<6} {}  ε {:<8} δ {:<8e} {}", e.id, e.created_at, e.epsilon, e.delta, e.status);
+        let replays = match e.replays {
+            0 => String::new(),
+            1 => ", replayed once for free".into(),
+            n => format!(", replayed {n} times for free"),
+        };
+        let rho = if p.accounting == Accounting::Zcdp { format!(" ρ {:.6}", e.rho) } else { String::new() };
+        println!("  #{:<6} {}  ε {:<8.6} δ {:<8e}{rho} {}{replays}", e.id, e.created_at, e.epsilon, e.delta, e.status);
     }
     Ok(())
 }

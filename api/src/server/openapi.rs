@@ -14,14 +14,14 @@ use super::routes::{audit, catalog, projects, queries, service, users};
     info(
         title = "secretum",
         description = "Sovereign research data warehouse for health data: researchers get differentially-private aggregates \
-                       only, charged to a budget a data steward approved. Every route but /health and /openapi.json needs \
+                       only, charged to a budget a data steward approved. Every route but /health, /openapi.json and /v1/signing-key needs \
                        `Authorization: Bearer <token>`.",
         license(name = "Apache-2.0")
     ),
     paths(
-        service::health, openapi_json, service::me, catalog::tables, catalog::concepts, catalog::ingests,
+        service::health, openapi_json, service::me, catalog::tables, catalog::concepts, catalog::ingests, catalog::signing_key,
         projects::request_project, projects::list_projects, projects::get_project, projects::approve, projects::reject,
-        projects::transition, queries::query, queries::history,
+        projects::transition, queries::query, queries::history, queries::bundle,
         audit::audit_log, audit::audit_verify, audit::policy,
         users::list_users, users::add_user, users::revoke_user, users::rotate_user,
     ),

@@ -64,6 +64,25 @@ pub struct Report {
     /// For `target_ci`: the ε that gives the asked accuracy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epsilon_needed: Option<f64>,
+    /// Set when this answer is the stored release of the same question asked before (that
+    /// query's id): returned again, nothing spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<i64>,
+    /// In a zCDP project: the ρ spent, and the project's spend in both currencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zcdp: Option<ZcdpSpend>,
+}
+
+/// A zCDP project's spend: ρ, and the (ε, δ) it implies for the whole project so far.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ZcdpSpend {
+    /// The ρ this query spent (or would spend, for a dry run).
+    pub rho: f64,
+    pub project_rho_spent: f64,
+    pub project_rho_granted: f64,
+    /// The ε the project's ρ so far implies at its δ (OpenDP's zCDP → (ε, δ) conversion).
+    pub project_epsilon_implied: f64,
+    pub project_delta: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -173,12 +192,28 @@ impl Answer {
     /// records it.
     pub fn digest(&self) -> Result<String> {
         use sha2::{Digest, Sha256};
+        Ok(hex::encode(Sha256::digest(self.ipc()?)))
+    }
+
+    /// The answer's batch as an Arrow IPC stream (what is stored, and what the digest is of).
+    pub fn ipc(&self) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
         {
             let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &self.batch.schema())?;
             w.write(&self.batch)?;
             w.finish()?;
         }
-        Ok(hex::encode(Sha256::digest(&bytes)))
+        Ok(bytes)
+    }
+
+    /// A stored answer back from its IPC stream and report.
+    pub fn from_stored(ipc: &[u8], report: &str) -> Result<Answer> {
+        let mut reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)?;
+        let batch = match reader.next() {
+            Some(b) => b?,
+            None => return Err(crate::error::Error::internal("a stored release without its batch")),
+        };
+        let report: Report = serde_json::from_str(report).map_err(|e| crate::error::Error::internal(format!("a stored report: {e}")))?;
+        Ok(Answer { batch, report })
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! Every release is of integers: counts, and sums of fixed-point integers (see
 //! [`super::release`]), so one mechanism serves both: OpenDP's discrete Laplace
-//! ([`make_discrete_laplace`]). Quantiles use OpenDP's exponential-mechanism quantile, group
+//! ([`make_discrete_laplace`]) in projects accounted in pure ε, OpenDP's discrete Gaussian
+//! ([`make_discrete_gaussian`]) in projects accounted in ρ-zCDP. Quantiles use OpenDP's exponential-mechanism quantile, group
 //! keys without a public domain its noise-threshold partition selection.
 //!
 //! The exact path (`Noise::Exact`) exists only when the crate is built with the `test-exact`
@@ -16,12 +17,15 @@
 
 use std::collections::HashMap;
 
-use opendp::accuracy::{accuracy_to_discrete_laplacian_scale, discrete_laplacian_scale_to_accuracy, laplacian_scale_to_accuracy};
+use opendp::accuracy::{
+    accuracy_to_discrete_gaussian_scale, accuracy_to_discrete_laplacian_scale, discrete_gaussian_scale_to_accuracy,
+    discrete_laplacian_scale_to_accuracy, gaussian_scale_to_accuracy, laplacian_scale_to_accuracy,
+};
 use opendp::domains::{AtomDomain, MapDomain, VectorDomain};
 use opendp::error::Fallible;
-use opendp::measurements::{make_laplace, make_laplace_threshold, make_private_quantile as opendp_private_quantile};
-use opendp::measures::{Approximate, MaxDivergence};
-use opendp::metrics::{AbsoluteDistance, L1Distance, L01InfDistance, SymmetricDistance};
+use opendp::measurements::{make_gaussian, make_laplace, make_laplace_threshold, make_private_quantile as opendp_private_quantile};
+use opendp::measures::{Approximate, MaxDivergence, ZeroConcentratedDivergence};
+use opendp::metrics::{AbsoluteDistance, L1Distance, L01InfDistance, L2Distance, SymmetricDistance};
 
 use super::rule::Rule;
 use crate::error::{Error, Result};
@@ -131,6 +135,127 @@ pub fn epsilon_for_accuracy(sensitivity: f64, half_width: f64) -> Result<f64> {
     let scale = accuracy_to_discrete_laplacian_scale(half_width, ALPHA)
         .map_err(|e| Error::refused(Rule::TargetCi, format!("no noise scale gives ±{half_width} ({})", e.message.unwrap_or_default())))?;
     Ok(sensitivity / scale)
+}
+
+/// OpenDP's discrete Gaussian over a vector of integers whose L2 sensitivity is known.
+#[derive(Debug, Clone, Copy)]
+pub struct DiscreteGaussian {
+    scale: f64,
+}
+
+/// Discrete Gaussian noise for a vector of integers of L2 sensitivity `l2` (in the integers'
+/// steps), calibrated to spend `rho` in zero-concentrated DP: adding or removing one patient
+/// moves the vector by at most `l2` in L2, and OpenDP's map gives ρ = (l2 / σ)² / 2 for it
+/// (Canonne, Kamath & Steinke 2020, Theorem 14), rounded up.
+pub fn make_discrete_gaussian(l2: f64, rho: f64) -> Result<DiscreteGaussian> {
+    if l2 == 0.0 {
+        return Ok(DiscreteGaussian { scale: 0.0 });
+    }
+    let scale = calibrate(l2 / (2.0 * rho).sqrt(), rho, |scale| gaussian_measurement(scale)?.map(&l2))?;
+    Ok(DiscreteGaussian { scale })
+}
+
+type GaussianMeasurement = opendp::core::Measurement<VectorDomain<AtomDomain<i64>>, L2Distance<f64>, ZeroConcentratedDivergence, Vec<i64>>;
+
+fn gaussian_measurement(scale: f64) -> Fallible<GaussianMeasurement> {
+    make_gaussian::<_, _, ZeroConcentratedDivergence>(
+        VectorDomain::new(AtomDomain::<i64>::default()),
+        L2Distance::<f64>::default(),
+        scale,
+        None,
+    )
+}
+
+impl DiscreteGaussian {
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Half-width of the 95% interval, in steps. OpenDP's accuracy `a` of the discrete Gaussian
+    /// is strict (P(|X| < a) ≥ 95%), and our intervals are closed: a − 1. OpenDP sums the
+    /// density step by step, so above 1,000 steps of scale (sums in fixed point) the continuous
+    /// Gaussian's accuracy, rounded up, is used: the two differ by less than a step there.
+    pub fn accuracy(&self) -> f64 {
+        if self.scale == 0.0 {
+            0.0
+        } else if self.scale > 1000.0 {
+            gaussian_scale_to_accuracy(self.scale, ALPHA).map(f64::ceil).unwrap_or(f64::INFINITY)
+        } else {
+            discrete_gaussian_scale_to_accuracy(self.scale, ALPHA).map(|a| a - 1.0).unwrap_or(f64::INFINITY)
+        }
+    }
+
+    pub fn release(&self, values: &[i64], noise: Noise) -> Result<Vec<i64>> {
+        match noise {
+            Noise::OpenDp => gaussian_measurement(self.scale).map_err(failed)?.invoke(&values.to_vec()).map_err(failed),
+            #[cfg(feature = "test-exact")]
+            Noise::Exact => Ok(values.to_vec()),
+        }
+    }
+}
+
+/// The additive noise of one count or sum: discrete Laplace (pure ε) or discrete Gaussian
+/// (ρ-zCDP), whichever the project is accounted in.
+#[derive(Debug, Clone, Copy)]
+pub enum Additive {
+    Laplace(DiscreteLaplace),
+    Gaussian(DiscreteGaussian),
+}
+
+impl Additive {
+    pub fn scale(&self) -> f64 {
+        match self {
+            Additive::Laplace(l) => l.scale(),
+            Additive::Gaussian(g) => g.scale(),
+        }
+    }
+
+    /// Half-width of the 95% interval, in steps.
+    pub fn accuracy(&self) -> f64 {
+        match self {
+            Additive::Laplace(l) => l.accuracy(),
+            Additive::Gaussian(g) => g.accuracy(),
+        }
+    }
+
+    /// Half-width at level `alpha` of the continuous distribution of the same scale: the
+    /// approximation used where several releases combine (means, variances).
+    pub fn accuracy_at(&self, alpha: f64) -> f64 {
+        match self {
+            Additive::Laplace(l) => laplace_accuracy_at(l.scale(), alpha),
+            Additive::Gaussian(g) if g.scale() == 0.0 => 0.0,
+            Additive::Gaussian(g) => gaussian_scale_to_accuracy(g.scale(), alpha).unwrap_or(f64::INFINITY),
+        }
+    }
+
+    pub fn release(&self, values: &[i64], noise: Noise) -> Result<Vec<i64>> {
+        match self {
+            Additive::Laplace(l) => l.release(values, noise),
+            Additive::Gaussian(g) => g.release(values, noise),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Additive::Laplace(_) => "discrete Laplace (OpenDP make_laplace)",
+            Additive::Gaussian(_) => "discrete Gaussian (OpenDP make_gaussian, zCDP)",
+        }
+    }
+}
+
+/// The ρ a discrete Gaussian release of L2 sensitivity `l2` needs for a 95% half-width of
+/// `half_width` (same steps).
+pub fn rho_for_accuracy(l2: f64, half_width: f64) -> Result<f64> {
+    // As in [`DiscreteGaussian::accuracy`]: OpenDP's exact search for small scales (its accuracy
+    // is strict, ours closed: ask it for one more), the continuous Gaussian's above.
+    let scale = if half_width > 2000.0 {
+        opendp::accuracy::accuracy_to_gaussian_scale(half_width, ALPHA)
+    } else {
+        accuracy_to_discrete_gaussian_scale(half_width + 1.0, ALPHA)
+    };
+    let scale = scale
+        .map_err(|e| Error::refused(Rule::TargetCi, format!("no noise scale gives ±{half_width} ({})", e.message.unwrap_or_default())))?;
+    Ok((l2 / scale).powi(2) / 2.0)
 }
 
 /// OpenDP's private quantile (exponential mechanism over candidates).
@@ -264,6 +389,24 @@ mod tests {
         let eps = epsilon_for_accuracy(1.0, 20.0).unwrap();
         let m = make_discrete_laplace(1, eps).unwrap();
         assert!((m.accuracy() - 20.0).abs() <= 1.0, "{}", m.accuracy());
+    }
+
+    #[test]
+    fn gaussian_scales_and_zcdp_conversions() {
+        // ρ = (Δ/σ)²/2: Δ 1 at ρ 0.5 is σ 1.
+        let g = make_discrete_gaussian(1.0, 0.5).unwrap();
+        assert!((g.scale() - 1.0).abs() < 1e-6, "{}", g.scale());
+        // The conversion is OpenDP's: ε(ρ, δ) ≤ ρ + 2√(ρ ln 1/δ) (Bun & Steinke, Prop. 1.3).
+        use crate::budget::{zcdp_epsilon, zcdp_rho_for};
+        let e = zcdp_epsilon(0.01, 1e-6).unwrap();
+        assert!(e > 0.0 && e <= 0.01 + 2.0 * (0.01f64 * (1e6f64).ln()).sqrt(), "{e}");
+        let rho = zcdp_rho_for(1.0, 1e-6).unwrap();
+        assert!(zcdp_epsilon(rho, 1e-6).unwrap() <= 1.0);
+        assert!(zcdp_epsilon(rho * 1.001, 1e-6).unwrap() > 1.0, "the largest ρ that fits");
+        assert!(zcdp_rho_for(1.0, 0.0).is_err());
+        let r = rho_for_accuracy(1.0, 10.0).unwrap();
+        let g = make_discrete_gaussian(1.0, r).unwrap();
+        assert!((g.accuracy() - 10.0).abs() <= 1.0, "{}", g.accuracy());
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod groups;
 pub mod mechanisms;
 pub mod postprocess;
 pub mod release;
+pub mod replay;
 pub mod rewrite;
 pub mod rule;
 pub mod session;
@@ -61,7 +62,7 @@ pub use mechanisms::Noise;
 pub use rule::Rule;
 
 use crate::audit::{self, Event};
-use crate::budget::{Charge, Debit, Ledger};
+use crate::budget::{Charge, Debit, Ledger, ReleaseRecord, Spend, StoredRelease};
 use crate::error::{BudgetRefusal, Error, Result};
 use crate::governance::{self, Policy, Project, ProjectStatus};
 use crate::warehouse::Warehouse;
@@ -98,6 +99,8 @@ pub struct Prepared {
     project: Project,
     policy: Policy,
     summary: String,
+    /// The statement's normalized plan (part of the replay key).
+    plan_text: String,
     epsilon: f64,
     delta: f64,
 }
@@ -137,6 +140,9 @@ impl Prepared {
             notes: Vec::new(),
             query_id: None,
             epsilon_needed: None,
+            replay_of: None,
+            // Dry runs say the ρ the query would spend.
+            zcdp: zcdp_report(&self.project, self.release.rho()).ok().flatten(),
         }
     }
 
@@ -300,6 +306,7 @@ pub async fn prepare(wh: &Warehouse, req: &QueryRequest) -> Result<Prepared> {
     analyze::check_tables(&references, &schemas, &project.tables)?;
     let plan = state.statement_to_plan(statement).await.map_err(session::plan_error)?;
     let plan = state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {}).map_err(session::plan_error)?;
+    let plan_text = replay::normalized_plan(&plan)?;
     let analysis = analyze::Analyzer::new(&schemas).analyze(plan, req.max_groups)?;
     // From here on, every expression is evaluated by total functions.
     let mut analysis = analysis.make_total()?;
@@ -316,14 +323,14 @@ pub async fn prepare(wh: &Warehouse, req: &QueryRequest) -> Result<Prepared> {
         }
     };
     let mut epsilon = req.epsilon;
-    let mut release = Release::plan(&ctx, &analysis, if req.target_ci.is_some() { 1.0 } else { epsilon })?;
+    let mut release = Release::plan(&ctx, &analysis, if req.target_ci.is_some() { 1.0 } else { epsilon }, project.accounting)?;
     if let Some(target) = req.target_ci {
         epsilon = release.epsilon_for_half_width(target)?;
         release.set_epsilon(epsilon)?;
     }
     let plans = release.physical_plans(&ctx, &analysis, &wh.schemas).await?;
     let summary = release.summary(&analysis);
-    Ok(Prepared { ctx, plans, analysis, release, project, policy, summary, epsilon, delta })
+    Ok(Prepared { ctx, plans, analysis, release, project, policy, summary, plan_text, epsilon, delta })
 }
 
 /// Run one query end to end: prepare, debit, execute, noise, post-process; every outcome is
@@ -350,22 +357,77 @@ pub async fn run(wh: &Warehouse, ledger: &mut Ledger, req: &QueryRequest, noise:
         audit::append(ledger.connection_mut(), &event(req, "query.dry_run", "ok", detail, Some(&digest)))?;
         return Ok(answer);
     }
-    let charge = Charge { actor: &req.actor, project: &req.project, sql: &req.sql, epsilon: prepared.epsilon, delta: prepared.delta };
-    let debit = match ledger.debit(&charge) {
-        Ok(d) => d,
-        Err(e) => {
-            audit_unanswered(ledger, req, &e)?;
-            return Err(e);
+    let charge = Charge {
+        actor: &req.actor,
+        project: &req.project,
+        sql: &req.sql,
+        epsilon: prepared.epsilon,
+        delta: prepared.delta,
+        rho: prepared.release.rho(),
+    };
+    // The same question over the same data at the same ε/δ: its stored release, for free.
+    let shape = prepared.dry_run()?.batch.schema();
+    let column_types: Vec<String> = shape.fields().iter().map(|f| f.data_type().to_string()).collect();
+    let data_version = wh.catalog.data_version()?;
+    let noise_name = format!("{noise:?} {}", prepared.release.accounting.name());
+    let key = replay::key(&replay::KeyParts {
+        plan: &prepared.plan_text,
+        summary: &prepared.summary,
+        column_types: &column_types.join(","),
+        epsilon: prepared.epsilon,
+        delta: prepared.delta,
+        noise: &noise_name,
+        project: &req.project,
+        suppression_threshold: prepared.policy.suppression_threshold,
+        data_version: &data_version,
+    });
+    let waiting_since = std::time::Instant::now();
+    let debit = loop {
+        match ledger.debit_or_replay(&charge, &key) {
+            Ok(Spend::Debit(d)) => break d,
+            Ok(Spend::Replay(stored)) => return replayed(ledger, req, &stored, &shape),
+            Ok(Spend::Running(id)) => {
+                if waiting_since.elapsed() > std::time::Duration::from_secs(600) {
+                    return Err(Error::Conflict(format!(
+                        "the same question is being answered by query {id}; ask again when it has finished"
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                audit_unanswered(ledger, req, &e)?;
+                return Err(e);
+            }
         }
     };
     let entry = debit.id();
+    let summary = prepared.summary.clone();
     let (debit, result) = prepared.execute(debit, noise).await;
-    match result.and_then(|a| a.digest().map(|d| (a, d))) {
-        Ok((mut answer, digest)) => {
-            answer.report.query_id = Some(entry);
-            ledger.settle_released(debit, &charge, &digest)?;
+    let stored = result.and_then(|mut a| {
+        a.report.query_id = Some(entry);
+        let ipc = a.ipc()?;
+        let report = serde_json::to_string(&a.report).map_err(Error::internal)?;
+        Ok((a, ipc, report))
+    });
+    match stored {
+        Ok((mut answer, ipc, report)) => {
+            let digest = {
+                use sha2::{Digest, Sha256};
+                hex::encode(Sha256::digest(&ipc))
+            };
+            let record = ReleaseRecord { batch: &ipc, report: &report, summary: &summary, data_version: &data_version };
+            ledger.settle_stored(debit, &charge, &digest, &record)?;
             if let Some(p) = governance::project(ledger.connection(), &req.project)? {
                 answer.report.budget_remaining = Budget { epsilon: p.epsilon_remaining(), delta: p.delta_remaining() };
+                answer.report.zcdp = zcdp_report(&p, charge.rho)?;
+                if answer.report.zcdp.is_some() {
+                    // What this query added to the project's implied (ε, δ).
+                    let e = ledger.entries(&req.project)?.into_iter().find(|e| e.id == entry);
+                    if let Some(e) = e {
+                        answer.report.epsilon_spent = e.epsilon;
+                        answer.report.delta_spent = e.delta;
+                    }
+                }
             }
             Ok(answer)
         }
@@ -377,6 +439,41 @@ pub async fn run(wh: &Warehouse, ledger: &mut Ledger, req: &QueryRequest, noise:
             Err(Error::QueryFailed { entry })
         }
     }
+}
+
+/// The spend of a zCDP project in both currencies (none for a pure project).
+fn zcdp_report(p: &Project, rho: f64) -> Result<Option<answer::ZcdpSpend>> {
+    if p.accounting != crate::governance::Accounting::Zcdp {
+        return Ok(None);
+    }
+    Ok(Some(answer::ZcdpSpend {
+        rho,
+        project_rho_spent: p.rho_spent,
+        project_rho_granted: crate::budget::zcdp_rho_for(p.epsilon, p.delta)?,
+        project_epsilon_implied: p.epsilon_spent,
+        project_delta: p.delta,
+    }))
+}
+
+/// A stored release returned again: the same numbers, relabelled with this query's column
+/// names, marked as a replay of the original query, nothing spent.
+fn replayed(ledger: &Ledger, req: &QueryRequest, stored: &StoredRelease, shape: &arrow::datatypes::SchemaRef) -> Result<Answer> {
+    let mut answer = Answer::from_stored(&stored.batch, &stored.report)?;
+    if let Ok(batch) = arrow::record_batch::RecordBatch::try_new(shape.clone(), answer.batch.columns().to_vec()) {
+        answer.batch = batch;
+    }
+    answer.report.epsilon_spent = 0.0;
+    answer.report.delta_spent = 0.0;
+    answer.report.replay_of = Some(stored.ledger_id);
+    answer.report.query_id = Some(stored.ledger_id);
+    answer
+        .report
+        .notes
+        .push(format!("the same question was answered by query {}: its release is returned again and nothing is spent", stored.ledger_id));
+    if let Some(p) = governance::project(ledger.connection(), &req.project)? {
+        answer.report.budget_remaining = Budget { epsilon: p.epsilon_remaining(), delta: p.delta_remaining() };
+    }
+    Ok(answer)
 }
 
 fn event<'a>(req: &'a QueryRequest, action: &'a str, outcome: &'a str, detail: &'a str, digest: Option<&'a str>) -> Event<'a> {

@@ -19,7 +19,7 @@ use datafusion::logical_expr::{EmptyRelation, Expr, LogicalPlan, Projection, Val
 
 use super::analyze::{AggKind, Analysis, above_aggregate};
 use super::answer::{Output, answer_schema, classify_outputs};
-use super::mechanisms::{self, ALPHA};
+use super::mechanisms::ALPHA;
 use super::release::Release;
 use crate::error::{Error, Result};
 use crate::governance::Policy;
@@ -54,7 +54,7 @@ pub fn cells(release: &Release, a: &Analysis, rows: usize, noisy: &HashMap<usize
                     .copied()
                     .ok_or_else(|| Error::internal("a noisy component is missing"))
             };
-            let scale = |n: usize| comps.get(n).map_or(0.0, |c| c.scale());
+            let accuracy_at = |n: usize, alpha: f64| comps.get(n).map_or(0.0, |c| c.accuracy_at(alpha));
             let cell = match spec.kind {
                 k if k.is_count() => {
                     let v = get(0)?;
@@ -81,8 +81,8 @@ pub fn cells(release: &Release, a: &Analysis, rows: usize, noisy: &HashMap<usize
                         // Laplace errors. Their 95% half-widths combined in quadrature: exact
                         // when one term dominates, about 95.5% when both are equal (the sum of
                         // two Laplace variables has lighter tails than either).
-                        let a_s = mechanisms::laplace_accuracy_at(scale(0), ALPHA);
-                        let a_n = mechanisms::laplace_accuracy_at(scale(1), ALPHA);
+                        let a_s = accuracy_at(0, ALPHA);
+                        let a_n = accuracy_at(1, ALPHA);
                         let half = (a_s.powi(2) + ((s / n) * a_n).powi(2)).sqrt() / n;
                         Cell::Noisy(round(m), Some((round((m - half).max(lo)), round((m + half).min(hi)))))
                     }
@@ -97,11 +97,7 @@ pub fn cells(release: &Release, a: &Analysis, rows: usize, noisy: &HashMap<usize
                     // A conservative interval: each component within its 1 − α/3 interval
                     // (union bound), and the variance's range over that box.
                     let alpha = ALPHA / 3.0;
-                    let (as_, ass, an) = (
-                        mechanisms::laplace_accuracy_at(scale(0), alpha),
-                        mechanisms::laplace_accuracy_at(scale(1), alpha),
-                        mechanisms::laplace_accuracy_at(scale(2), alpha),
-                    );
+                    let (as_, ass, an) = (accuracy_at(0, alpha), accuracy_at(1, alpha), accuracy_at(2, alpha));
                     let mut lo_v = f64::INFINITY;
                     let mut hi_v = f64::NEG_INFINITY;
                     let s_points = [s - as_, s + as_, if (s - as_) * (s + as_) < 0.0 { 0.0 } else { s }];

@@ -14,6 +14,15 @@
 //! more than one. Several components split ε equally (sequential composition); post-processing
 //! is free (Proposition 2.1).
 //!
+//! In a project accounted in ρ-zCDP the same components get discrete Gaussian noise calibrated
+//! to their L2 sensitivity: ρ = ε²/2 for a query asked at ε (the ρ of which pure ε-DP is a
+//! bound, Bun & Steinke 2016, Proposition 1.4, so a query costs its Laplace counterpart's ε at
+//! most), split equally over the components (zCDP composes by adding ρ, Lemma 2.3). L2 is
+//! tighter than L1 where a patient spreads over several cells with at most one each (a count of
+//! patients over G groups: √G against G); otherwise L2 ≤ L1 (the cells' changes are non-negative
+//! and add up to at most L1). Quantiles stay the exponential mechanism at ε_c = √(2ρ_c) (pure
+//! ε_c-DP is ε_c²/2-zCDP); DP partition selection is not offered in zCDP projects.
+//!
 //! Every component is an integer computed exactly over the bounded rows: a count, or a sum of
 //! fixed-point integers ([`super::rewrite::fixed_point`]). A float sum would round in an order
 //! that depends on the data and its partitioning, and its sensitivity would then need a
@@ -32,11 +41,12 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::analyze::{AggKind, Analysis};
 use super::answer::AggregateReport;
 use super::groups;
-use super::mechanisms::{self, DiscreteLaplace, Noise};
+use super::mechanisms::{self, Additive, Noise};
 use super::rewrite::{self, PID, STEPS, key_col, value_col};
 use super::rule::Rule;
 use super::session;
 use crate::error::{Error, Result};
+pub use crate::governance::Accounting;
 use crate::schema::Schemas;
 
 /// What one component computes exactly, before noise.
@@ -67,14 +77,29 @@ pub struct Component {
     pub unit: f64,
     /// L1 sensitivity of the exact integer, in steps: `sensitivity / unit`, exactly.
     pub steps: i64,
+    /// L2 sensitivity of the exact integer vector, in steps (≤ `steps`).
+    pub l2_steps: f64,
     pub epsilon: f64,
-    /// The calibrated discrete Laplace (counts and sums).
-    laplace: Option<DiscreteLaplace>,
+    /// The component's share of ρ (zCDP projects; 0 otherwise).
+    pub rho: f64,
+    /// The calibrated additive noise (counts and sums).
+    laplace: Option<Additive>,
 }
 
 impl Component {
     fn new(agg: Option<usize>, what: What, label: &'static str, expr: Option<Expr>, sensitivity: f64, unit: f64, steps: i64) -> Component {
-        Component { agg, what, label, expr, sensitivity, unit, steps, epsilon: 0.0, laplace: None }
+        Component { agg, what, label, expr, sensitivity, unit, steps, l2_steps: steps as f64, epsilon: 0.0, rho: 0.0, laplace: None }
+    }
+
+    /// The noise's name, for the report.
+    pub fn mechanism(&self) -> Option<&'static str> {
+        self.laplace.map(|l| l.name())
+    }
+
+    /// Half-width at level `alpha` of the continuous counterpart of this component's noise, in
+    /// the released unit (for intervals of combined releases).
+    pub fn accuracy_at(&self, alpha: f64) -> f64 {
+        self.laplace.map_or(0.0, |l| l.accuracy_at(alpha) * self.unit)
     }
 
     /// Noise scale in the released unit.
@@ -106,7 +131,10 @@ fn count_values(j: usize, k: u32, v: Expr) -> Vec<Component> {
 /// and the number of keys).
 fn count_patients(j: usize, groups: u32) -> Vec<Component> {
     let pid = Expr::Column(Column::from_name(PID));
-    vec![Component::new(Some(j), What::Count, "patients", Some(count_distinct(pid)), groups as f64, 1.0, groups as i64)]
+    let mut c = Component::new(Some(j), What::Count, "patients", Some(count_distinct(pid)), groups as f64, 1.0, groups as i64);
+    // At most 1 in each of at most `groups` cells: L2 = √groups.
+    c.l2_steps = (groups as f64).sqrt();
+    vec![c]
 }
 
 /// A fixed-point sum of K values per patient of magnitude at most `m` after clamping and
@@ -173,6 +201,8 @@ pub struct Release {
     pub bound: u32,
     pub groups: Groups,
     pub epsilon: f64,
+    /// How the project accounts: pure ε (Laplace) or ρ-zCDP (Gaussian).
+    pub accounting: Accounting,
 }
 
 /// The data-reading plans of a release, made before the debit.
@@ -185,7 +215,7 @@ pub struct Plans {
 }
 
 impl Release {
-    pub fn plan(ctx: &SessionContext, a: &Analysis, epsilon: f64) -> Result<Release> {
+    pub fn plan(ctx: &SessionContext, a: &Analysis, epsilon: f64, accounting: Accounting) -> Result<Release> {
         let grouped = !a.keys.is_empty();
         let k = if grouped { a.rows_per_unit.min(a.groups_per_unit) } else { a.rows_per_unit };
         let groups = if a.public_groups() { Groups::Public(groups::public_keys(ctx, a)?) } else { Groups::Selected };
@@ -212,25 +242,52 @@ impl Release {
             });
         }
         if matches!(groups, Groups::Selected) {
+            if accounting == Accounting::Zcdp {
+                return Err(Error::refused(
+                    Rule::NeedsDelta,
+                    "in a zCDP project, groups must come from public domains (DP partition selection is offered in pure-ε projects)",
+                ));
+            }
             components.push(partition_selection(a.keys_per_unit));
         }
-        let mut release = Release { components, bound: k, groups, epsilon };
+        let mut release = Release { components, bound: k, groups, epsilon, accounting };
         release.set_epsilon(epsilon)?;
         Ok(release)
     }
 
-    /// Split ε equally over the components and calibrate their noise.
+    /// Split ε (or ρ = ε²/2 in a zCDP project) equally over the components and calibrate their
+    /// noise.
     pub fn set_epsilon(&mut self, epsilon: f64) -> Result<()> {
         let n = self.components.len() as f64;
         self.epsilon = epsilon;
+        let rho = Accounting::rho_of(epsilon);
         for c in &mut self.components {
-            c.epsilon = epsilon / n;
-            c.laplace = match c.what {
-                What::Count | What::Sum => Some(mechanisms::make_discrete_laplace(c.steps, c.epsilon)?),
-                What::Quantile | What::Selection => None,
-            };
+            match self.accounting {
+                Accounting::Pure => {
+                    c.epsilon = epsilon / n;
+                    c.laplace = match c.what {
+                        What::Count | What::Sum => Some(Additive::Laplace(mechanisms::make_discrete_laplace(c.steps, c.epsilon)?)),
+                        What::Quantile | What::Selection => None,
+                    };
+                }
+                Accounting::Zcdp => {
+                    c.rho = rho / n;
+                    // What the component's pure counterpart would be: ε_c = √(2ρ_c) (quantiles
+                    // are calibrated at it; for the Gaussian parts it is only reported).
+                    c.epsilon = (2.0 * c.rho).sqrt();
+                    c.laplace = match c.what {
+                        What::Count | What::Sum => Some(Additive::Gaussian(mechanisms::make_discrete_gaussian(c.l2_steps, c.rho)?)),
+                        What::Quantile | What::Selection => None,
+                    };
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The ρ this release spends (zCDP projects; 0 in pure ones).
+    pub fn rho(&self) -> f64 {
+        self.components.iter().map(|c| c.rho).sum()
     }
 
     /// The components of aggregate `j`, in order.
@@ -246,14 +303,23 @@ impl Release {
         let mut worst: Option<f64> = None;
         for c in &self.components {
             // Counts, and plain sums (the parts of a mean or a variance are not answers).
-            let needed = match (c.what, c.label) {
-                (What::Count, _) | (What::Sum, "sum") => mechanisms::epsilon_for_accuracy(c.steps as f64, half_width / c.unit)?,
+            let needed = match (c.what, c.label, self.accounting) {
+                (What::Count, _, Accounting::Pure) | (What::Sum, "sum", Accounting::Pure) => {
+                    mechanisms::epsilon_for_accuracy(c.steps as f64, half_width / c.unit)?
+                }
+                // The component's ρ, as an ε of the same convention (ρ = ε²/2).
+                (What::Count, _, Accounting::Zcdp) | (What::Sum, "sum", Accounting::Zcdp) => {
+                    (2.0 * mechanisms::rho_for_accuracy(c.l2_steps, half_width / c.unit)?).sqrt()
+                }
                 _ => continue,
             };
             worst = Some(worst.map_or(needed, |w: f64| w.max(needed)));
         }
+        let n = self.components.len() as f64;
         match worst {
-            Some(w) => Ok(w * self.components.len() as f64),
+            // Pure: ε_c · n; zCDP: ρ = n · ρ_c, so ε = √(2 n ρ_c) = ε_c · √n.
+            Some(w) if self.accounting == Accounting::Zcdp => Ok(w * n.sqrt()),
+            Some(w) => Ok(w * n),
             None => Err(Error::refused(
                 Rule::TargetCi,
                 "--target-ci applies to COUNT and SUM aggregates; for means and quantiles compare dry runs at several ε",
@@ -392,11 +458,12 @@ impl Release {
             .enumerate()
             .map(|(j, spec)| {
                 let comps = self.of(j);
+                let noise = comps.iter().find_map(|c| c.mechanism()).unwrap_or("");
                 let mechanism = match spec.kind {
-                    AggKind::Quantile(_) => "exponential mechanism over candidates (OpenDP make_private_quantile)",
-                    k if k.is_count() => "discrete Laplace (OpenDP make_laplace)",
-                    AggKind::Sum => "discrete Laplace on an exact fixed-point sum (OpenDP make_laplace)",
-                    _ => "discrete Laplace on exact fixed-point centred sums and on the count (OpenDP make_laplace)",
+                    AggKind::Quantile(_) => "exponential mechanism over candidates (OpenDP make_private_quantile)".to_owned(),
+                    k if k.is_count() => noise.to_owned(),
+                    AggKind::Sum => format!("{noise} on an exact fixed-point sum"),
+                    _ => format!("{noise} on exact fixed-point centred sums and on the count"),
                 };
                 let half = match spec.kind {
                     k if k.is_count() || k == AggKind::Sum => comps.first().map(|c| c.accuracy()),
@@ -405,7 +472,7 @@ impl Release {
                 AggregateReport {
                     name: spec.name.clone(),
                     kind: spec.kind.label(),
-                    mechanism: mechanism.into(),
+                    mechanism,
                     epsilon: comps.iter().map(|c| c.epsilon).sum(),
                     sensitivity: comps.iter().map(|c| (c.label.to_string(), c.sensitivity)).collect(),
                     bounds: spec.bounds.map(|(lo, hi)| [lo, hi]),

@@ -111,6 +111,39 @@ impl std::fmt::Display for ProjectStatus {
     }
 }
 
+/// How a project composes its queries' privacy loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Accounting {
+    /// Pure ε-DP, Laplace noise, ε added up.
+    #[default]
+    Pure,
+    /// ρ-zero-concentrated DP, Gaussian noise, ρ added up, reported as the (ε, δ) it implies.
+    Zcdp,
+}
+
+impl Accounting {
+    pub fn parse(s: &str) -> Option<Accounting> {
+        match s.to_ascii_lowercase().as_str() {
+            "pure" | "epsilon" | "pure-dp" => Some(Accounting::Pure),
+            "zcdp" | "rho" | "zero-concentrated" => Some(Accounting::Zcdp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Accounting::Pure => "pure",
+            Accounting::Zcdp => "zcdp",
+        }
+    }
+
+    /// The ρ a query asked at ε is charged in a zCDP project.
+    pub fn rho_of(epsilon: f64) -> f64 {
+        epsilon * epsilon / 2.0
+    }
+}
+
 /// A project, its grant and what it has spent.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Project {
@@ -137,6 +170,11 @@ pub struct Project {
     pub decided_at: Option<String>,
     /// The steward's reason (rejection, suspension) if any.
     pub reason: Option<String>,
+    /// How its queries compose: pure ε, or ρ-zCDP (the grant stated as (ε, δ) either way).
+    pub accounting: Accounting,
+    /// ρ spent by its queries (zCDP projects; 0 otherwise). `epsilon_spent` is then the ε this
+    /// ρ implies at the grant's δ.
+    pub rho_spent: f64,
 }
 
 /// ε, δ and tables: asked for or granted.
@@ -169,6 +207,10 @@ pub struct ProjectRequest {
     /// Co-investigators (researcher accounts) who may also query.
     #[serde(default)]
     pub members: Vec<String>,
+    /// `pure` (default) or `zcdp`: how the project's queries compose (the steward may change it
+    /// at approval).
+    #[serde(default)]
+    pub accounting: Accounting,
 }
 
 /// What a steward grants; anything left out is granted as requested.
@@ -180,6 +222,8 @@ pub struct Approval {
     pub tables: Option<Vec<String>>,
     /// RFC 3339; default: approval time plus the requested duration.
     pub expires_at: Option<String>,
+    /// How the project accounts (default: as requested, pure ε if not said).
+    pub accounting: Option<Accounting>,
 }
 
 /// A steward's decision on an existing project.
@@ -230,6 +274,16 @@ pub fn policy(conn: &Connection) -> Result<Policy> {
 }
 
 /// A project by numeric id or by name.
+/// zCDP needs δ > 0: the grant is stated, and spent, as the (ε, δ) its ρ implies.
+fn check_accounting(accounting: Accounting, delta: f64) -> Result<()> {
+    if accounting == Accounting::Zcdp && !(delta > 0.0) {
+        return Err(Error::BadRequest(
+            "zCDP accounting needs a δ > 0 in the grant (its ρ is spent as the (ε, δ) it implies); give --delta".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub fn project(conn: &Connection, reference: &str) -> Result<Option<Project>> {
     let id: Option<i64> = match reference.parse::<i64>() {
         Ok(id) => Some(id),
@@ -248,7 +302,8 @@ fn project_by_id(conn: &Connection, id: i64) -> Result<Option<Project>> {
                     COALESCE((SELECT SUM(epsilon) FROM ledger WHERE project_id = p.id), 0),
                     COALESCE((SELECT SUM(delta) FROM ledger WHERE project_id = p.id), 0),
                     p.title, p.purpose, p.owner, p.requested_epsilon, p.requested_delta, p.requested_tables,
-                    p.duration_days, p.expires_at, p.decided_by, p.decided_at, p.reason
+                    p.duration_days, p.expires_at, p.decided_by, p.decided_at, p.reason, p.accounting,
+                    COALESCE((SELECT SUM(rho) FROM ledger WHERE project_id = p.id), 0)
              FROM projects p WHERE p.id = ?1",
             [id],
             |r| {
@@ -279,6 +334,8 @@ fn project_by_id(conn: &Connection, id: i64) -> Result<Option<Project>> {
                         decided_by: r.get(17)?,
                         decided_at: r.get(18)?,
                         reason: r.get(19)?,
+                        accounting: Accounting::parse(&r.get::<_, String>(20)?).unwrap_or_default(),
+                        rho_spent: r.get(21)?,
                     },
                 ))
             },
@@ -503,6 +560,7 @@ impl Governance {
             return Err(Error::BadRequest("purpose must be 1 to 20000 bytes: describe the study protocol".into()));
         }
         check_grant(req.epsilon, req.delta)?;
+        check_accounting(req.accounting, req.delta)?;
         if !(1..=3650).contains(&req.duration_days) {
             return Err(Error::BadRequest(format!("duration_days must be 1 to 3650, got {}", req.duration_days)));
         }
@@ -522,9 +580,20 @@ impl Governance {
         tables.dedup();
         tx.execute(
             "INSERT INTO projects (name, epsilon, delta, tables, status, created_at, title, purpose, owner,
-                                   requested_epsilon, requested_delta, requested_tables, duration_days)
-             VALUES (?1, 0, 0, '', 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![name, now_rfc3339(), title, req.purpose, owner, req.epsilon, req.delta, tables.join(","), req.duration_days],
+                                   requested_epsilon, requested_delta, requested_tables, duration_days, accounting)
+             VALUES (?1, 0, 0, '', 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                name,
+                now_rfc3339(),
+                title,
+                req.purpose,
+                owner,
+                req.epsilon,
+                req.delta,
+                tables.join(","),
+                req.duration_days,
+                req.accounting.name()
+            ],
         )?;
         let id = tx.last_insert_rowid();
         let members: std::collections::BTreeSet<&str> = std::iter::once(owner).chain(req.members.iter().map(String::as_str)).collect();
@@ -576,18 +645,41 @@ impl Governance {
                 (chrono::Utc::now() + chrono::Duration::days(days)).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
             }
         };
+        let accounting = approval.accounting.unwrap_or(p.accounting);
+        check_accounting(accounting, delta)?;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let changed = tx.execute(
             "UPDATE projects SET status = 'active', epsilon = ?1, delta = ?2, tables = ?3, expires_at = ?4,
-                                 decided_by = ?5, decided_at = ?6 WHERE id = ?7 AND status = 'pending'",
-            params![epsilon, delta, tables.join(","), expires_at, steward, now, p.id],
+                                 decided_by = ?5, decided_at = ?6, accounting = ?8 WHERE id = ?7 AND status = 'pending'",
+            params![epsilon, delta, tables.join(","), expires_at, steward, now, p.id, accounting.name()],
         )?;
         if changed == 0 {
             return Err(Error::Conflict(format!("project {} was decided concurrently", p.name)));
         }
-        let detail = format!("granted tables {}; expires {expires_at}", tables.join(","));
+        let detail = format!("granted tables {}; {} accounting; expires {expires_at}", tables.join(","), accounting.name());
         let event = project_event(steward, "project.approved", &p.name, Some((epsilon, delta)), Some(&detail));
         audit::append_in(&tx, &event)?;
+        tx.commit()?;
+        self.by_id(p.id)
+    }
+
+    /// Choose how a project accounts, before it has spent anything (a ledger of one kind cannot
+    /// be re-read as the other).
+    pub fn set_accounting(&mut self, actor: &str, reference: &str, accounting: Accounting) -> Result<Project> {
+        let p = self.existing(reference)?;
+        check_accounting(accounting, p.delta)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let spent: i64 = tx.query_row("SELECT COUNT(*) FROM ledger WHERE project_id = ?1", [p.id], |r| r.get(0))?;
+        if spent > 0 && accounting != p.accounting {
+            return Err(Error::Conflict(format!(
+                "project {} has charged queries in {} accounting; its accounting can no longer change",
+                p.name,
+                p.accounting.name()
+            )));
+        }
+        tx.execute("UPDATE projects SET accounting = ?1 WHERE id = ?2", params![accounting.name(), p.id])?;
+        let detail = format!("{} accounting", accounting.name());
+        audit::append_in(&tx, &project_event(actor, "project.accounting", &p.name, None, Some(&detail)))?;
         tx.commit()?;
         self.by_id(p.id)
     }
@@ -655,11 +747,12 @@ mod tests {
             delta: 1e-6,
             duration_days: 30,
             members: vec!["bob".into()],
+            accounting: Default::default(),
         }
     }
 
     fn spend(l: &mut Ledger, project: &str) -> Result<()> {
-        l.debit(&Charge { actor: "t", project, sql: "q", epsilon: 0.1, delta: 0.0 }).map(drop)
+        l.debit(&Charge { actor: "t", project, sql: "q", epsilon: 0.1, delta: 0.0, rho: 0.0 }).map(drop)
     }
 
     #[test]

@@ -62,6 +62,30 @@ def test_query_gives_values_and_intervals(researcher: sc.Client, steward: sc.Cli
     assert list(hist["sql"]) == [COUNT]
 
 
+def test_a_repeated_question_replays_and_its_bundle_verifies(researcher: sc.Client, steward: sc.Client) -> None:
+    p = new_project(researcher, steward)
+    first = researcher.query_raw(p["id"], COUNT, epsilon=0.5)
+    again = researcher.query_raw(p["id"], "  " + COUNT.lower() + "  ", epsilon=0.5)
+    assert again["rows"] == first["rows"] and again["replay_of"] == first["query_id"]
+    assert again["epsilon_spent"] == 0
+    assert researcher.budget(p["id"])["epsilon_spent"] == pytest.approx(0.5)
+
+    key = researcher.signing_key()
+    bundle = researcher.release_bundle(p["id"], first["query_id"])
+    release = sc.verify_bundle(bundle, key)
+    assert release["sql"] == COUNT and release["rows"] == first["rows"]
+    # The canonical form is byte-exact for the numbers as written: a change to any of them fails.
+    text = bundle.text
+    compact = json.dumps(json.loads(text))
+    assert sc.verify_bundle(text, key)["query_id"] == first["query_id"]
+    for before, after in [('"epsilon": 0.5', '"epsilon": 0.05'), (f'"query_id": {first["query_id"]}', '"query_id": 999')]:
+        assert before in compact, before
+        with pytest.raises(sc.BundleNotVerified):
+            sc.verify_bundle(compact.replace(before, after, 1), key)
+    with pytest.raises(sc.BundleNotVerified):
+        sc.verify_bundle(bundle, "00" * 32)
+
+
 def test_dry_run_and_target_ci_spend_nothing(researcher: sc.Client, steward: sc.Client) -> None:
     p = new_project(researcher, steward)
     dry = researcher.query(p["id"], COUNT, epsilon=0.5, dry_run=True)

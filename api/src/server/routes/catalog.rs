@@ -185,3 +185,22 @@ pub async fn concepts(
     let found = st.blocking(move |st| Ok(handle.block_on(secretum_engine::vocabulary::search(&st.warehouse()?, &q.q, limit))?)).await?;
     Ok(Json(found))
 }
+
+/// The public key release bundles are signed with.
+#[derive(Serialize, ToSchema)]
+pub struct SigningKeyView {
+    pub algorithm: &'static str,
+    /// 32 bytes, hex.
+    pub public_key: String,
+}
+
+/// The warehouse's public signing key (no token needed: it is what anyone checks bundles with).
+#[utoipa::path(get, path = "/v1/signing-key", tag = "catalog",
+    responses((status = 200, body = SigningKeyView)))]
+pub async fn signing_key(State(st): State<AppState>) -> ApiResult<Json<SigningKeyView>> {
+    st.blocking(move |st| {
+        let signer = secretum_engine::signing::Signer::open_or_create(&st.config().data_dir)?;
+        Ok(Json(SigningKeyView { algorithm: "Ed25519", public_key: signer.public_hex() }))
+    })
+    .await
+}

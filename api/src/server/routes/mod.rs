@@ -37,6 +37,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/projects/{id}/reject", post(projects::reject))
         .route("/v1/projects/{id}/{transition}", post(projects::transition))
         .route("/v1/projects/{id}/queries", post(queries::query).get(queries::history))
+        .route("/v1/projects/{id}/queries/{qid}/bundle", get(queries::bundle))
+        .route("/v1/signing-key", get(catalog::signing_key))
         .route("/v1/audit", get(audit::audit_log))
         .route("/v1/audit/verify", get(audit::audit_verify))
         .route("/v1/policy", get(audit::policy))

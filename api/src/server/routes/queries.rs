@@ -105,3 +105,26 @@ pub async fn history(State(st): State<AppState>, caller: Caller, Path(id): Path<
     })
     .await
 }
+
+/// The signed bundle of an answered query (members and stewards): what a paper cites, checked
+/// offline with the warehouse's public key (`/v1/signing-key`).
+#[utoipa::path(get, path = "/v1/projects/{id}/queries/{qid}/bundle", tag = "queries", security(("bearer" = [])),
+    params(("id" = String, Path, description = "project id or name"), ("qid" = i64, Path, description = "query id")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn bundle(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((id, qid)): Path<(String, i64)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    caller.require(&[Role::Researcher, Role::Steward], "release bundles")?;
+    st.blocking(move |st| {
+        let p = visible(&st.governance()?, &caller, &id)?;
+        let ledger = st.ledger()?;
+        // Only a release of this project: query ids of other projects are not found here.
+        if !ledger.entries(&p.name)?.iter().any(|e| e.id == qid) {
+            return Err(secretum_engine::Error::not_found("query", format!("{qid} in project {}", p.name)).into());
+        }
+        Ok(Json(crate::commands::release::bundle(&st.config().data_dir, &ledger, qid)?))
+    })
+    .await
+}

@@ -46,6 +46,7 @@ fn fixture(epsilon: f64) -> Fixture {
         delta: 1e-6,
         duration_days: 30,
         members: vec![],
+        accounting: Default::default(),
     };
     let p = g.request_project("alice", &req, &known, &["alice".into()]).unwrap();
     g.approve(&p.name, "sue", &Default::default()).unwrap();

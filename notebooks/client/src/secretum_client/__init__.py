@@ -4,6 +4,7 @@ Researchers get differentially-private aggregates only: every answer is noisy, c
 95% confidence intervals, and is charged to a project's privacy budget.
 """
 
+from .bundle import BundleNotVerified, verify_bundle
 from .client import Client
 from .cohort import plot_survival, survival_curve
 from .errors import (
@@ -23,6 +24,8 @@ from .errors import (
 
 __all__ = [
     "Client",
+    "verify_bundle",
+    "BundleNotVerified",
     "plot_survival",
     "survival_curve",
     "SecretumError",

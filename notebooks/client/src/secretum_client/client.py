@@ -246,6 +246,21 @@ class Client:
         return pa.ipc.open_stream(io.BytesIO(resp.content)).read_all()
 
 
+    # -- signed releases -------------------------------------------------------------------------
+
+    def signing_key(self) -> str:
+        """The warehouse's public Ed25519 key (hex), which bundles are checked with."""
+        return self._json("GET", "/v1/signing-key")["public_key"]
+
+    def release_bundle(self, project: ProjectRef, query_id: int) -> "ReleaseBundle":
+        """The signed bundle of an answered query: SQL, plan and bounds, mechanisms, ε/δ, the
+        released table, data version, time and audit entry, as a dict that keeps its exact text
+        (``.text``: write that to a file to cite it). Check it with :func:`verify_bundle`."""
+        from .bundle import ReleaseBundle
+
+        resp = self._request("GET", f"/v1/projects/{self._ref(project)}/queries/{int(query_id)}/bundle")
+        return ReleaseBundle(resp.text)
+
     # -- cohort studies --------------------------------------------------------------------------
 
     def kaplan_meier(self, project: ProjectRef, **kw: Any) -> pd.DataFrame:
