@@ -118,10 +118,14 @@ pub const BUNDLE_FORMAT: &str = "secretum-release-bundle/1";
 
 /// Check a bundle's signature with a public key given by the person checking (never the one in
 /// the bundle alone: whoever edits a bundle can put their own key in it). Returns the checked
-/// `release`, or what failed.
-pub fn verify(bundle: &Value, public_key_hex: &str) -> std::result::Result<Value, String> {
+/// `release`, or what failed (a [`Error::BadRequest`] saying which check).
+pub fn verify(bundle: &Value, public_key_hex: &str) -> Result<Value> {
+    verify_inner(bundle, public_key_hex).map_err(|why| Error::BadRequest(why.into_owned()))
+}
+
+fn verify_inner(bundle: &Value, public_key_hex: &str) -> std::result::Result<Value, std::borrow::Cow<'static, str>> {
     if bundle.get("format").and_then(Value::as_str) != Some(BUNDLE_FORMAT) {
-        return Err(format!("not a secretum release bundle (format is not {BUNDLE_FORMAT})"));
+        return Err(format!("not a secretum release bundle (format is not {BUNDLE_FORMAT})").into());
     }
     let key_bytes: [u8; 32] = hex::decode(public_key_hex.trim())
         .ok()
