@@ -252,13 +252,8 @@ fn normal_cdf(x: f64) -> f64 {
     if x >= 0.0 { 0.5 * (1.0 + erf) } else { 0.5 * (1.0 - erf) }
 }
 
-fn ks_normal(mut z: Vec<f64>) -> f64 {
-    z.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = z.len() as f64;
-    z.iter()
-        .enumerate()
-        .map(|(i, x)| (normal_cdf(*x) - i as f64 / n).abs().max(((i + 1) as f64 / n - normal_cdf(*x)).abs()))
-        .fold(0.0, f64::max)
+fn ks_normal(z: Vec<f64>) -> f64 {
+    crate::common::ks_distance(z, normal_cdf)
 }
 
 const RELEASES: usize = 4000;

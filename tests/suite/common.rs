@@ -100,3 +100,10 @@ pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
 pub fn max_rows(table: &str) -> f64 {
     secretum_engine::schema::Schemas::bundled().expect("bundled schemas").tables[table].max_rows_per_unit as f64
 }
+
+/// Kolmogorov-Smirnov distance between a sample and a continuous distribution (its CDF).
+pub fn ks_distance(mut z: Vec<f64>, cdf: impl Fn(f64) -> f64) -> f64 {
+    z.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = z.len() as f64;
+    z.iter().enumerate().map(|(i, x)| (cdf(*x) - i as f64 / n).abs().max(((i + 1) as f64 / n - cdf(*x)).abs())).fold(0.0, f64::max)
+}

@@ -64,13 +64,8 @@ fn laplace_cdf(x: f64) -> f64 {
 }
 
 /// Kolmogorov-Smirnov distance between a sample and the standard Laplace distribution.
-fn ks_laplace(mut z: Vec<f64>) -> f64 {
-    z.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = z.len() as f64;
-    z.iter()
-        .enumerate()
-        .map(|(i, x)| (laplace_cdf(*x) - i as f64 / n).abs().max(((i + 1) as f64 / n - laplace_cdf(*x)).abs()))
-        .fold(0.0, f64::max)
+fn ks_laplace(z: Vec<f64>) -> f64 {
+    crate::common::ks_distance(z, laplace_cdf)
 }
 
 const RELEASES: usize = 4000;

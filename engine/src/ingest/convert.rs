@@ -45,6 +45,7 @@ enum Op {
         unit: bool,
         c: Checked,
         out: Int64Builder,
+        memo: Memo,
     },
     Int {
         src: usize,
@@ -127,7 +128,7 @@ pub struct Converter {
 pub enum UnitCheck {
     /// The patients of `person`: a row of another table whose patient is not there is an
     /// orphan, invalid (`drop = false`) or left out (`drop = true`).
-    Orphans { known: std::collections::HashSet<i64>, drop: bool },
+    Orphans { known: UnitSet, drop: bool },
     /// `person` itself: its privacy unit is its primary key, once per table (`seen` starts
     /// with the patients already stored, at no line; then each patient at its first line).
     Unique { seen: std::collections::HashMap<i64, Option<u64>> },
@@ -158,6 +159,7 @@ impl Converter {
                         unit: true,
                         c: checked,
                         out: Int64Builder::new(),
+                        memo: Memo::default(),
                     }
                 }
                 (Role::Identifier, _, _) if c.pseudonymize => Op::Pseudonym {
@@ -168,6 +170,7 @@ impl Converter {
                     unit: false,
                     c: checked,
                     out: Int64Builder::new(),
+                    memo: Memo::default(),
                 },
                 (Role::Identifier, _, _) => {
                     // A source of a derived column is validated by the op that derives from it.
@@ -243,13 +246,14 @@ impl Converter {
         self
     }
 
-    /// The privacy unit's pseudonym of a row, when the row has a valid one.
-    fn unit_of(&self, row: &dyn RowFields) -> Option<(String, i64)> {
-        self.ops.iter().find_map(|(name, op)| match op {
-            Op::Pseudonym { src, ty, p, unit: true, .. } => {
+    /// The privacy unit's pseudonym of a row, when the row has a valid one (memoized: the op
+    /// that stores it asks again for the same row).
+    fn unit_of(&mut self, row: &dyn RowFields) -> Option<(String, i64)> {
+        self.ops.iter_mut().find_map(|(name, op)| match op {
+            Op::Pseudonym { src, ty, p, unit: true, memo, .. } => {
                 let v = row.get(*src).filter(|v| !v.is_empty())?;
                 let bytes = identifier_bytes(v, *ty).ok()?;
-                Some((name.clone(), p.pseudonymize(&bytes)))
+                Some((name.clone(), memo.pseudonymize(p, &bytes)))
             }
             _ => None,
         })
@@ -348,6 +352,26 @@ fn shown(value: &[u8], c: &Checked) -> String {
         let s = String::from_utf8_lossy(value);
         let s: String = s.chars().take(40).collect();
         format!("`{s}`")
+    }
+}
+
+/// Pseudonyms are HMAC outputs, already uniformly spread: a set of them needs no hashing.
+pub type UnitSet = std::collections::HashSet<i64, std::hash::BuildHasherDefault<IdentityHasher>>;
+
+#[derive(Default)]
+pub struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_i64(&mut self, v: i64) {
+        self.0 = v as u64;
     }
 }
 
@@ -476,6 +500,33 @@ fn check_identifier(v: &[u8], ty: ColumnType, check: Option<Check>) -> Result<()
     }
 }
 
+/// The last identifier pseudonymized by an op and its pseudonym: a patient's rows usually come
+/// together, and the unit check and the stored column ask for the same row's pseudonym.
+#[derive(Debug, Default)]
+struct Memo {
+    last: Option<(Vec<u8>, i64)>,
+}
+
+impl Memo {
+    fn pseudonymize(&mut self, p: &Pseudonymizer, bytes: &[u8]) -> i64 {
+        if let Some((b, v)) = &self.last
+            && b.as_slice() == bytes
+        {
+            return *v;
+        }
+        let v = p.pseudonymize(bytes);
+        match &mut self.last {
+            Some((b, old)) => {
+                b.clear();
+                b.extend_from_slice(bytes);
+                *old = v;
+            }
+            None => self.last = Some((bytes.to_vec(), v)),
+        }
+        v
+    }
+}
+
 fn apply(op: &mut Op, row: &dyn RowFields) -> Result<(), Invalid> {
     match op {
         Op::Drop { src, ty, check, c } => {
@@ -484,11 +535,11 @@ fn apply(op: &mut Op, row: &dyn RowFields) -> Result<(), Invalid> {
             }
             Ok(())
         }
-        Op::Pseudonym { src, ty, check, p, c, out, .. } => {
+        Op::Pseudonym { src, ty, check, p, c, out, memo, .. } => {
             let r = (|| {
                 let Some(v) = field(row, *src, c)? else { return Ok(None) };
                 check_identifier(v, *ty, *check)?;
-                Ok(Some(p.pseudonymize(&identifier_bytes(v, *ty)?)))
+                Ok(Some(memo.pseudonymize(p, &identifier_bytes(v, *ty)?)))
             })();
             out.append_option(r.clone().ok().flatten());
             r.map(|_| ())

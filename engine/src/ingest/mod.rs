@@ -255,6 +255,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
             if known.is_empty() {
                 notes.push("`person` is empty: orphan rows cannot be checked (ingest person first)".into());
             } else {
+                let known = known.into_iter().collect();
                 conv = conv.with_unit_check(UnitCheck::Orphans { known, drop: opts.orphans == Orphans::Drop });
             }
         }
@@ -587,16 +588,15 @@ fn write_parquet(rx: Receiver<RecordBatch>, dir: &Path, prefix: &str, fail_after
 }
 
 /// A reader that hashes and counts what passes through it.
-struct Hashing<R> {
+/// A reader that counts what it reads (for progress).
+struct Counting<R> {
     inner: R,
-    hasher: Sha256,
     read: u64,
 }
 
-impl<R: Read> Read for Hashing<R> {
+impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
         self.read += n as u64;
         Ok(n)
     }
@@ -660,14 +660,21 @@ fn read_csv(
     sink: &mut BatchSink,
 ) -> Result<String> {
     let file = File::open(opts.file).at(opts.file)?;
-    let hashing = Hashing { inner: file, hasher: Sha256::new(), read: 0 };
+    // The content's digest (for the duplicate check) is computed by a second reader on the other
+    // core while this one parses; a file changed during the ingest gives a digest of some of its
+    // content, which only weakens the duplicate check, never what is stored.
+    let digest = {
+        let path = opts.file.to_owned();
+        std::thread::Builder::new().name("digest".into()).spawn(move || hash_file(&path)).map_err(|e| Error::io(opts.file, e))?
+    };
+    let counting = Counting { inner: file, read: 0 };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
         .delimiter(columns.delimiter)
         .quoting(opts.quoting)
         .buffer_capacity(1 << 20)
-        .from_reader(BufReader::with_capacity(1 << 20, hashing));
+        .from_reader(BufReader::with_capacity(1 << 20, counting));
     reader.byte_headers().map_err(|e| Error::UnreadableInput {
         file: opts.file.display().to_string(),
         reason: format!("cannot read the CSV header: {e}"),
@@ -705,7 +712,7 @@ fn read_csv(
     if let Some(p) = opts.progress {
         p(Progress { bytes_read: inner.read, bytes_total, rows });
     }
-    Ok(hex::encode(inner.hasher.finalize()))
+    digest.join().map_err(|_| Error::internal("the digest thread panicked"))?
 }
 
 trait CsvErrorSummary {
@@ -753,14 +760,14 @@ fn push_arrow_batch(batch: &RecordBatch, map: &[Option<usize>], conv: &mut Conve
 
 fn read_ndjson(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter, sink: &mut BatchSink) -> Result<String> {
     let file = File::open(opts.file).at(opts.file)?;
-    let hashing = Hashing { inner: file, hasher: Sha256::new(), read: 0 };
+    let counting = Counting { inner: file, read: 0 };
     let fields: Vec<Field> = conv.raw_names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
     let map: Vec<Option<usize>> = (0..conv.raw_names.len()).map(Some).collect();
     let mut reader = arrow::json::ReaderBuilder::new(Arc::new(Schema::new(fields)))
         .with_coerce_primitive(true)
         .with_strict_mode(true)
         .with_batch_size(BATCH_ROWS)
-        .build(BufReader::with_capacity(1 << 20, hashing))?;
+        .build(BufReader::with_capacity(1 << 20, counting))?;
     let mut line = 1u64;
     let mut rows = 0u64;
     for batch in reader.by_ref() {
