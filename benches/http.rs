@@ -80,6 +80,13 @@ fn build(dir: &Path, patients: usize) -> std::path::PathBuf {
     data
 }
 
+/// ε 0.1, different in the ninth decimal at every request: each request is a new question (the same
+/// question again would be answered from its stored release, a replay, not a DP execution).
+fn fresh_epsilon() -> f64 {
+    static ASKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    0.1 + ASKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
+}
+
 struct Stats {
     per_sec: f64,
     p50: Duration,
@@ -147,7 +154,7 @@ fn main() {
     let agents: Vec<ureq::Agent> = (0..CLIENTS).map(|_| ureq::Agent::new_with_defaults()).collect();
 
     let http = |c: usize, i: usize| {
-        let body = serde_json::json!({"sql": QUERIES[i % QUERIES.len()], "epsilon": 0.1});
+        let body = serde_json::json!({"sql": QUERIES[i % QUERIES.len()], "epsilon": fresh_epsilon()});
         let mut resp = agents[c].post(&url).header("Authorization", &format!("Bearer {token}")).send_json(&body).expect("request");
         let v: serde_json::Value = resp.body_mut().read_json().expect("answer");
         assert!(v["query_id"].is_i64(), "{v}");
@@ -169,7 +176,7 @@ fn main() {
             actor: "bench".into(),
             project: "bench".into(),
             sql: QUERIES[i % QUERIES.len()].into(),
-            epsilon: 0.1,
+            epsilon: fresh_epsilon(),
             ..Default::default()
         };
         rt.block_on(dp::run(wh, ledger, &req, Noise::OpenDp)).expect("dp");
