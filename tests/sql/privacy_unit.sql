@@ -25,7 +25,7 @@ SELECT COUNT(*) FROM person WHERE person_id = 123456789
 -> refused unit-or-identifier
 
 == identifier in where
-SELECT COUNT(*) FROM condition_occurrence WHERE condition_occurrence_id > 0
+SELECT COUNT(*) FROM condition_occurrence WHERE visit_occurrence_id > 0
 -> refused unit-or-identifier
 
 == identifier group by
