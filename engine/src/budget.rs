@@ -64,15 +64,23 @@ pub struct Charge<'a> {
 
 /// A durable debit: the ledger row that charged a query. Only [`Ledger::debit`] makes one, and
 /// settling consumes it: data is read only with a debit in hand.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub struct Debit {
     id: i64,
+    epsilon: f64,
+    delta: f64,
 }
 
 impl Debit {
     /// The ledger entry (the query's id).
     pub fn id(&self) -> i64 {
         self.id
+    }
+
+    /// The (ε, δ) charged: as asked in a pure project, the growth of the implied (ε, δ) in a
+    /// zCDP one.
+    pub fn charged(&self) -> (f64, f64) {
+        (self.epsilon, self.delta)
     }
 }
 
@@ -307,7 +315,7 @@ fn debit_in(tx: &rusqlite::Transaction<'_>, charge: &Charge<'_>, replay_key: Opt
     let id = tx.last_insert_rowid();
     let detail = format!("ledger entry {id}");
     audit::append_in(tx, &event(charge, "query.submitted", "ok", Some(&detail), None, true))?;
-    Ok(Debit { id })
+    Ok(Debit { id, epsilon: charge.epsilon, delta: charge.delta })
 }
 
 impl Ledger {

@@ -53,11 +53,8 @@ pub fn create(data_dir: &Path, name: &str, epsilon: f64, delta: f64, tables: &[S
     let (wh, mut g) = governance(data_dir)?;
     let tables: Vec<String> = tables.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
     let known: Vec<String> = wh.schemas.tables.keys().cloned().collect();
-    if accounting == Accounting::Zcdp && !(delta > 0.0) {
-        return Err(secretum_engine::Error::BadRequest(
-            "zCDP accounting needs a δ > 0 in the grant (its ρ is spent as the (ε, δ) it implies); give --delta".into(),
-        ));
-    }
+    // Checked before the project exists: it is created, then its accounting set.
+    secretum_engine::governance::check_accounting(accounting, delta)?;
     let mut p = g.create_project(&local_actor(), name, epsilon, delta, &tables, &known)?;
     if accounting != p.accounting {
         p = g.set_accounting(&local_actor(), &p.name, accounting)?;

@@ -366,7 +366,7 @@ pub async fn run(wh: &Warehouse, ledger: &mut Ledger, req: &QueryRequest, noise:
         rho: prepared.release.rho(),
     };
     // The same question over the same data at the same ε/δ: its stored release, for free.
-    let shape = prepared.dry_run()?.batch.schema();
+    let shape = answer::answer_schema(&prepared.analysis);
     let column_types: Vec<String> = shape.fields().iter().map(|f| f.data_type().to_string()).collect();
     let data_version = wh.catalog.data_version()?;
     let noise_name = format!("{noise:?} {}", prepared.release.accounting.name());
@@ -401,10 +401,14 @@ pub async fn run(wh: &Warehouse, ledger: &mut Ledger, req: &QueryRequest, noise:
         }
     };
     let entry = debit.id();
+    // What the ledger charged (in a zCDP project, what the query added to the implied (ε, δ)).
+    let (epsilon_charged, delta_charged) = debit.charged();
     let summary = prepared.summary.clone();
     let (debit, result) = prepared.execute(debit, noise).await;
     let stored = result.and_then(|mut a| {
         a.report.query_id = Some(entry);
+        a.report.epsilon_spent = epsilon_charged;
+        a.report.delta_spent = delta_charged;
         let ipc = a.ipc()?;
         let report = serde_json::to_string(&a.report).map_err(Error::internal)?;
         Ok((a, ipc, report))
@@ -420,14 +424,6 @@ pub async fn run(wh: &Warehouse, ledger: &mut Ledger, req: &QueryRequest, noise:
             if let Some(p) = governance::project(ledger.connection(), &req.project)? {
                 answer.report.budget_remaining = Budget { epsilon: p.epsilon_remaining(), delta: p.delta_remaining() };
                 answer.report.zcdp = zcdp_report(&p, charge.rho)?;
-                if answer.report.zcdp.is_some() {
-                    // What this query added to the project's implied (ε, δ).
-                    let e = ledger.entries(&req.project)?.into_iter().find(|e| e.id == entry);
-                    if let Some(e) = e {
-                        answer.report.epsilon_spent = e.epsilon;
-                        answer.report.delta_spent = e.delta;
-                    }
-                }
             }
             Ok(answer)
         }

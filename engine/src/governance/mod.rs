@@ -275,7 +275,7 @@ pub fn policy(conn: &Connection) -> Result<Policy> {
 
 /// A project by numeric id or by name.
 /// zCDP needs δ > 0: the grant is stated, and spent, as the (ε, δ) its ρ implies.
-fn check_accounting(accounting: Accounting, delta: f64) -> Result<()> {
+pub fn check_accounting(accounting: Accounting, delta: f64) -> Result<()> {
     if accounting == Accounting::Zcdp && !(delta > 0.0) {
         return Err(Error::BadRequest(
             "zCDP accounting needs a δ > 0 in the grant (its ρ is spent as the (ε, δ) it implies); give --delta".into(),

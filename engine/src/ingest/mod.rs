@@ -278,6 +278,13 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
             .map_err(|e| Error::io(&staging, e))?;
         let mut sink = BatchSink { tx: Some(tx), rows: 0 };
         let columns = Columns { header: &header, lenient, delimiter };
+        // The content's digest (for the duplicate check) is computed by a second reader on the
+        // other core while the file is parsed; a file changed during the ingest gives a digest of
+        // some of its content, which only weakens the duplicate check, never what is stored.
+        let digest = {
+            let path = opts.file.to_owned();
+            std::thread::Builder::new().name("digest".into()).spawn(move || hash_file(&path)).map_err(|e| Error::io(opts.file, e))?
+        };
         let read = match format {
             Format::Csv => read_csv(opts, bytes_total, &columns, &mut conv, &mut sink),
             Format::Ndjson => read_ndjson(opts, bytes_total, &mut conv, &mut sink),
@@ -285,7 +292,8 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
         };
         drop(sink.tx.take());
         let written = writer.join().map_err(|_| Error::internal("the Parquet writer thread panicked"))?;
-        let sha = read?;
+        read?;
+        let sha = digest.join().map_err(|_| Error::internal("the digest thread panicked"))??;
         if conv.failed() {
             return Err(Error::InvalidInput { shown: std::mem::take(&mut conv.shown), more: conv.more });
         }
@@ -652,21 +660,8 @@ impl RowFields for CsvRow<'_> {
     }
 }
 
-fn read_csv(
-    opts: &IngestOptions<'_>,
-    bytes_total: u64,
-    columns: &Columns<'_>,
-    conv: &mut Converter,
-    sink: &mut BatchSink,
-) -> Result<String> {
+fn read_csv(opts: &IngestOptions<'_>, bytes_total: u64, columns: &Columns<'_>, conv: &mut Converter, sink: &mut BatchSink) -> Result<()> {
     let file = File::open(opts.file).at(opts.file)?;
-    // The content's digest (for the duplicate check) is computed by a second reader on the other
-    // core while this one parses; a file changed during the ingest gives a digest of some of its
-    // content, which only weakens the duplicate check, never what is stored.
-    let digest = {
-        let path = opts.file.to_owned();
-        std::thread::Builder::new().name("digest".into()).spawn(move || hash_file(&path)).map_err(|e| Error::io(opts.file, e))?
-    };
     let counting = Counting { inner: file, read: 0 };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -712,7 +707,7 @@ fn read_csv(
     if let Some(p) = opts.progress {
         p(Progress { bytes_read: inner.read, bytes_total, rows });
     }
-    digest.join().map_err(|_| Error::internal("the digest thread panicked"))?
+    Ok(())
 }
 
 trait CsvErrorSummary {
@@ -758,16 +753,15 @@ fn push_arrow_batch(batch: &RecordBatch, map: &[Option<usize>], conv: &mut Conve
     Ok(())
 }
 
-fn read_ndjson(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter, sink: &mut BatchSink) -> Result<String> {
+fn read_ndjson(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter, sink: &mut BatchSink) -> Result<()> {
     let file = File::open(opts.file).at(opts.file)?;
-    let counting = Counting { inner: file, read: 0 };
     let fields: Vec<Field> = conv.raw_names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
     let map: Vec<Option<usize>> = (0..conv.raw_names.len()).map(Some).collect();
     let mut reader = arrow::json::ReaderBuilder::new(Arc::new(Schema::new(fields)))
         .with_coerce_primitive(true)
         .with_strict_mode(true)
         .with_batch_size(BATCH_ROWS)
-        .build(BufReader::with_capacity(1 << 20, counting))?;
+        .build(BufReader::with_capacity(1 << 20, file))?;
     let mut line = 1u64;
     let mut rows = 0u64;
     for batch in reader.by_ref() {
@@ -783,8 +777,7 @@ fn read_ndjson(opts: &IngestOptions<'_>, bytes_total: u64, conv: &mut Converter,
     }
     sink.flush(conv)?;
     // Required keys absent from an object show up as missing values of that row.
-    // The JSON decoder owns the reader; hash the file again for the duplicate check.
-    hash_file(opts.file)
+    Ok(())
 }
 
 fn read_parquet(
@@ -793,8 +786,7 @@ fn read_parquet(
     columns: &Columns<'_>,
     conv: &mut Converter,
     sink: &mut BatchSink,
-) -> Result<String> {
-    let sha = hash_file(opts.file)?;
+) -> Result<()> {
     let file = File::open(opts.file).at(opts.file)?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::UnreadableInput { file: opts.file.display().to_string(), reason: format!("not a readable Parquet file: {e}") })?
@@ -811,7 +803,7 @@ fn read_parquet(
         }
     }
     sink.flush(conv)?;
-    Ok(sha)
+    Ok(())
 }
 
 fn hash_file(path: &Path) -> Result<String> {
