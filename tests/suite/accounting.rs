@@ -12,7 +12,7 @@ use secretum_engine::governance::{Governance, PolicyUpdate};
 use secretum_engine::ingest::{self, IngestOptions};
 use serde_json::Value;
 
-use crate::common::{Fixture, secretum, stderr, stdout};
+use crate::common::{Fixture, RELEASES, releases, secretum, stderr, stdout};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -256,21 +256,6 @@ fn ks_normal(z: Vec<f64>) -> f64 {
     crate::common::ks_distance(z, normal_cdf)
 }
 
-const RELEASES: usize = 4000;
-
-/// Releases of one exact value through a prepared query: (standardized errors, coverage).
-fn releases(p: &secretum_engine::dp::Prepared, exact: f64, scale: f64) -> (Vec<f64>, f64) {
-    let (mut z, mut covered) = (Vec::new(), 0);
-    for _ in 0..RELEASES {
-        let cells = p.release_exact_components(&[exact], Noise::OpenDp).unwrap();
-        let (v, ci) = cells[0];
-        let (v, (lo, hi)) = (v.unwrap(), ci.unwrap());
-        z.push((v - exact) / scale);
-        covered += usize::from(lo <= exact && exact <= hi);
-    }
-    (z, covered as f64 / RELEASES as f64)
-}
-
 #[test]
 fn gaussian_releases_have_the_promised_scale_shape_and_coverage() {
     let fx = zcdp_warehouse(100.0, 1e-5);
@@ -283,7 +268,7 @@ fn gaussian_releases_have_the_promised_scale_shape_and_coverage() {
     let report = p.dry_run().unwrap().report;
     assert!(report.aggregates[0].mechanism.contains("Gaussian"), "{}", report.aggregates[0].mechanism);
     assert!((report.zcdp.unwrap().rho - 0.005).abs() < 1e-12);
-    let (z, coverage) = releases(&p, 2000.0, 10.0);
+    let (z, coverage) = releases(&p, &[2000.0], 2000.0, 10.0);
     let var = z.iter().map(|e| e * e).sum::<f64>() / RELEASES as f64;
     assert!((var - 1.0).abs() < 0.1, "count noise variance {var:.3} σ², expected σ²");
     let kurtosis = z.iter().map(|e| e.powi(4)).sum::<f64>() / RELEASES as f64 / var.powi(2);
@@ -296,7 +281,7 @@ fn gaussian_releases_have_the_promised_scale_shape_and_coverage() {
 
     // SUM(year_of_birth): Δ₂ = 2026 (one value per patient); ε 1 is ρ 0.5, σ = 2026.
     let p = rt.block_on(dp::prepare(&wh, &req("SELECT SUM(year_of_birth) FROM person", 1.0))).unwrap();
-    let (z, coverage) = releases(&p, 3_950_000.0, 2026.0);
+    let (z, coverage) = releases(&p, &[3_950_000.0], 3_950_000.0, 2026.0);
     let var = z.iter().map(|e| e * e).sum::<f64>() / RELEASES as f64;
     assert!((var - 1.0).abs() < 0.1, "sum noise variance {var:.3} σ²");
     assert!(ks_normal(z) < 1.95 / (RELEASES as f64).sqrt(), "sum noise does not look Gaussian");

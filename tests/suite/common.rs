@@ -107,3 +107,21 @@ pub fn ks_distance(mut z: Vec<f64>, cdf: impl Fn(f64) -> f64) -> f64 {
     let n = z.len() as f64;
     z.iter().enumerate().map(|(i, x)| (cdf(*x) - i as f64 / n).abs().max(((i + 1) as f64 / n - cdf(*x)).abs())).fold(0.0, f64::max)
 }
+
+/// Noisy releases drawn in the noise tests.
+pub const RELEASES: usize = 4000;
+
+/// [`RELEASES`] releases of exact component values through a prepared ungrouped query: the first
+/// aggregate's errors against `truth` in units of `scale`, and how often its 95% interval held
+/// `truth`.
+pub fn releases(p: &secretum_engine::dp::Prepared, exact: &[f64], truth: f64, scale: f64) -> (Vec<f64>, f64) {
+    let (mut z, mut covered) = (Vec::with_capacity(RELEASES), 0);
+    for _ in 0..RELEASES {
+        let cells = p.release_exact_components(exact, secretum_engine::dp::Noise::OpenDp).unwrap();
+        let (v, ci) = cells[0];
+        let (v, (lo, hi)) = (v.unwrap(), ci.unwrap());
+        z.push((v - truth) / scale);
+        covered += usize::from(lo <= truth && truth <= hi);
+    }
+    (z, covered as f64 / RELEASES as f64)
+}

@@ -12,7 +12,7 @@ use secretum_engine::error::{BudgetRefusal, Error};
 use secretum_engine::governance::{Governance, PolicyUpdate};
 use secretum_engine::ingest::{self, IngestOptions};
 
-use crate::common::{Fixture, secretum, stdout};
+use crate::common::{Fixture, RELEASES, releases, secretum, stdout};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -68,8 +68,6 @@ fn ks_laplace(z: Vec<f64>) -> f64 {
     crate::common::ks_distance(z, laplace_cdf)
 }
 
-const RELEASES: usize = 4000;
-
 #[test]
 fn count_noise_has_the_promised_scale_and_its_intervals_cover_95_percent() {
     let (_d, wh, _ledger) = empty_warehouse();
@@ -77,21 +75,13 @@ fn count_noise_has_the_promised_scale_and_its_intervals_cover_95_percent() {
     // COUNT(*) over person: one row per patient, Δ = 1; ε = 0.1 gives a discrete Laplace of scale 10.
     let p = rt.block_on(dp::prepare(&wh, &req("stats", "SELECT COUNT(*) FROM person", 0.1))).unwrap();
     let exact = 2000.0;
-    let (mut errors, mut covered) = (Vec::new(), 0);
-    for _ in 0..RELEASES {
-        let cells = p.release_exact_components(&[exact], Noise::OpenDp).unwrap();
-        let (v, ci) = cells[0];
-        let (v, (lo, hi)) = (v.unwrap(), ci.unwrap());
-        errors.push(v - exact);
-        covered += usize::from(lo <= exact && exact <= hi);
-    }
+    let (errors, coverage) = releases(&p, &[exact], exact, 1.0);
     let var = errors.iter().map(|e| e * e).sum::<f64>() / RELEASES as f64;
     let t = (-1.0f64 / 10.0).exp();
     let expected = 2.0 * t / (1.0 - t).powi(2); // variance of the discrete Laplace, ≈ 2b²
     assert!((var / expected - 1.0).abs() < 0.15, "count noise variance {var:.1}, expected {expected:.1}");
     let mean = errors.iter().sum::<f64>() / RELEASES as f64;
     assert!(mean.abs() < 1.5, "count noise is biased: mean error {mean:.2}");
-    let coverage = covered as f64 / RELEASES as f64;
     assert!((0.93..=0.97).contains(&coverage), "95% intervals of the count cover {:.1}%", coverage * 100.0);
 }
 
@@ -105,20 +95,12 @@ fn sum_noise_is_laplace_with_the_promised_scale_and_intervals_cover_95_percent()
     assert_eq!(report.sensitivity, vec![("sum".to_string(), 2026.0)]);
     let scale = 2026.0;
     let exact = 3_950_000.0;
-    let (mut z, mut covered) = (Vec::new(), 0);
-    for _ in 0..RELEASES {
-        let cells = p.release_exact_components(&[exact], Noise::OpenDp).unwrap();
-        let (v, ci) = cells[0];
-        let (v, (lo, hi)) = (v.unwrap(), ci.unwrap());
-        z.push((v - exact) / scale);
-        covered += usize::from(lo <= exact && exact <= hi);
-    }
+    let (z, coverage) = releases(&p, &[exact], exact, scale);
     let var = z.iter().map(|e| e * e).sum::<f64>() / RELEASES as f64;
     assert!((var / 2.0 - 1.0).abs() < 0.15, "sum noise variance {var:.3} b², expected 2 b²");
     let d = ks_laplace(z);
     // Critical value of the KS statistic at α = 0.001 is 1.95 / √n.
     assert!(d < 1.95 / (RELEASES as f64).sqrt(), "sum noise does not look Laplace: KS distance {d:.4}");
-    let coverage = covered as f64 / RELEASES as f64;
     assert!((0.93..=0.97).contains(&coverage), "95% intervals of the sum cover {:.1}%", coverage * 100.0);
 }
 
@@ -136,21 +118,13 @@ fn mean_noise_and_interval_coverage() {
     // 20,000 values of mean 6.5: centred sum = 20,000 · (6.5 − 10).
     let (n, mean) = (20_000.0, 6.5);
     let exact = [n * (mean - 10.0), n];
-    let (mut errors, mut covered) = (Vec::new(), 0);
-    for _ in 0..RELEASES {
-        let cells = p.release_exact_components(&exact, Noise::OpenDp).unwrap();
-        let (v, ci) = cells[0];
-        let (v, (lo, hi)) = (v.unwrap(), ci.unwrap());
-        errors.push(v - mean);
-        covered += usize::from(lo <= mean && mean <= hi);
-    }
+    let (errors, coverage) = releases(&p, &exact, mean, 1.0);
     // To first order the error is δS/n − (mean − 10)·δN/n: the sum's noise (scale 2·10K at
     // ε/2, i.e. 20K / 20,000 in mean units, variance 2·(20K/n)²) plus the count's (scale 2K,
     // weighted by the centred mean −3.5: variance 3.5²·2·(2K / n)²).
     let var = errors.iter().map(|e| e * e).sum::<f64>() / RELEASES as f64;
     let expected = 2.0 * (20.0 * k / n).powi(2) + (mean - 10.0).powi(2) * 2.0 * (2.0 * k / n).powi(2);
     assert!((var / expected - 1.0).abs() < 0.2, "mean noise variance {var:.6}, expected about {expected:.6}");
-    let coverage = covered as f64 / RELEASES as f64;
     assert!((0.93..=0.97).contains(&coverage), "95% intervals of the mean cover {:.1}%", coverage * 100.0);
 }
 
