@@ -61,7 +61,8 @@ fn build(dir: &Path, patients: usize) -> std::path::PathBuf {
     }
     writer.close().expect("close");
     let bytes = std::fs::metadata(&path).expect("size").len();
-    let files = [FileEntry { path: rel, ingest_id: "bench".into(), rows: patients as u64, bytes }];
+    // One row per patient (every person_id above is distinct), as an ingest of `person` records.
+    let files = [FileEntry { path: rel, ingest_id: "bench".into(), rows: patients as u64, bytes, unit_rows_max: Some(1) }];
     let ingest = NewIngest {
         id: "bench",
         table: "person",

@@ -51,6 +51,8 @@ fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn(&st
     let mut writer = ArrowWriter::try_new(File::create(&path).expect("create"), schema.clone(), Some(props)).expect("writer");
     let batch = 1 << 20;
     let mut start = 0;
+    // Rows per patient, counted as an ingest counts them.
+    let mut per_patient: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
     while start < rows {
         let n = batch.min(rows - start);
         let columns: Vec<ArrayRef> = schema
@@ -58,13 +60,19 @@ fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn(&st
             .iter()
             .map(|f| column(f.name(), start, n).unwrap_or_else(|| arrow::array::new_null_array(f.data_type(), n)))
             .collect();
-        writer.write(&RecordBatch::try_new(schema.clone(), columns).expect("batch")).expect("write");
+        let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
+        let pid = batch.column_by_name("person_id").expect("person_id");
+        for p in pid.as_any().downcast_ref::<Int64Array>().expect("ints").values() {
+            *per_patient.entry(*p).or_insert(0) += 1;
+        }
+        writer.write(&batch).expect("write");
         start += n;
     }
     writer.close().expect("close");
     let bytes = std::fs::metadata(&path).expect("size").len();
     let id = format!("bench-{table}");
-    let files = [FileEntry { path: rel, ingest_id: id.clone(), rows: rows as u64, bytes }];
+    let unit_rows_max = per_patient.values().copied().max();
+    let files = [FileEntry { path: rel, ingest_id: id.clone(), rows: rows as u64, bytes, unit_rows_max }];
     wh.catalog
         .commit_ingest(&NewIngest {
             id: &id,

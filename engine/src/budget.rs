@@ -451,7 +451,7 @@ fn process_alive(pid: i64) -> bool {
 }
 
 fn spent_in(conn: &Connection) -> Result<Spent> {
-    Ok(conn.query_row("SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM ledger", [], |r| {
+    Ok(conn.query_row("SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM spent", [], |r| {
         Ok(Spent { epsilon: r.get(0)?, delta: r.get(1)? })
     })?)
 }

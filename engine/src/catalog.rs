@@ -19,6 +19,24 @@ pub struct FileEntry {
     pub ingest_id: String,
     pub rows: u64,
     pub bytes: u64,
+    /// The most rows one patient has among the rows of the ingest that wrote this file (the
+    /// same for all its files); `None` when not known (a public table, or a file committed
+    /// before this was recorded).
+    pub unit_rows_max: Option<u64>,
+}
+
+/// An upper bound on the rows any one patient has in a table made of `files`: the sum over
+/// their ingests of each ingest's most rows for one patient (exact when one ingest wrote the
+/// table, larger when several ingests hold rows of the same patients). `None` when an ingest did
+/// not record it. Computed from the file list a query reads, so the two always agree.
+pub fn unit_rows_bound(files: &[FileEntry]) -> Option<u64> {
+    let mut per_ingest: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for f in files {
+        let m = f.unit_rows_max?;
+        let e = per_ingest.entry(f.ingest_id.as_str()).or_insert(0);
+        *e = (*e).max(m);
+    }
+    Some(per_ingest.values().fold(0u64, |acc, m| acc.saturating_add(*m)))
 }
 
 /// One committed ingest.
@@ -89,11 +107,17 @@ impl Catalog {
     /// The committed files of one table, in commit order.
     pub fn files(&self, table: &str) -> Result<Vec<FileEntry>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT f.path, f.ingest_id, f.rows, f.bytes FROM files f JOIN ingests i ON i.id = f.ingest_id
+            "SELECT f.path, f.ingest_id, f.rows, f.bytes, f.unit_rows_max FROM files f JOIN ingests i ON i.id = f.ingest_id
              WHERE f.table_name = ?1 ORDER BY i.committed_at, f.path",
         )?;
         let rows = stmt.query_map([table], |r| {
-            Ok(FileEntry { path: r.get(0)?, ingest_id: r.get(1)?, rows: r.get::<_, i64>(2)? as u64, bytes: r.get::<_, i64>(3)? as u64 })
+            Ok(FileEntry {
+                path: r.get(0)?,
+                ingest_id: r.get(1)?,
+                rows: r.get::<_, i64>(2)? as u64,
+                bytes: r.get::<_, i64>(3)? as u64,
+                unit_rows_max: r.get::<_, Option<i64>>(4)?.map(|m| m as u64),
+            })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -191,8 +215,8 @@ impl Catalog {
         )?;
         for f in ingest.files {
             tx.execute(
-                "INSERT INTO files (path, ingest_id, table_name, rows, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![f.path, ingest.id, ingest.table, f.rows as i64, f.bytes as i64],
+                "INSERT INTO files (path, ingest_id, table_name, rows, bytes, unit_rows_max) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![f.path, ingest.id, ingest.table, f.rows as i64, f.bytes as i64, f.unit_rows_max.map(|m| m as i64)],
             )?;
         }
         // The audit entry commits with the ingest, or neither does.
@@ -223,4 +247,23 @@ fn duplicate_error(table: &str, id: &str, at: &str) -> Error {
     Error::Conflict(format!(
         "this file's content was already ingested into `{table}` (ingest {id} at {at}); nothing was committed. Pass --allow-duplicate if loading it again is intended"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(ingest: &str, m: Option<u64>) -> FileEntry {
+        FileEntry { path: format!("{ingest}-{m:?}"), ingest_id: ingest.into(), rows: 1, bytes: 1, unit_rows_max: m }
+    }
+
+    #[test]
+    fn rows_per_patient_add_up_over_ingests_and_are_unknown_when_one_is() {
+        assert_eq!(unit_rows_bound(&[]), Some(0));
+        // One ingest's files share its maximum; two ingests may hold rows of the same patient.
+        assert_eq!(unit_rows_bound(&[file("a", Some(3)), file("a", Some(3))]), Some(3));
+        assert_eq!(unit_rows_bound(&[file("a", Some(3)), file("b", Some(2))]), Some(5));
+        // A file committed before the count was recorded: no bound, the truncation runs.
+        assert_eq!(unit_rows_bound(&[file("a", Some(3)), file("b", None)]), None);
+    }
 }

@@ -125,6 +125,31 @@ CREATE TABLE releases (
     data_version TEXT NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE files ADD COLUMN unit_rows_max INTEGER;
+-- Each project's spend, kept by the database itself as ledger entries are inserted: a debit
+-- reads three numbers instead of summing the project's whole ledger. Charges are final (an
+-- entry's amounts never change, no entry is deleted), so the totals are the ledger's sums.
+CREATE TABLE spent (
+    project_id INTEGER PRIMARY KEY REFERENCES projects (id),
+    epsilon    REAL NOT NULL DEFAULT 0,
+    delta      REAL NOT NULL DEFAULT 0,
+    rho        REAL NOT NULL DEFAULT 0
+);
+INSERT INTO spent (project_id, epsilon, delta, rho)
+    SELECT project_id, SUM(epsilon), SUM(delta), SUM(rho) FROM ledger GROUP BY project_id;
+CREATE TRIGGER ledger_adds_to_spent AFTER INSERT ON ledger BEGIN
+    INSERT OR IGNORE INTO spent (project_id) VALUES (NEW.project_id);
+    UPDATE spent SET epsilon = epsilon + NEW.epsilon, delta = delta + NEW.delta, rho = rho + NEW.rho
+        WHERE project_id = NEW.project_id;
+END;
+CREATE TRIGGER ledger_charges_are_final BEFORE UPDATE OF project_id, epsilon, delta, rho ON ledger BEGIN
+    SELECT RAISE(ABORT, 'a ledger entry''s charge is final');
+END;
+CREATE TRIGGER ledger_entries_stay BEFORE DELETE ON ledger BEGIN
+    SELECT RAISE(ABORT, 'ledger entries are never deleted');
+END;
+"#,
 ];
 
 /// Open (creating if needed) the warehouse database at `path` and bring it to the current version.

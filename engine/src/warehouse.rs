@@ -17,10 +17,11 @@ pub struct Warehouse {
     resolved: std::sync::Arc<DomainCache>,
 }
 
-/// Schemas with resolved concept domains, and the state of the `concept` table they were
-/// resolved from.
+/// What queries reuse from one to the next while the data does not change: the schemas with
+/// resolved concept domains (and the state of the `concept` table they were resolved from), and
+/// each table's registration (see [`crate::dp::session`]).
 #[derive(Default)]
-pub struct DomainCache(std::sync::Mutex<Option<(String, std::sync::Arc<Schemas>)>>);
+pub struct DomainCache(std::sync::Mutex<Option<(String, std::sync::Arc<Schemas>)>>, std::sync::Mutex<crate::dp::session::Registrations>);
 
 /// What `init` did.
 #[derive(Debug)]
@@ -118,6 +119,11 @@ impl Warehouse {
 
     pub(crate) fn remember_resolved_domains(&self, stamp: String, schemas: std::sync::Arc<Schemas>) {
         *self.resolved.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((stamp, schemas));
+    }
+
+    /// The tables' registrations kept between queries.
+    pub(crate) fn registrations(&self) -> std::sync::MutexGuard<'_, crate::dp::session::Registrations> {
+        self.resolved.1.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn forget_resolved_domains(&self) {

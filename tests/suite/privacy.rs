@@ -518,3 +518,49 @@ fn an_adversarial_float_sum_moves_the_release_by_at_most_its_sensitivity() {
         assert!(moved > 0.0, "the adversarial patient should be visible");
     }
 }
+
+#[test]
+fn a_patient_whose_rows_arrive_over_several_ingests_is_still_bounded() {
+    // Each ingest records the most rows one patient has in it; queries skip the truncation only
+    // where the sum over a table's ingests is within the bound. Here every one of the attacker's
+    // ingests is within the bound on its own, their sum is not: the truncation must run.
+    let k = crate::common::max_rows("condition_occurrence") as usize;
+    let fx = Fixture::new(200, 5);
+    ingest_tables(&fx, &["person", "condition_occurrence"]);
+    let attacked = Fixture::new(200, 5);
+    ingest_tables(&attacked, &["person", "condition_occurrence"]);
+    {
+        let mut wh = attacked.open();
+        let key = attacked.key();
+        for (i, copies) in [k - 2, k - 1, k].into_iter().enumerate() {
+            let dir = attacked.dir.path().join(format!("part-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let (p, c, _) = attacker_files(&dir, copies);
+            if i == 0 {
+                ingest::ingest(&mut wh, &key, &IngestOptions::new("person", &p)).unwrap();
+            }
+            let report = ingest::ingest(&mut wh, &key, &IngestOptions::new("condition_occurrence", &c)).unwrap();
+            assert_eq!(report.files[0].unit_rows_max, Some(copies as u64), "the ingest records its most rows for one patient");
+        }
+    }
+    let mut moved = Vec::new();
+    for fx in [&fx, &attacked] {
+        policy(&fx.data, PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() });
+        project(&fx.data, "bounds", 1e9, &["person", "condition_occurrence"]);
+        let mut ledger = Ledger::open(&fx.data).unwrap();
+        let wh = fx.open();
+        moved.push(vec![
+            cell(exact_answer(&wh, &mut ledger, "SELECT COUNT(*) FROM condition_occurrence")[0].last().unwrap()),
+            cell(
+                exact_answer(&wh, &mut ledger, "SELECT COUNT(*) FROM person JOIN condition_occurrence USING (person_id)")[0]
+                    .last()
+                    .unwrap(),
+            ),
+        ]);
+    }
+    for (what, (honest, attacked)) in ["row count", "joined row count"].iter().zip(moved[0].iter().zip(&moved[1])) {
+        let d = attacked - honest;
+        // The attacker sent 3K - 3 rows; at most K of them count.
+        assert!(d > 0.0 && d <= k as f64, "{what}: a patient over three ingests moved the exact release by {d}, its bound is {k}");
+    }
+}

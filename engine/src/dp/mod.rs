@@ -101,6 +101,8 @@ pub struct Prepared {
     summary: String,
     /// The statement's normalized plan (part of the replay key).
     plan_text: String,
+    /// The version of the data the plans read (part of the replay key).
+    data_version: String,
     epsilon: f64,
     delta: f64,
 }
@@ -300,7 +302,7 @@ pub async fn prepare(wh: &Warehouse, req: &QueryRequest) -> Result<Prepared> {
 
     // Concept-id columns get public domains from the loaded vocabulary (public data).
     let schemas = crate::vocabulary::resolve_domains(wh).await?;
-    let ctx = session::session(wh, &project.tables)?;
+    let session::Session { ctx, rows_per_patient, data_version } = session::session(wh, &project.tables)?;
     let state = ctx.state();
     let references = state.resolve_table_references(&statement).map_err(session::plan_error)?;
     analyze::check_tables(&references, &schemas, &project.tables)?;
@@ -328,9 +330,10 @@ pub async fn prepare(wh: &Warehouse, req: &QueryRequest) -> Result<Prepared> {
         epsilon = release.epsilon_for_half_width(target)?;
         release.set_epsilon(epsilon)?;
     }
-    let plans = release.physical_plans(&ctx, &analysis, &wh.schemas).await?;
+    let tables = rewrite::Tables { schemas: &wh.schemas, rows_per_patient: &rows_per_patient };
+    let plans = release.physical_plans(&ctx, &analysis, &tables).await?;
     let summary = release.summary(&analysis);
-    Ok(Prepared { ctx, plans, analysis, release, project, policy, summary, plan_text, epsilon, delta })
+    Ok(Prepared { ctx, plans, analysis, release, project, policy, summary, plan_text, data_version, epsilon, delta })
 }
 
 /// Run one query end to end: prepare, debit, execute, noise, post-process; every outcome is
@@ -368,7 +371,7 @@ pub async fn run(wh: &Warehouse, ledger: &mut Ledger, req: &QueryRequest, noise:
     // The same question over the same data at the same ε/δ: its stored release, for free.
     let shape = answer::answer_schema(&prepared.analysis);
     let column_types: Vec<String> = shape.fields().iter().map(|f| f.data_type().to_string()).collect();
-    let data_version = wh.catalog.data_version()?;
+    let data_version = prepared.data_version.clone();
     let noise_name = format!("{noise:?} {}", prepared.release.accounting.name());
     let key = replay::key(&replay::KeyParts {
         plan: &prepared.plan_text,

@@ -47,7 +47,6 @@ use super::rule::Rule;
 use super::session;
 use crate::error::{Error, Result};
 pub use crate::governance::Accounting;
-use crate::schema::Schemas;
 
 /// What one component computes exactly, before noise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,9 +329,9 @@ impl Release {
     /// The physical plans that read data: the exact components over the bounded relation, and
     /// each quantile's values. Built, optimized and checked total before the debit, from the
     /// SQL, the schema and the catalog's file list only.
-    pub async fn physical_plans(&self, ctx: &SessionContext, a: &Analysis, schemas: &Schemas) -> Result<Plans> {
+    pub async fn physical_plans(&self, ctx: &SessionContext, a: &Analysis, tables: &rewrite::Tables<'_>) -> Result<Plans> {
         let nkeys = a.keys.len();
-        let relation = rewrite::bounded_relation(a, schemas, self.bound).map_err(session::plan_error)?;
+        let relation = rewrite::bounded_relation(a, tables, self.bound).map_err(session::plan_error)?;
         let exact_comps: Vec<usize> = (0..self.components.len()).filter(|i| self.components[*i].expr.is_some()).collect();
         let exact = if exact_comps.is_empty() {
             None

@@ -8,6 +8,23 @@
 //!   random with fresh randomness per query, to the query's bound K. Every release then sees
 //!   at most K rows per patient, which is what each sensitivity below assumes.
 //! - Aggregated values are clamped to their public bounds before anything sums them.
+//!
+//! ## Truncation prepared at ingest
+//!
+//! Truncating to K rows per patient costs a hash aggregate by patient over every row. It is
+//! skipped where the catalog shows it would drop nothing: each ingest records the most rows one
+//! patient has among its rows ([`crate::catalog::Catalog::unit_rows_bound`] sums them over a
+//! table's ingests, an upper bound on any patient's rows in the table). When that bound is at
+//! most K, truncating to K is the identity on this data, so the plan without it computes
+//! exactly the same relation, row for row: the released value is the same function of the data,
+//! its sensitivity argument unchanged (one patient still has at most K rows in it, now because
+//! the data has no more, checked at ingest, rather than because an operator removed them). On
+//! data where some patient has more rows than K, the truncation runs as before. `person`, whose
+//! ingest refuses a second row for a patient, is never truncated.
+//!
+//! The choice reads the catalog, not the query's rows, and changes the plan, not the answer:
+//! which of two plans runs depends on the most rows any one patient of the whole table has
+//! (not on any WHERE a researcher writes), so it cannot single a patient out.
 
 use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -18,6 +35,21 @@ use datafusion::logical_expr::{Expr, ExprFunctionExt, JoinType, LogicalPlan, Log
 
 use super::analyze::Analysis;
 use crate::schema::Schemas;
+
+/// The tables a plan reads: their policies, and what the catalog knows of their rows.
+pub struct Tables<'a> {
+    pub schemas: &'a Schemas,
+    /// Per stored table, an upper bound on the rows any one patient has in it (from the
+    /// catalog; absent when not known).
+    pub rows_per_patient: &'a std::collections::BTreeMap<String, u64>,
+}
+
+impl Tables<'_> {
+    /// Whether truncating `table` to `k` rows per patient would keep every row.
+    fn within(&self, table: &str, k: u64) -> bool {
+        self.rows_per_patient.get(table).is_some_and(|m| *m <= k)
+    }
+}
 
 pub const PID: &str = "__pid";
 const RN: &str = "__rn";
@@ -78,7 +110,7 @@ pub use super::total::{STEPS, clamp, fixed_point, fixed_point_unit, fixed_point_
 ///   the outer query stay where they are, for the decorrelation to find them.
 ///
 /// Every rewrite keeps a patient's output a function of that patient's own rows.
-fn bound_source(plan: &LogicalPlan, schemas: &Schemas) -> datafusion::error::Result<LogicalPlan> {
+fn bound_source(plan: &LogicalPlan, tables: &Tables<'_>) -> datafusion::error::Result<LogicalPlan> {
     let mut conjuncts: Vec<Expr> = Vec::new();
     let mut node = plan;
     while let LogicalPlan::Filter(f) = node {
@@ -94,7 +126,7 @@ fn bound_source(plan: &LogicalPlan, schemas: &Schemas) -> datafusion::error::Res
     let mut pushed: Vec<(String, Vec<Expr>)> = Vec::new();
     let mut kept: Vec<Expr> = Vec::new();
     for c in conjuncts {
-        let c = bound_subqueries(c, schemas)?;
+        let c = bound_subqueries(c, tables)?;
         match single_qualifier(&c).filter(|q| joined && leaves.contains(q)) {
             Some(q) => match pushed.iter_mut().find(|(x, _)| *x == q) {
                 Some((_, v)) => v.push(c),
@@ -114,7 +146,8 @@ fn bound_source(plan: &LogicalPlan, schemas: &Schemas) -> datafusion::error::Res
         for (a, b) in join_pairs(node) {
             for (patient, public) in [(&a, &b), (&b, &a)] {
                 let (Some(pq), Some(uq)) = (qualifier(patient), qualifier(public)) else { continue };
-                let is_public = |q: &str| leaf_plans.iter().any(|(x, t, _)| x == q && schemas.tables.get(t).is_some_and(|p| p.public));
+                let is_public =
+                    |q: &str| leaf_plans.iter().any(|(x, t, _)| x == q && tables.schemas.tables.get(t).is_some_and(|p| p.public));
                 if is_public(&pq) || !is_public(&uq) || !leaves.contains(&pq) || !leaves.contains(&uq) {
                     continue;
                 }
@@ -125,7 +158,7 @@ fn bound_source(plan: &LogicalPlan, schemas: &Schemas) -> datafusion::error::Res
             }
         }
     }
-    let rebuilt = bound_relations(node, schemas, joined, &pushed, &semi)?;
+    let rebuilt = bound_relations(node, tables, joined, &pushed, &semi)?;
     match conjunction(kept) {
         Some(p) => LogicalPlanBuilder::from(rebuilt).filter(p)?.build(),
         None => Ok(rebuilt),
@@ -171,26 +204,26 @@ type SemiJoins = [(String, Expr, Expr, LogicalPlan)];
 
 fn bound_relations(
     plan: &LogicalPlan,
-    schemas: &Schemas,
+    tables: &Tables<'_>,
     joined: bool,
     pushed: &[(String, Vec<Expr>)],
     semi: &SemiJoins,
 ) -> datafusion::error::Result<LogicalPlan> {
     match plan {
         LogicalPlan::Join(j) => {
-            let left = bound_relations(&j.left, schemas, joined, pushed, semi)?;
-            let right = bound_relations(&j.right, schemas, joined, pushed, semi)?;
+            let left = bound_relations(&j.left, tables, joined, pushed, semi)?;
+            let right = bound_relations(&j.right, tables, joined, pushed, semi)?;
             plan.with_new_exprs(plan.expressions(), vec![left, right])
         }
-        LogicalPlan::Filter(_) => bound_source(plan, schemas),
+        LogicalPlan::Filter(_) => bound_source(plan, tables),
         LogicalPlan::SubqueryAlias(s) => match s.input.as_ref() {
-            LogicalPlan::TableScan(t) => stored(plan.clone(), s.alias.table(), t.table_name.table(), schemas, joined, pushed, semi),
+            LogicalPlan::TableScan(t) => stored(plan.clone(), s.alias.table(), t.table_name.table(), tables, joined, pushed, semi),
             inner => {
-                let inner = bound_per_patient(inner, schemas)?;
+                let inner = bound_per_patient(inner, tables)?;
                 LogicalPlanBuilder::from(inner).alias(s.alias.clone())?.build()
             }
         },
-        LogicalPlan::TableScan(t) => stored(plan.clone(), t.table_name.table(), t.table_name.table(), schemas, joined, pushed, semi),
+        LogicalPlan::TableScan(t) => stored(plan.clone(), t.table_name.table(), t.table_name.table(), tables, joined, pushed, semi),
         other => Ok(other.clone()),
     }
 }
@@ -201,7 +234,7 @@ fn stored(
     mut plan: LogicalPlan,
     qualifier: &str,
     table: &str,
-    schemas: &Schemas,
+    tables: &Tables<'_>,
     joined: bool,
     pushed: &[(String, Vec<Expr>)],
     semi: &SemiJoins,
@@ -210,7 +243,7 @@ fn stored(
         plan = LogicalPlanBuilder::from(plan).filter(p)?.build()?;
     }
     let policy =
-        schemas.tables.get(table).ok_or_else(|| datafusion::error::DataFusionError::Plan(format!("table {table} has no policy")))?;
+        tables.schemas.tables.get(table).ok_or_else(|| datafusion::error::DataFusionError::Plan(format!("table {table} has no policy")))?;
     // A public table holds no patient: nothing to bound.
     if !joined || policy.public {
         return Ok(plan);
@@ -221,6 +254,11 @@ fn stored(
             LogicalPlanBuilder::from(plan).join(selected.clone(), JoinType::LeftSemi, (vec![p.clone()], vec![u.clone()]), None)?.build()?;
     }
     let unit = Column::new(Some(qualifier), policy.privacy_unit().name.clone());
+    // No patient has more than its bound in this table: truncating would keep every row (see
+    // the module documentation).
+    if tables.within(table, policy.max_rows_per_unit as u64) {
+        return Ok(plan);
+    }
     truncate(plan, unit, policy.max_rows_per_unit)
 }
 
@@ -270,34 +308,34 @@ fn leaf_plans_of(plan: &LogicalPlan, out: &mut Vec<(String, String, LogicalPlan)
 
 /// A per-patient relation: [Projection] [Filter: HAVING] Aggregate by the unit over a source,
 /// or [Projection] [Filter: WHERE] over per-patient relations joined on the unit.
-fn bound_per_patient(plan: &LogicalPlan, schemas: &Schemas) -> datafusion::error::Result<LogicalPlan> {
+fn bound_per_patient(plan: &LogicalPlan, tables: &Tables<'_>) -> datafusion::error::Result<LogicalPlan> {
     match plan {
         LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) => {
-            let input = bound_per_patient(plan.inputs()[0], schemas)?;
+            let input = bound_per_patient(plan.inputs()[0], tables)?;
             plan.with_new_exprs(plan.expressions(), vec![input])
         }
         LogicalPlan::Filter(f) => {
-            let input = bound_per_patient(&f.input, schemas)?;
-            LogicalPlanBuilder::from(input).filter(bound_subqueries(f.predicate.clone(), schemas)?)?.build()
+            let input = bound_per_patient(&f.input, tables)?;
+            LogicalPlanBuilder::from(input).filter(bound_subqueries(f.predicate.clone(), tables)?)?.build()
         }
         LogicalPlan::Aggregate(a) => {
-            let input = bound_source(&a.input, schemas)?;
+            let input = bound_source(&a.input, tables)?;
             plan.with_new_exprs(plan.expressions(), vec![input])
         }
-        LogicalPlan::Join(_) => bound_source(plan, schemas),
+        LogicalPlan::Join(_) => bound_source(plan, tables),
         other => Ok(other.clone()),
     }
 }
 
 /// The subquery plans of EXISTS and IN predicates, their sources bounded.
-fn bound_subqueries(e: Expr, schemas: &Schemas) -> datafusion::error::Result<Expr> {
+fn bound_subqueries(e: Expr, tables: &Tables<'_>) -> datafusion::error::Result<Expr> {
     e.transform_up(|x| match x {
         Expr::Exists(mut ex) => {
-            ex.subquery.subquery = std::sync::Arc::new(bound_subquery(&ex.subquery.subquery, schemas)?);
+            ex.subquery.subquery = std::sync::Arc::new(bound_subquery(&ex.subquery.subquery, tables)?);
             Ok(Transformed::yes(Expr::Exists(ex)))
         }
         Expr::InSubquery(mut i) => {
-            i.subquery.subquery = std::sync::Arc::new(bound_subquery(&i.subquery.subquery, schemas)?);
+            i.subquery.subquery = std::sync::Arc::new(bound_subquery(&i.subquery.subquery, tables)?);
             Ok(Transformed::yes(Expr::InSubquery(i)))
         }
         other => Ok(Transformed::no(other)),
@@ -306,7 +344,7 @@ fn bound_subqueries(e: Expr, schemas: &Schemas) -> datafusion::error::Result<Exp
 }
 
 /// A subquery of a predicate: projections over a per-patient relation or over a source.
-fn bound_subquery(plan: &LogicalPlan, schemas: &Schemas) -> datafusion::error::Result<LogicalPlan> {
+fn bound_subquery(plan: &LogicalPlan, tables: &Tables<'_>) -> datafusion::error::Result<LogicalPlan> {
     let mut below = plan;
     while let LogicalPlan::Projection(p) = below {
         below = &p.input;
@@ -318,13 +356,13 @@ fn bound_subquery(plan: &LogicalPlan, schemas: &Schemas) -> datafusion::error::R
     match plan {
         LogicalPlan::Projection(p) => {
             let input = if matches!(under_filters, LogicalPlan::Aggregate(_)) {
-                bound_per_patient(&p.input, schemas)?
+                bound_per_patient(&p.input, tables)?
             } else {
-                bound_subquery(&p.input, schemas)?
+                bound_subquery(&p.input, tables)?
             };
             plan.with_new_exprs(plan.expressions(), vec![input])
         }
-        other => bound_source(other, schemas),
+        other => bound_source(other, tables),
     }
 }
 
@@ -345,19 +383,32 @@ fn conjunction(v: Vec<Expr>) -> Option<Expr> {
 
 /// The bounded relation: one row per retained source row, with columns `__pid`, `__k{i}` for
 /// each group key and `__v{j}` for each aggregate's clamped value. At most `bound` rows per patient.
-pub fn bounded_relation(analysis: &Analysis, schemas: &Schemas, bound: u32) -> datafusion::error::Result<LogicalPlan> {
+pub fn bounded_relation(analysis: &Analysis, tables: &Tables<'_>, bound: u32) -> datafusion::error::Result<LogicalPlan> {
     let agg = analysis.aggregate();
-    let source = bound_source(agg.input.as_ref(), schemas)?;
+    let source = bound_source(agg.input.as_ref(), tables)?;
     // Rows per patient after the join: each joined relation is truncated to its own bound (a
-    // per-patient relation has one row per patient), so their product bounds the join. A single
-    // stored table is not truncated before, only after.
+    // per-patient relation has one row per patient), or has no more than that already (the
+    // catalog's bound), so their product bounds the join. A single stored table is not
+    // truncated before, only after, unless the catalog shows that no patient has more rows
+    // than the bound in it.
     // A join to a public table may repeat a patient's rows (a code with many ancestors): no
     // product holds, the rows are truncated after the joins.
     let single_stored = analysis.tables.len() == 1 && analysis.per_patient.is_empty();
-    let product: u64 = if single_stored || !analysis.public.is_empty() {
+    let rows_of = |qualifier: &str, p: &crate::schema::TablePolicy| -> u64 {
+        let table = analysis.tables.iter().find(|(q, _)| q == qualifier).map(|(_, t)| t.as_str());
+        let stored = table.and_then(|t| tables.rows_per_patient.get(t)).copied();
+        match stored {
+            // Not truncated before: as many rows as the data has.
+            Some(m) if single_stored => m,
+            _ if single_stored => u64::MAX,
+            Some(m) if !analysis.per_patient.iter().any(|q| q == qualifier) => m.min(p.max_rows_per_unit as u64),
+            _ => p.max_rows_per_unit as u64,
+        }
+    };
+    let product: u64 = if !analysis.public.is_empty() {
         u64::MAX
     } else {
-        analysis.policies.values().filter(|p| !p.public).fold(1u64, |acc, p| acc.saturating_mul(p.max_rows_per_unit as u64))
+        analysis.policies.iter().filter(|(_, p)| !p.public).fold(1u64, |acc, (q, p)| acc.saturating_mul(rows_of(q, p)))
     };
     let mut exprs = vec![Expr::Column(analysis.unit.clone()).alias(PID)];
     for (i, k) in analysis.keys.iter().enumerate() {

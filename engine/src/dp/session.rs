@@ -6,12 +6,14 @@
 //! planned physically here, before the debit: what runs after the debit is exactly what was
 //! checked.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::catalog::MemTable;
+use datafusion::catalog::{MemTable, TableProvider};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -33,8 +35,32 @@ fn num_partitions() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }
 
+/// A query's session, and what the catalog says of the rows of the files it reads.
+pub struct Session {
+    pub ctx: SessionContext,
+    /// Per table, an upper bound on the rows one patient has in the files registered
+    /// ([`crate::catalog::unit_rows_bound`]), when known: read from the same file list.
+    pub rows_per_patient: BTreeMap<String, u64>,
+    /// The version of the data the session reads ([`crate::catalog::Catalog::data_version`]).
+    pub data_version: String,
+}
+
+/// Each table's registration (its provider over exactly the catalog's files, and its bound on
+/// rows per patient), kept for the data version they were read at: a query over unchanged data
+/// registers them again without reading the catalog's file lists or touching the files.
+///
+/// Also kept: DataFusion's caches of the files' footers, statistics and listings, shared by
+/// every query (each query still gets its own memory pool). The files are immutable (an ingest
+/// writes new ones) and each entry is checked against the file's size and modification time.
+#[derive(Default)]
+pub struct Registrations {
+    version: String,
+    tables: BTreeMap<String, (Arc<dyn TableProvider>, Option<u64>)>,
+    files: Option<Arc<CacheManager>>,
+}
+
 /// The session over the project's tables, and the warehouse's public tables (the vocabularies).
-pub fn session(wh: &Warehouse, tables: &[String]) -> Result<SessionContext> {
+pub fn session(wh: &Warehouse, tables: &[String]) -> Result<Session> {
     let mut all: Vec<String> = tables.to_vec();
     for (name, policy) in &wh.schemas.tables {
         if policy.public && !all.contains(name) {
@@ -47,38 +73,71 @@ pub fn session(wh: &Warehouse, tables: &[String]) -> Result<SessionContext> {
 /// A session over the public tables only (vocabulary search, public domains).
 pub fn public_session(wh: &Warehouse) -> Result<SessionContext> {
     let public: Vec<String> = wh.schemas.tables.iter().filter(|(_, p)| p.public).map(|(n, _)| n.clone()).collect();
-    register(wh, &public)
+    Ok(register(wh, &public)?.ctx)
 }
 
-fn register(wh: &Warehouse, tables: &[String]) -> Result<SessionContext> {
+fn register(wh: &Warehouse, tables: &[String]) -> Result<Session> {
     let mut config = SessionConfig::new().with_information_schema(false).with_target_partitions(num_partitions());
-    // Statistics would be read from every file's footer while planning; the release never uses
-    // them (a count must come from the bounded rows, not from metadata), so skip that work.
+    // Statistics would be read from every file's footer while planning, before the debit: no
+    // file is opened until the query is charged (a dry run opens none).
     config.options_mut().execution.collect_statistics = false;
+    let mut cache = wh.registrations();
+    let files = match &cache.files {
+        Some(f) => f.clone(),
+        None => cache.files.insert(CacheManager::try_new(&CacheManagerConfig::default())?).clone(),
+    };
     // One memory pool per query (a session serves one query): spilling operators spill to the
     // system's temporary directory when it is full (see the module documentation of `dp`).
-    let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(query_memory_limit()))).build_arc()?;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(query_memory_limit()))).build()?;
+    runtime.cache_manager = files;
+    let ctx = SessionContext::new_with_config_rt(config, Arc::new(runtime));
+    // One read transaction: the version and every file list come from the same committed state.
+    let snapshot = wh.catalog.connection().unchecked_transaction()?;
+    let data_version = wh.catalog.data_version()?;
+    if cache.version != data_version {
+        cache.version = data_version.clone();
+        cache.tables.clear();
+    }
+    let mut rows_per_patient = BTreeMap::new();
     for t in tables {
-        let policy = wh.schemas.get(t)?;
-        let schema = policy.stored_schema();
-        let files = wh.catalog.files(t)?;
-        let provider: Arc<dyn datafusion::catalog::TableProvider> = if files.is_empty() {
-            Arc::new(MemTable::try_new(schema, vec![vec![]])?)
-        } else {
-            let mut urls = Vec::with_capacity(files.len());
-            for f in &files {
-                let path = wh.layout.root.join(&f.path);
-                let path = std::fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?;
-                urls.push(ListingTableUrl::parse(path.to_string_lossy().as_ref())?);
+        let (provider, rows) = match cache.tables.get(t) {
+            Some(r) => r.clone(),
+            None => {
+                let r = provider(wh, t)?;
+                cache.tables.insert(t.clone(), r.clone());
+                r
             }
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-            let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
-            Arc::new(ListingTable::try_new(config)?)
         };
+        if let Some(m) = rows {
+            rows_per_patient.insert(t.clone(), m);
+        }
         ctx.register_table(t.as_str(), provider)?;
     }
-    Ok(ctx)
+    drop(cache);
+    snapshot.finish()?;
+    Ok(Session { ctx, rows_per_patient, data_version })
+}
+
+/// A table's provider over exactly the files the catalog lists, and its bound on rows per patient.
+fn provider(wh: &Warehouse, t: &str) -> Result<(Arc<dyn TableProvider>, Option<u64>)> {
+    let policy = wh.schemas.get(t)?;
+    let schema = policy.stored_schema();
+    let files = wh.catalog.files(t)?;
+    let rows = crate::catalog::unit_rows_bound(&files);
+    let provider: Arc<dyn TableProvider> = if files.is_empty() {
+        Arc::new(MemTable::try_new(schema, vec![vec![]])?)
+    } else {
+        let mut urls = Vec::with_capacity(files.len());
+        for f in &files {
+            let path = wh.layout.root.join(&f.path);
+            let path = std::fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?;
+            urls.push(ListingTableUrl::parse(path.to_string_lossy().as_ref())?);
+        }
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
+        Arc::new(ListingTable::try_new(config)?)
+    };
+    Ok((provider, rows))
 }
 
 /// A planning error, as a refusal: planning reads no data, so its message comes from the SQL and

@@ -299,12 +299,12 @@ fn project_by_id(conn: &Connection, id: i64) -> Result<Option<Project>> {
     let row = conn
         .query_row(
             "SELECT p.id, p.name, p.epsilon, p.delta, p.tables, p.status, p.created_at,
-                    COALESCE((SELECT SUM(epsilon) FROM ledger WHERE project_id = p.id), 0),
-                    COALESCE((SELECT SUM(delta) FROM ledger WHERE project_id = p.id), 0),
+                    COALESCE(s.epsilon, 0),
+                    COALESCE(s.delta, 0),
                     p.title, p.purpose, p.owner, p.requested_epsilon, p.requested_delta, p.requested_tables,
                     p.duration_days, p.expires_at, p.decided_by, p.decided_at, p.reason, p.accounting,
-                    COALESCE((SELECT SUM(rho) FROM ledger WHERE project_id = p.id), 0)
-             FROM projects p WHERE p.id = ?1",
+                    COALESCE(s.rho, 0)
+             FROM projects p LEFT JOIN spent s ON s.project_id = p.id WHERE p.id = ?1",
             [id],
             |r| {
                 let tables: String = r.get(4)?;

@@ -122,6 +122,8 @@ pub struct Converter {
     unit_check: Option<UnitCheck>,
     /// Orphan rows left out (`--orphans drop`).
     pub orphans_dropped: u64,
+    /// Rows per patient in this file (patient tables only), for [`Converter::unit_rows_max`].
+    unit_rows: Option<UnitCounts>,
 }
 
 /// What an ingest checks each row's patient (its privacy-unit pseudonym) against.
@@ -237,6 +239,7 @@ impl Converter {
             more: 0,
             unit_check: None,
             orphans_dropped: 0,
+            unit_rows: (!policy.public).then(UnitCounts::default),
         }
     }
 
@@ -259,6 +262,13 @@ impl Converter {
         })
     }
 
+    /// The most rows any one patient has in what was pushed (`None` for a public table). It
+    /// tells queries whether truncating this ingest's rows to a bound would drop anything: see
+    /// `dp::rewrite`, where it is used, and why it is as private as the truncation it replaces.
+    pub fn unit_rows_max(&self) -> Option<u64> {
+        self.unit_rows.as_ref().map(|c| c.values().copied().max().unwrap_or(0) as u64)
+    }
+
     pub fn failed(&self) -> bool {
         !self.shown.is_empty()
     }
@@ -279,7 +289,7 @@ impl Converter {
     /// Validate and convert one row. Every op appends exactly one value (null on error) so the
     /// builders stay aligned; a failed ingest never writes its batches anyway.
     pub fn push_row(&mut self, row: &dyn RowFields, line: u64) {
-        if self.unit_check.is_some()
+        if (self.unit_check.is_some() || self.unit_rows.is_some())
             && let Some((column, unit)) = self.unit_of(row)
         {
             let problem = match self.unit_check.as_mut() {
@@ -304,6 +314,9 @@ impl Converter {
             };
             if let Some(reason) = problem {
                 self.row_problem(line, Some(&column), reason);
+            }
+            if let Some(counts) = self.unit_rows.as_mut() {
+                *counts.entry(unit).or_insert(0) += 1;
             }
         }
         self.rows += 1;
@@ -354,6 +367,9 @@ fn shown(value: &[u8], c: &Checked) -> String {
         format!("`{s}`")
     }
 }
+
+/// Rows per pseudonym.
+type UnitCounts = std::collections::HashMap<i64, u32, std::hash::BuildHasherDefault<IdentityHasher>>;
 
 /// Pseudonyms are HMAC outputs, already uniformly spread: a set of them needs no hashing.
 pub type UnitSet = std::collections::HashSet<i64, std::hash::BuildHasherDefault<IdentityHasher>>;

@@ -307,6 +307,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
         }
     };
 
+    let unit_rows_max = conv.unit_rows_max();
     // Move the files next to the table's other files, then make them visible in one transaction.
     let commit = (|| -> Result<Vec<FileEntry>> {
         // The duplicate check runs inside the commit transaction (see Catalog::commit_ingest).
@@ -318,7 +319,13 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
             let dest = table_dir.join(&name);
             std::fs::rename(path, &dest).at(&dest)?;
             let rel = Path::new("tables").join(opts.table).join(&name);
-            files.push(FileEntry { path: rel.to_string_lossy().into_owned(), ingest_id: id.clone(), rows: *rows, bytes: *bytes });
+            files.push(FileEntry {
+                path: rel.to_string_lossy().into_owned(),
+                ingest_id: id.clone(),
+                rows: *rows,
+                bytes: *bytes,
+                unit_rows_max,
+            });
         }
         File::open(&table_dir).and_then(|d| d.sync_all()).at(&table_dir)?;
         wh.catalog.commit_ingest(&NewIngest {
