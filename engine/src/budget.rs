@@ -158,6 +158,10 @@ impl Ledger {
         Ledger { conn }
     }
 
+    pub fn into_connection(self) -> Connection {
+        self.conn
+    }
+
     /// The database the ledger writes to (projects, policy and the audit log live there too).
     pub fn connection(&self) -> &Connection {
         &self.conn

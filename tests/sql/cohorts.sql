@@ -121,6 +121,14 @@ SELECT COUNT(*) FROM person p WHERE EXISTS (SELECT 1 FROM drug_exposure x WHERE 
    groups: none
    aggregate 1: count of rows; rows Δ 1
 
+== exists on the unit, grouped by a public key
+SELECT gender_concept_id, COUNT(*) FROM person p WHERE EXISTS (SELECT 1 FROM drug_exposure x WHERE x.person_id = p.person_id AND x.drug_source_value = 'A10BA02') GROUP BY 1
+-> accepted
+   tables: person (≤ 1 per patient)
+   rows per patient: 1
+   groups: public domain of person.gender_concept_id (3 keys)
+   aggregate 1: count of rows; rows Δ 1
+
 == not exists on the unit
 SELECT COUNT(*) FROM person p WHERE NOT EXISTS (SELECT 1 FROM drug_exposure x WHERE x.person_id = p.person_id)
 -> accepted

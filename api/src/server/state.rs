@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use rusqlite::Connection;
@@ -73,6 +73,10 @@ pub struct AppState {
 }
 
 struct Inner {
+    /// Open connections to the warehouse database, and opened warehouses, kept between requests
+    /// (each with its prepared statements): a request takes one and gives it back when done.
+    connections: Mutex<Vec<Connection>>,
+    warehouses: Mutex<Vec<Warehouse>>,
     layout: Layout,
     schemas: Schemas,
     domains: Arc<secretum_engine::warehouse::DomainCache>,
@@ -87,6 +91,8 @@ impl AppState {
         let wh = Warehouse::open(&config.data_dir)?;
         Ok(AppState {
             inner: Arc::new(Inner {
+                connections: Mutex::new(Vec::new()),
+                warehouses: Mutex::new(Vec::new()),
                 domains: wh.domain_cache(),
                 layout: wh.layout,
                 schemas: wh.schemas,
@@ -97,26 +103,55 @@ impl AppState {
         })
     }
 
-    /// A fresh connection to the warehouse database (migrations already applied).
-    pub fn connection(&self) -> Result<Connection> {
-        db::open(&self.inner.layout.database())
+    /// A connection to the warehouse database (migrations already applied), from those kept
+    /// between requests or a new one; it goes back when the lease is dropped.
+    pub fn connection(&self) -> Result<Lease<Connection>> {
+        let conn = match lock(&self.inner.connections).pop() {
+            Some(c) => c,
+            None => db::open(&self.inner.layout.database())?,
+        };
+        Ok(Lease::new(self, conn, |st, c| st.give_back(c)))
     }
 
-    pub fn ledger(&self) -> Result<Ledger> {
-        Ok(Ledger::from_connection(self.connection()?))
+    pub fn ledger(&self) -> Result<Lease<Ledger>> {
+        let conn = self.connection()?.take();
+        Ok(Lease::new(self, Ledger::from_connection(conn), |st, l| st.give_back(l.into_connection())))
     }
 
-    pub fn governance(&self) -> Result<Governance> {
-        Ok(Governance::from_connection(self.connection()?))
+    pub fn governance(&self) -> Result<Lease<Governance>> {
+        let conn = self.connection()?.take();
+        Ok(Lease::new(self, Governance::from_connection(conn), |st, g| st.give_back(g.into_connection())))
     }
 
-    pub fn warehouse(&self) -> Result<Warehouse> {
-        Ok(Warehouse::from_parts(
-            self.inner.layout.clone(),
-            self.inner.schemas.clone(),
-            Catalog::open(&self.inner.layout.database())?,
-            self.inner.domains.clone(),
-        ))
+    pub fn warehouse(&self) -> Result<Lease<Warehouse>> {
+        let wh = match lock(&self.inner.warehouses).pop() {
+            Some(w) => w,
+            None => Warehouse::from_parts(
+                self.inner.layout.clone(),
+                self.inner.schemas.clone(),
+                Catalog::open(&self.inner.layout.database())?,
+                self.inner.domains.clone(),
+            ),
+        };
+        Ok(Lease::new(self, wh, |st, w| {
+            if w.catalog.connection().is_autocommit() {
+                let mut kept = lock(&st.inner.warehouses);
+                if kept.len() < KEPT {
+                    kept.push(w);
+                }
+            }
+        }))
+    }
+
+    /// Keep a connection for the next request, unless it is in the middle of a transaction (a
+    /// request that failed half-way) or enough are kept already.
+    fn give_back(&self, conn: Connection) {
+        if conn.is_autocommit() {
+            let mut kept = lock(&self.inner.connections);
+            if kept.len() < KEPT {
+                kept.push(conn);
+            }
+        }
     }
 
     pub fn schemas(&self) -> &Schemas {
@@ -147,6 +182,55 @@ impl AppState {
     ) -> std::result::Result<T, ApiError> {
         let st = self.clone();
         tokio::task::spawn_blocking(move || f(&st)).await?
+    }
+}
+
+/// How many connections (and warehouses) are kept between requests at most.
+const KEPT: usize = 32;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A connection (or what wraps one) lent to a request: derefs to it, and goes back to the
+/// server's pool when dropped (not when the thread is panicking: it is closed instead).
+pub struct Lease<T> {
+    item: Option<T>,
+    state: AppState,
+    give_back: fn(&AppState, T),
+}
+
+impl<T> Lease<T> {
+    fn new(state: &AppState, item: T, give_back: fn(&AppState, T)) -> Lease<T> {
+        Lease { item: Some(item), state: state.clone(), give_back }
+    }
+
+    /// The item itself, never given back.
+    pub fn take(mut self) -> T {
+        self.item.take().expect("a lease holds its item until dropped")
+    }
+}
+
+impl<T> std::ops::Deref for Lease<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.item.as_ref().expect("a lease holds its item until dropped")
+    }
+}
+
+impl<T> std::ops::DerefMut for Lease<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.item.as_mut().expect("a lease holds its item until dropped")
+    }
+}
+
+impl<T> Drop for Lease<T> {
+    fn drop(&mut self) {
+        if let Some(item) = self.item.take()
+            && !std::thread::panicking()
+        {
+            (self.give_back)(&self.state, item);
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, Date32Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::Expr;
@@ -113,8 +114,15 @@ fn key_values(ctx: &SessionContext, key: &KeySpec, filters: &[Expr], out_type: &
     let dfschema = DFSchema::new_with_metadata(fields, HashMap::new()).map_err(internal)?;
     // WHERE conditions on these columns alone narrow the public keys: `year_of_birth >= 1930`
     // leaves out earlier decades. The keys stay a function of the SQL and the schema.
+    // A condition with a subquery (EXISTS, IN (SELECT ...)) reads other rows: it narrows nothing.
     for f in filters {
-        if f.column_refs().iter().all(|c| columns.iter().any(|(k, _)| k == *c)) {
+        let refs = f.column_refs();
+        let mut subquery = false;
+        let _ = f.apply(|x| {
+            subquery |= matches!(x, Expr::Exists(_) | Expr::InSubquery(_) | Expr::ScalarSubquery(_) | Expr::OuterReferenceColumn(..));
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        if !subquery && !refs.is_empty() && refs.iter().all(|c| columns.iter().any(|(k, _)| k == *c)) {
             let keep = ctx.create_physical_expr(f.clone(), &dfschema).map_err(internal)?;
             let keep = keep.evaluate(&batch).map_err(internal)?.into_array(batch.num_rows()).map_err(internal)?;
             let keep = datafusion::arrow::array::as_boolean_array(&keep).clone();

@@ -431,6 +431,10 @@ impl Governance {
         Governance { conn }
     }
 
+    pub fn into_connection(self) -> Connection {
+        self.conn
+    }
+
     pub fn connection(&self) -> &Connection {
         &self.conn
     }

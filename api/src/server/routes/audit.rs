@@ -68,7 +68,7 @@ pub async fn audit_log(State(st): State<AppState>, caller: Caller, Params(q): Pa
     responses((status = 200, body = Verification), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn audit_verify(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Verification>> {
     caller.require(&[Role::Steward], "verifying the audit log")?;
-    st.blocking(|st| Ok(Json(audit::verify(&st.connection()?)?))).await
+    st.blocking(|st| Ok(Json(audit::verify(&*st.connection()?)?))).await
 }
 
 #[derive(Serialize, ToSchema)]

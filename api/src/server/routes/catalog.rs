@@ -68,7 +68,7 @@ pub async fn tables(State(st): State<AppState>, caller: Caller) -> ApiResult<Jso
     caller.require(&[Role::Researcher, Role::Steward], "the catalog")?;
     // Concept domains as the loaded vocabulary resolves them (public data).
     let handle = tokio::runtime::Handle::current();
-    let resolved = st.blocking(move |st| Ok(handle.block_on(secretum_engine::vocabulary::resolve_domains(&st.warehouse()?))?)).await?;
+    let resolved = st.blocking(move |st| Ok(handle.block_on(secretum_engine::vocabulary::resolve_domains(&*st.warehouse()?))?)).await?;
     let concept_domain = |table: &str, column: &str| -> Option<String> {
         st.schemas().tables.get(table)?.column(column).and_then(|c| match &c.domain {
             Some(Domain::Concepts(d)) => Some(d.clone()),
@@ -182,7 +182,7 @@ pub async fn concepts(
         return Err(ApiError::malformed(format!("limit must be 1 to 1000, got {limit}")));
     }
     let handle = tokio::runtime::Handle::current();
-    let found = st.blocking(move |st| Ok(handle.block_on(secretum_engine::vocabulary::search(&st.warehouse()?, &q.q, limit))?)).await?;
+    let found = st.blocking(move |st| Ok(handle.block_on(secretum_engine::vocabulary::search(&*st.warehouse()?, &q.q, limit))?)).await?;
     Ok(Json(found))
 }
 

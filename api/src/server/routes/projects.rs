@@ -67,7 +67,7 @@ pub async fn list_projects(
     responses((status = 200, body = Project), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_project(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Project>> {
     caller.require(&[Role::Researcher, Role::Steward], "reading a project")?;
-    st.blocking(move |st| Ok(Json(visible(&st.governance()?, &caller, &id)?))).await
+    st.blocking(move |st| Ok(Json(visible(&*st.governance()?, &caller, &id)?))).await
 }
 
 /// Approve a pending request (stewards); anything left out is granted as requested.

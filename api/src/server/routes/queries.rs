@@ -64,7 +64,7 @@ pub async fn query(
     let handle = tokio::runtime::Handle::current();
     let answer = st
         .blocking(move |st| {
-            let project = visible(&st.governance()?, &caller, &id)?;
+            let project = visible(&*st.governance()?, &caller, &id)?;
             let mut ledger = st.ledger()?;
             let req = QueryRequest {
                 actor: caller.name().to_owned(),
@@ -100,7 +100,7 @@ pub async fn query(
 pub async fn history(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Vec<LedgerEntry>>> {
     caller.require(&[Role::Researcher, Role::Steward], "reading query history")?;
     st.blocking(move |st| {
-        let p = visible(&st.governance()?, &caller, &id)?;
+        let p = visible(&*st.governance()?, &caller, &id)?;
         Ok(Json(st.ledger()?.entries(&p.name)?))
     })
     .await
@@ -118,7 +118,7 @@ pub async fn bundle(
 ) -> ApiResult<Json<serde_json::Value>> {
     caller.require(&[Role::Researcher, Role::Steward], "release bundles")?;
     st.blocking(move |st| {
-        let p = visible(&st.governance()?, &caller, &id)?;
+        let p = visible(&*st.governance()?, &caller, &id)?;
         let ledger = st.ledger()?;
         // Only a release of this project: query ids of other projects are not found here.
         if !ledger.entries(&p.name)?.iter().any(|e| e.id == qid) {

@@ -32,7 +32,7 @@ pub struct IssuedToken {
     responses((status = 200, body = Vec<User>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_users(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
     caller.require(&[Role::Admin], "managing accounts")?;
-    st.blocking(|st| Ok(Json(Accounts::new(&mut st.connection()?).list()?))).await
+    st.blocking(|st| Ok(Json(Accounts::new(&mut *st.connection()?).list()?))).await
 }
 
 /// Create an account; its token is in the answer, once (admins).
@@ -41,7 +41,7 @@ pub async fn list_users(State(st): State<AppState>, caller: Caller) -> ApiResult
 pub async fn add_user(State(st): State<AppState>, caller: Caller, Body(new): Body<NewUser>) -> ApiResult<(StatusCode, Json<IssuedToken>)> {
     caller.require(&[Role::Admin], "managing accounts")?;
     st.blocking(move |st| {
-        let (user, token) = Accounts::new(&mut st.connection()?).add(caller.name(), &new.name, new.role)?;
+        let (user, token) = Accounts::new(&mut *st.connection()?).add(caller.name(), &new.name, new.role)?;
         Ok((StatusCode::CREATED, Json(IssuedToken { user, token })))
     })
     .await
@@ -59,7 +59,7 @@ pub struct Revoked {
 pub async fn revoke_user(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Revoked>> {
     caller.require(&[Role::Admin], "managing accounts")?;
     st.blocking(move |st| {
-        let revoked = Accounts::new(&mut st.connection()?).revoke(caller.name(), &name)?;
+        let revoked = Accounts::new(&mut *st.connection()?).revoke(caller.name(), &name)?;
         Ok(Json(Revoked { revoked }))
     })
     .await
@@ -78,7 +78,7 @@ pub struct Rotated {
 pub async fn rotate_user(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Rotated>> {
     caller.require(&[Role::Admin], "managing accounts")?;
     st.blocking(move |st| {
-        let token = Accounts::new(&mut st.connection()?).rotate(caller.name(), &name)?;
+        let token = Accounts::new(&mut *st.connection()?).rotate(caller.name(), &name)?;
         Ok(Json(Rotated { token }))
     })
     .await
