@@ -213,7 +213,9 @@ fn bench(c: &mut Criterion) {
         let ctx = plain_context(&data);
         let mut group = c.benchmark_group(format!("query_{rows}_rows"));
         group.sample_size(10);
-        for (name, sql, target) in QUERIES {
+        // SECRETUM_BENCH_QUERIES=count,group_avg times only those.
+        let only: Option<Vec<String>> = std::env::var("SECRETUM_BENCH_QUERIES").ok().map(|v| v.split(',').map(str::to_owned).collect());
+        for (name, sql, target) in QUERIES.iter().filter(|(n, ..)| only.as_ref().is_none_or(|o| o.iter().any(|x| x == n))) {
             if !small {
                 group.bench_function(format!("{name}/plain"), |b| b.iter(|| rt.block_on(plain(&ctx, sql))));
                 group.bench_function(format!("{name}/dp"), |b| b.iter(|| rt.block_on(private(&wh, &mut ledger, sql))));

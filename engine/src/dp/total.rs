@@ -34,7 +34,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray, new_null_array};
 use datafusion::arrow::compute::kernels::comparison::{ilike, like, nilike, nlike, regexp_is_match_scalar};
 use datafusion::arrow::compute::{CastOptions, cast_with_options, concat};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type};
+use datafusion::arrow::datatypes::{ArrowPrimitiveType, DataType, Field, FieldRef, Float64Type, Int64Type};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::expr::{AggregateFunction, Alias, Between, Case, InList, Like, ScalarFunction};
@@ -565,7 +565,7 @@ impl ScalarUDFImpl for Clamp {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
         let (lo, hi) = (f64::from_bits(self.lo), f64::from_bits(self.hi));
         // max/min rather than f64::clamp, which panics on inverted bounds.
-        Ok(map_f64(&args, |x| x.filter(|x| !x.is_nan()).map(|x| x.max(lo).min(hi)), |v: Vec<Option<f64>>| Float64Array::from(v)))
+        Ok(map_f64::<Float64Type>(&args, |x| (!x.is_nan()).then(|| x.max(lo).min(hi))))
     }
 }
 
@@ -596,28 +596,26 @@ impl ScalarUDFImpl for FixedPoint {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
         let (c, u, square) = (f64::from_bits(self.centre), f64::from_bits(self.unit), self.square);
-        Ok(map_f64(&args, |x| fixed_point_value(x, c, u, square), |v: Vec<Option<i64>>| Int64Array::from(v)))
+        Ok(map_f64::<Int64Type>(&args, |x| fixed_point_value(Some(x), c, u, square)))
     }
 }
 
-/// Apply `f` to every value of the single argument read as f64 (a value that does not convert
-/// is NULL). Never fails.
-fn map_f64<T, A: Array + 'static>(
-    args: &ScalarFunctionArgs,
-    f: impl Fn(Option<f64>) -> Option<T>,
-    build: impl Fn(Vec<Option<T>>) -> A,
-) -> ColumnarValue {
+/// Apply `f` to every non-null value of the single argument read as f64 (a null, or a value
+/// that does not convert, is NULL; so is every value `f` maps to `None`). Never fails. One pass
+/// over the values, no per-value allocation: it runs on every row a release aggregates.
+fn map_f64<O: ArrowPrimitiveType>(args: &ScalarFunctionArgs, f: impl Fn(f64) -> Option<O::Native>) -> ColumnarValue {
     let (n, scalar) = match &args.args[0] {
         ColumnarValue::Scalar(_) => (1, true),
         ColumnarValue::Array(a) => (a.len(), false),
     };
-    let values: Vec<Option<f64>> = args.args[0]
+    let out: ArrayRef = match args.args[0]
         .to_array(n)
         .ok()
         .and_then(|a| cast_with_options(&a, &DataType::Float64, &CastOptions { safe: true, ..Default::default() }).ok())
-        .map(|a| a.as_primitive::<datafusion::arrow::datatypes::Float64Type>().iter().collect())
-        .unwrap_or_else(|| vec![None; n]);
-    let out: ArrayRef = Arc::new(build(values.into_iter().map(f).collect()));
+    {
+        Some(a) => Arc::new(a.as_primitive::<Float64Type>().unary_opt::<_, O>(f)),
+        None => new_null_array(&O::DATA_TYPE, n),
+    };
     if scalar {
         match ScalarValue::try_from_array(&out, 0) {
             Ok(v) => ColumnarValue::Scalar(v),
