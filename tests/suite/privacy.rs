@@ -564,3 +564,25 @@ fn a_patient_whose_rows_arrive_over_several_ingests_is_still_bounded() {
         assert!(d > 0.0 && d <= k as f64, "{what}: a patient over three ingests moved the exact release by {d}, its bound is {k}");
     }
 }
+
+#[test]
+fn a_projects_kept_spend_is_its_ledgers_sum_and_a_charge_cannot_be_changed_or_removed() {
+    let (_d, wh, mut ledger) = empty_warehouse();
+    let data = wh.layout.root.clone();
+    project(&data, "a", 10.0, &["person"]);
+    for e in [0.1, 0.2, 0.3, 0.25] {
+        ledger.debit(&charge("a", e, 0.0)).unwrap();
+        ledger.debit(&charge("stats", e / 2.0, 0.0)).unwrap();
+    }
+    let conn = ledger.connection();
+    let summed: f64 = conn
+        .query_row("SELECT SUM(l.epsilon) FROM ledger l JOIN projects p ON p.id = l.project_id WHERE p.name = 'a'", [], |r| r.get(0))
+        .unwrap();
+    assert!((spent(&data, "a") - summed).abs() < 1e-12, "kept {} against the ledger's {summed}", spent(&data, "a"));
+    assert!((ledger.spent().unwrap().epsilon - 1.5 * summed).abs() < 1e-12);
+    // A charge is final: neither lowered nor deleted, whatever writes to the database.
+    assert!(conn.execute("UPDATE ledger SET epsilon = 0", []).is_err());
+    assert!(conn.execute("UPDATE ledger SET project_id = project_id + 1", []).is_err());
+    assert!(conn.execute("DELETE FROM ledger", []).is_err());
+    assert!((spent(&data, "a") - summed).abs() < 1e-12);
+}
