@@ -13,6 +13,22 @@ pub fn secretum(args: &[&str]) -> Output {
     Command::new(BIN).args(args).env_remove("SECRETUM_DATA_DIR").output().expect("run secretum")
 }
 
+/// Run `secretum query` at ε 0.5 on `project`, kill it (SIGKILL) after `delay_ms`, and say
+/// whether it had released its answer by then.
+pub fn query_killed_after(data: &str, project: &str, sql: &str, delay_ms: u64) -> bool {
+    let mut child = Command::new(BIN)
+        .args(["query", "--data-dir", data, "--project", project, "--epsilon", "0.5", "--format", "json", sql])
+        .env_remove("SECRETUM_DATA_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run secretum");
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("wait for secretum");
+    String::from_utf8_lossy(&out.stdout).contains("\"rows\"")
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -351,16 +351,7 @@ fn a_killed_query_never_loses_a_debit_that_preceded_a_release() {
     for (i, delay_ms) in [0u64, 5, 10, 20, 40, 80, 160, 400].into_iter().enumerate() {
         let sql = sql(i);
         let before = spent(&fx.data, "crash");
-        let mut child = std::process::Command::new(crate::common::BIN)
-            .args(["query", "--data-dir", &data, "--project", "crash", "--epsilon", "0.5", "--format", "json", &sql])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill(); // SIGKILL
-        let out = child.wait_with_output().unwrap();
-        let released = String::from_utf8_lossy(&out.stdout).contains("\"rows\"");
+        let released = crate::common::query_killed_after(&data, "crash", &sql, delay_ms);
         let after = spent(&fx.data, "crash");
         if released {
             answered += 1;
