@@ -205,6 +205,8 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut measured: Vec<Measured> = Vec::new();
+    // SECRETUM_BENCH_QUERIES=count,group_avg times only those.
+    let only: Option<Vec<String>> = std::env::var("SECRETUM_BENCH_QUERIES").ok().map(|v| v.split(',').map(str::to_owned).collect());
     for rows in sizes.iter().copied().filter(|&r| r != 1_000).chain([1_000usize]) {
         let small = rows == 1_000;
         let data = build(dir.path(), rows);
@@ -213,8 +215,6 @@ fn bench(c: &mut Criterion) {
         let ctx = plain_context(&data);
         let mut group = c.benchmark_group(format!("query_{rows}_rows"));
         group.sample_size(10);
-        // SECRETUM_BENCH_QUERIES=count,group_avg times only those.
-        let only: Option<Vec<String>> = std::env::var("SECRETUM_BENCH_QUERIES").ok().map(|v| v.split(',').map(str::to_owned).collect());
         for (name, sql, target) in QUERIES.iter().filter(|(n, ..)| only.as_ref().is_none_or(|o| o.iter().any(|x| x == n))) {
             if !small {
                 group.bench_function(format!("{name}/plain"), |b| b.iter(|| rt.block_on(plain(&ctx, sql))));

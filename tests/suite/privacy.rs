@@ -528,7 +528,8 @@ fn a_patient_whose_rows_arrive_over_several_ingests_is_still_bounded() {
             std::fs::create_dir_all(&dir).unwrap();
             let (p, c, _) = attacker_files(&dir, copies);
             if i == 0 {
-                ingest::ingest(&mut wh, &key, &IngestOptions::new("person", &p)).unwrap();
+                let report = ingest::ingest(&mut wh, &key, &IngestOptions::new("person", &p)).unwrap();
+                assert_eq!(report.files[0].unit_rows_max, Some(1), "person holds one row per patient");
             }
             let report = ingest::ingest(&mut wh, &key, &IngestOptions::new("condition_occurrence", &c)).unwrap();
             assert_eq!(report.files[0].unit_rows_max, Some(copies as u64), "the ingest records its most rows for one patient");

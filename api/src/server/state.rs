@@ -134,24 +134,14 @@ impl AppState {
             ),
         };
         Ok(Lease::new(self, wh, |st, w| {
-            if w.catalog.connection().is_autocommit() {
-                let mut kept = lock(&st.inner.warehouses);
-                if kept.len() < KEPT {
-                    kept.push(w);
-                }
-            }
+            let idle = w.catalog.connection().is_autocommit();
+            keep(&st.inner.warehouses, w, idle)
         }))
     }
 
-    /// Keep a connection for the next request, unless it is in the middle of a transaction (a
-    /// request that failed half-way) or enough are kept already.
     fn give_back(&self, conn: Connection) {
-        if conn.is_autocommit() {
-            let mut kept = lock(&self.inner.connections);
-            if kept.len() < KEPT {
-                kept.push(conn);
-            }
-        }
+        let idle = conn.is_autocommit();
+        keep(&self.inner.connections, conn, idle)
     }
 
     pub fn schemas(&self) -> &Schemas {
@@ -187,6 +177,15 @@ impl AppState {
 
 /// How many connections (and warehouses) are kept between requests at most.
 const KEPT: usize = 32;
+
+/// Keep `item` for the next request, unless its connection is in the middle of a transaction (a
+/// request that failed half-way: `idle` is false) or enough are kept already.
+fn keep<T>(pool: &Mutex<Vec<T>>, item: T, idle: bool) {
+    let mut kept = lock(pool);
+    if idle && kept.len() < KEPT {
+        kept.push(item);
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

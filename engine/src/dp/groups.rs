@@ -16,7 +16,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, Date32Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::Expr;
@@ -117,12 +116,7 @@ fn key_values(ctx: &SessionContext, key: &KeySpec, filters: &[Expr], out_type: &
     // A condition with a subquery (EXISTS, IN (SELECT ...)) reads other rows: it narrows nothing.
     for f in filters {
         let refs = f.column_refs();
-        let mut subquery = false;
-        let _ = f.apply(|x| {
-            subquery |= matches!(x, Expr::Exists(_) | Expr::InSubquery(_) | Expr::ScalarSubquery(_) | Expr::OuterReferenceColumn(..));
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-        });
-        if !subquery && !refs.is_empty() && refs.iter().all(|c| columns.iter().any(|(k, _)| k == *c)) {
+        if !super::rewrite::reads_other_rows(f) && !refs.is_empty() && refs.iter().all(|c| columns.iter().any(|(k, _)| k == *c)) {
             let keep = ctx.create_physical_expr(f.clone(), &dfschema).map_err(internal)?;
             let keep = keep.evaluate(&batch).map_err(internal)?.into_array(batch.num_rows()).map_err(internal)?;
             let keep = datafusion::arrow::array::as_boolean_array(&keep).clone();

@@ -184,15 +184,21 @@ fn leaf_qualifiers(plan: &LogicalPlan, nullable: bool, out: &mut Vec<(String, bo
     }
 }
 
+/// Whether an expression holds a subquery or a reference to an outer query: it reads rows
+/// other than those its columns name.
+pub(crate) fn reads_other_rows(e: &Expr) -> bool {
+    let mut found = false;
+    let _ = e.apply(|x| {
+        found |= matches!(x, Expr::Exists(_) | Expr::InSubquery(_) | Expr::ScalarSubquery(_) | Expr::OuterReferenceColumn(..));
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
+}
+
 /// The one qualifier every column of a conjunct has, if it has one and no subquery or outer
 /// reference: such a conjunct can filter that relation before the join.
 fn single_qualifier(e: &Expr) -> Option<String> {
-    let mut special = false;
-    let _ = e.apply(|x| {
-        special |= matches!(x, Expr::Exists(_) | Expr::InSubquery(_) | Expr::ScalarSubquery(_) | Expr::OuterReferenceColumn(..));
-        Ok(TreeNodeRecursion::Continue)
-    });
-    if special {
+    if reads_other_rows(e) {
         return None;
     }
     let mut qualifiers = e.column_refs().into_iter().map(|c| c.relation.as_ref().map(|r| r.table().to_owned()));

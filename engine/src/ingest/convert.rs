@@ -245,6 +245,11 @@ impl Converter {
 
     /// Check every row's patient (see [`UnitCheck`]).
     pub fn with_unit_check(mut self, check: UnitCheck) -> Converter {
+        // The unique check already keeps every patient it saw: a second row fails the ingest, so
+        // no patient can have more than one and there is nothing to count.
+        if matches!(check, UnitCheck::Unique { .. }) {
+            self.unit_rows = None;
+        }
         self.unit_check = Some(check);
         self
     }
@@ -266,7 +271,12 @@ impl Converter {
     /// tells queries whether truncating this ingest's rows to a bound would drop anything: see
     /// `dp::rewrite`, where it is used, and why it is as private as the truncation it replaces.
     pub fn unit_rows_max(&self) -> Option<u64> {
-        self.unit_rows.as_ref().map(|c| c.values().copied().max().unwrap_or(0) as u64)
+        match (&self.unit_check, &self.unit_rows) {
+            // The patients this file added are those seen at a line (stored ones are seen at none).
+            (Some(UnitCheck::Unique { seen }), _) => Some(u64::from(seen.values().any(Option::is_some))),
+            (_, Some(counts)) => Some(counts.values().copied().max().unwrap_or(0) as u64),
+            _ => None,
+        }
     }
 
     pub fn failed(&self) -> bool {
