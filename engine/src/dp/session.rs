@@ -9,15 +9,19 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::catalog::{MemTable, TableProvider};
+use datafusion::catalog::{MemTable, Session as PlanningSession, TableProvider};
+use datafusion::common::stats::{Precision, Statistics};
+use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::physical_plan::{FileScanConfig, FileScanConfigBuilder};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::rule::Rule;
@@ -140,9 +144,65 @@ fn provider(wh: &Warehouse, t: &str) -> Result<(Arc<dyn TableProvider>, Option<u
         }
         let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
-        Arc::new(ListingTable::try_new(config)?)
+        let listing: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(config)?);
+        Arc::new(Counted {
+            inner: listing,
+            rows: files.iter().map(|f| f.rows as usize).sum(),
+            bytes: files.iter().map(|f| f.bytes as usize).sum(),
+        })
     };
     Ok((provider, rows))
+}
+
+/// A table over the catalog's files whose scan carries the row count the catalog recorded when
+/// the files were written, as the plan's statistics.
+///
+/// The files' own statistics are in their footers, which planning must not read (planning runs
+/// before the debit: a dry run opens no file, and a file that cannot be read fails a query only
+/// once it is charged). The catalog's counts are exact (an ingest records the rows it wrote to
+/// each file, in the same transaction that makes the file visible) and come from the same
+/// snapshot as the file list. With them DataFusion answers an unfiltered `COUNT(*)` over a table
+/// without reading it, as it would from footers, and sizes its joins from the real row counts.
+/// The value enters the plan, never a message: planning cannot fail on it, and it is released
+/// only as the exact component of a charged release, like any count computed by a scan.
+#[derive(Debug)]
+struct Counted {
+    inner: Arc<dyn TableProvider>,
+    rows: usize,
+    bytes: usize,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for Counted {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn PlanningSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let plan = self.inner.scan(state, projection, filters, limit).await?;
+        let Some(config) = plan.downcast_ref::<DataSourceExec>().and_then(|d| d.data_source().downcast_ref::<FileScanConfig>()) else {
+            return Ok(plan);
+        };
+        let mut statistics = Statistics::new_unknown(&self.inner.schema());
+        statistics.num_rows = Precision::Exact(self.rows);
+        statistics.total_byte_size = Precision::Inexact(self.bytes);
+        let config = FileScanConfigBuilder::from(config.clone()).with_statistics(statistics).build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
 }
 
 /// A planning error, as a refusal: planning reads no data, so its message comes from the SQL and
