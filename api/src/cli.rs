@@ -52,6 +52,23 @@ pub enum Command {
         /// Table policies to use instead of the bundled OMOP CDM v5.4 subset.
         #[arg(long)]
         schemas: Option<PathBuf>,
+        /// Keep the Parquet files in an S3-compatible object store run by the institution
+        /// (`s3://bucket/prefix`) instead of the data directory; the catalog, ledger and audit
+        /// log stay in the data directory. Credentials: AWS_ACCESS_KEY_ID and
+        /// AWS_SECRET_ACCESS_KEY in the environment, or --s3-credentials.
+        #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+        store: Option<String>,
+        /// The object store's S3 endpoint, e.g. http://10.0.0.5:3900 (a Garage node).
+        #[arg(long, requires = "store")]
+        s3_endpoint: Option<String>,
+        /// The region the object store answers for (Garage's `s3_region`, e.g. `garage`).
+        #[arg(long, requires = "store")]
+        s3_region: Option<String>,
+        /// A file holding `access_key_id = "..."` and `secret_access_key = "..."` (TOML, mode
+        /// 0600), used when the environment has no AWS_ACCESS_KEY_ID; its path is recorded,
+        /// never its content.
+        #[arg(long, requires = "store", env = "SECRETUM_S3_CREDENTIALS")]
+        s3_credentials: Option<PathBuf>,
     },
     /// Write deterministic synthetic data: raw extracts (one CSV per table, with direct
     /// identifiers) or an OMOP CDM export, and the vocabulary its codes come from.
@@ -403,7 +420,15 @@ pub fn run(cli: Cli) -> Result<()> {
     let data_dir = cli.global.data_dir();
     let d = data_dir.as_path();
     match cli.command {
-        Command::Init { key_file, schemas } => commands::warehouse::init(d, key_file.as_deref(), schemas.as_deref()),
+        Command::Init { key_file, schemas, store, s3_endpoint, s3_region, s3_credentials } => {
+            let store = store.map(|url| secretum_engine::store::StoreConfig {
+                url,
+                endpoint: s3_endpoint,
+                region: s3_region,
+                credentials_file: s3_credentials,
+            });
+            commands::warehouse::init(d, key_file.as_deref(), schemas.as_deref(), store.as_ref())
+        }
         Command::Generate { patients, seed, out, format, cdm_version, upper_case } => {
             let omop = match format.as_str() {
                 "extract" | "raw" => None,

@@ -121,6 +121,11 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
 
+    /// A service the warehouse depends on (its object store) did not answer; nothing was
+    /// spent or committed.
+    #[error("{0}")]
+    Unavailable(String),
+
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 

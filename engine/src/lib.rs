@@ -26,6 +26,7 @@ pub mod omop;
 pub mod pseudonym;
 pub mod schema;
 pub mod signing;
+pub mod store;
 pub mod synth;
 pub mod vocabulary;
 pub mod warehouse;

@@ -196,7 +196,7 @@ pub async fn resolve_domains(wh: &Warehouse) -> Result<Arc<Schemas>> {
         let list: Vec<datafusion::logical_expr::Expr> = wanted.iter().map(|d| lit(d.clone())).collect();
         let df =
             ctx.table("concept").await?.filter(col("domain_id").in_list(list, false))?.select(vec![col("domain_id"), col("concept_id")])?;
-        for batch in df.collect().await? {
+        for batch in df.collect().await.map_err(crate::dp::session::public_read_error)? {
             let domains = batch.column(0).as_string::<i32>();
             let concept = batch.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
             for i in 0..batch.num_rows() {

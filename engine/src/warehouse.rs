@@ -7,11 +7,14 @@ use crate::db::Layout;
 use crate::error::{Error, IoContext, Result};
 use crate::pseudonym::Key;
 use crate::schema::Schemas;
+use crate::store::{Store, StoreConfig};
 
 pub struct Warehouse {
     pub layout: Layout,
     pub schemas: Schemas,
     pub catalog: Catalog,
+    /// Where the Parquet files are: the data directory, or an object store.
+    pub store: Store,
     /// The schemas with concept domains resolved from the loaded vocabulary (see
     /// [`crate::vocabulary::resolve_domains`]); shared by the warehouses a server opens.
     resolved: std::sync::Arc<DomainCache>,
@@ -36,6 +39,17 @@ impl Warehouse {
     /// (default: `<data_dir>/pseudonymization.key`). The table policies come from `schemas_dir`,
     /// or the bundled OMOP subset; they are validated before anything is written.
     pub fn init(data_dir: &Path, key_file: Option<&Path>, schemas_dir: Option<&Path>) -> Result<InitReport> {
+        Warehouse::init_on(data_dir, key_file, schemas_dir, None)
+    }
+
+    /// [`Warehouse::init`], keeping the Parquet files in an object store (`store`) instead of the
+    /// data directory. The store is reached (its bucket listed) before anything is written.
+    pub fn init_on(
+        data_dir: &Path,
+        key_file: Option<&Path>,
+        schemas_dir: Option<&Path>,
+        store: Option<&StoreConfig>,
+    ) -> Result<InitReport> {
         let layout = Layout::new(data_dir);
         if layout.database().exists() {
             return Err(Error::Conflict(format!("{} is already a secretum warehouse; nothing was changed", data_dir.display())));
@@ -54,6 +68,9 @@ impl Warehouse {
                 reason: "already exists; refusing to overwrite a pseudonymization key. Choose another --key-file".into(),
             });
         }
+        if let Some(config) = store {
+            Store::connect(config)?.check()?;
+        }
         layout.create_dirs()?;
         match schemas_dir {
             Some(dir) => copy_schema_dir(dir, &layout.schemas())?,
@@ -67,6 +84,9 @@ impl Warehouse {
         catalog.set_meta("key_file", &key_file.to_string_lossy())?;
         catalog.set_meta("key_fingerprint", &key.fingerprint())?;
         catalog.set_meta("created_at", &crate::db::now_rfc3339())?;
+        if let Some(config) = store {
+            config.save(&catalog)?;
+        }
         drop(catalog);
         // A minimal vocabulary to start with (the concepts of the synthetic data, the OMOP gender,
         // race, visit and type concepts): concept-id columns have public domains from the first
@@ -97,13 +117,14 @@ impl Warehouse {
         }
         let schemas = Schemas::load_dir(&layout.schemas())?;
         let catalog = Catalog::open(&layout.database())?;
-        Ok(Warehouse { layout, schemas, catalog, resolved: Default::default() })
+        let store = Store::open(&catalog)?;
+        Ok(Warehouse { layout, schemas, catalog, store, resolved: Default::default() })
     }
 
     /// A warehouse from parts already opened (a server's: one layout and schemas, a catalog
     /// connection per request, one domain cache).
-    pub fn from_parts(layout: Layout, schemas: Schemas, catalog: Catalog, cache: std::sync::Arc<DomainCache>) -> Warehouse {
-        Warehouse { layout, schemas, catalog, resolved: cache }
+    pub fn from_parts(layout: Layout, schemas: Schemas, catalog: Catalog, store: Store, cache: std::sync::Arc<DomainCache>) -> Warehouse {
+        Warehouse { layout, schemas, catalog, store, resolved: cache }
     }
 
     /// The cache of resolved domains, to share with warehouses made [`Warehouse::from_parts`].

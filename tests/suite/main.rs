@@ -11,3 +11,4 @@ mod omop;
 mod oracle;
 mod privacy;
 mod service;
+mod store;

@@ -120,6 +120,7 @@ pub fn info(data_dir: &Path) -> Result<()> {
     let patient = wh.schemas.tables.values().filter(|t| !t.public).count();
     println!("tables:           {patient} patient tables, {} public", wh.schemas.tables.len() - patient);
     println!("data version:     {}", wh.catalog.data_version()?);
+    println!("Parquet files:    {}", wh.store.describe(data_dir));
     println!("signing key (Ed25519, public): {}", signer.public_hex());
     Ok(())
 }

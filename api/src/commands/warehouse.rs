@@ -7,12 +7,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use secretum_engine::ingest::{self, Format, IngestOptions, Progress};
 use secretum_engine::pseudonym::Key;
+use secretum_engine::store::StoreConfig;
 use secretum_engine::{Result, Warehouse, synth};
 
 /// Create a warehouse and its key.
-pub fn init(data_dir: &Path, key_file: Option<&Path>, schemas: Option<&Path>) -> Result<()> {
-    let report = Warehouse::init(data_dir, key_file, schemas)?;
+pub fn init(data_dir: &Path, key_file: Option<&Path>, schemas: Option<&Path>, store: Option<&StoreConfig>) -> Result<()> {
+    let report = Warehouse::init_on(data_dir, key_file, schemas, store)?;
     println!("initialized warehouse {}", report.data_dir.display());
+    if let Some(s) = store {
+        println!("Parquet files: in the object store {} (catalog, ledger and audit stay in {})", s.url, report.data_dir.display());
+    }
     println!("pseudonymization key: {} (mode 0600; keep it safe, it is never stored in the warehouse's data)", report.key_file.display());
     println!("tables: {}", report.tables.join(", "));
     Ok(())

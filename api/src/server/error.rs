@@ -118,6 +118,7 @@ impl From<Error> for ApiError {
             | Error::Schema(_)
             | Error::Key { .. }) => ApiError::malformed(e.to_string()),
             Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            Error::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             e @ Error::NotFound { .. } => ApiError::not_found(e.to_string()),
             Error::Internal { id } => ApiError::with_id(&id),
             other => ApiError::internal(other),

@@ -79,6 +79,7 @@ struct Inner {
     warehouses: Mutex<Vec<Warehouse>>,
     layout: Layout,
     schemas: Schemas,
+    store: secretum_engine::store::Store,
     domains: Arc<secretum_engine::warehouse::DomainCache>,
     config: Config,
     limiter: RateLimiter,
@@ -94,6 +95,7 @@ impl AppState {
                 connections: Mutex::new(Vec::new()),
                 warehouses: Mutex::new(Vec::new()),
                 domains: wh.domain_cache(),
+                store: wh.store.clone(),
                 layout: wh.layout,
                 schemas: wh.schemas,
                 limiter: RateLimiter::new(config.rate_limit, config.rate_burst),
@@ -130,6 +132,7 @@ impl AppState {
                 self.inner.layout.clone(),
                 self.inner.schemas.clone(),
                 Catalog::open(&self.inner.layout.database())?,
+                self.inner.store.clone(),
                 self.inner.domains.clone(),
             ),
         };

@@ -13,7 +13,7 @@ use datafusion::catalog::{MemTable, Session as PlanningSession, TableProvider};
 use datafusion::common::stats::{Precision, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::datasource::physical_plan::{FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
@@ -99,6 +99,7 @@ fn register(wh: &Warehouse, tables: &[String]) -> Result<Session> {
     // system's temporary directory when it is full (see the module documentation of `dp`).
     let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(query_memory_limit()))).build()?;
     runtime.cache_manager = files;
+    wh.store.register(&runtime)?;
     let ctx = SessionContext::new_with_config_rt(config, Arc::new(runtime));
     // One read transaction: the version and every file list come from the same committed state.
     let snapshot = wh.catalog.connection().unchecked_transaction()?;
@@ -138,9 +139,7 @@ fn provider(wh: &Warehouse, t: &str) -> Result<(Arc<dyn TableProvider>, Option<u
     } else {
         let mut urls = Vec::with_capacity(files.len());
         for f in &files {
-            let path = wh.layout.root.join(&f.path);
-            let path = std::fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?;
-            urls.push(ListingTableUrl::parse(path.to_string_lossy().as_ref())?);
+            urls.push(wh.store.table_url(&wh.layout.root, &f.path)?);
         }
         let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
@@ -205,6 +204,15 @@ impl TableProvider for Counted {
     }
 }
 
+/// An error of a read of public data (the vocabulary) before the debit: the store's
+/// unavailability as such, anything else as the engine's error.
+pub fn public_read_error(e: DataFusionError) -> Error {
+    match e.find_root() {
+        DataFusionError::ObjectStore(_) => plan_error(e),
+        _ => Error::DataFusion(e),
+    }
+}
+
 /// A planning error, as a refusal: planning reads no data, so its message comes from the SQL and
 /// the schema (an unknown column, a type mismatch).
 pub fn plan_error(e: DataFusionError) -> Error {
@@ -216,6 +224,11 @@ pub fn plan_error(e: DataFusionError) -> Error {
         }
     }
     let root = root(&e);
+    // Listing a table's objects while planning: the store did not answer. Not a refusal (the
+    // SQL is fine), and nothing was spent.
+    if let DataFusionError::ObjectStore(inner) = root {
+        return Error::Unavailable(format!("the warehouse's object store did not answer while planning; nothing was spent: {inner}"));
+    }
     let rule = match root {
         DataFusionError::SchemaError(inner, _) if matches!(inner.as_ref(), datafusion::common::SchemaError::FieldNotFound { .. }) => {
             Rule::UnknownColumn

@@ -26,6 +26,7 @@ use crate::catalog::{FileEntry, NewIngest};
 use crate::error::{Error, IoContext, Result};
 use crate::omop::{self, CdmVersion, Shape};
 use crate::pseudonym::Key;
+use crate::store::Store;
 use crate::warehouse::Warehouse;
 use convert::{Converter, RowFields, UnitCheck};
 
@@ -186,17 +187,29 @@ pub fn stored_units(wh: &Warehouse, table: &str) -> Result<std::collections::Has
     let policy = wh.schemas.get(table)?;
     let unit = policy.privacy_unit().name.clone();
     let mut out = std::collections::HashSet::new();
-    for f in wh.catalog.files(table)? {
-        let path = wh.layout.root.join(&f.path);
-        let file = File::open(&path).at(&path)?;
-        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?;
-        let Some(index) = builder.schema().fields().iter().position(|c| *c.name() == unit) else { continue };
+    fn units_of<R: parquet::file::reader::ChunkReader + 'static>(
+        reader: R,
+        unit: &str,
+        out: &mut std::collections::HashSet<i64>,
+    ) -> Result<()> {
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(reader)?;
+        let Some(index) = builder.schema().fields().iter().position(|c| *c.name() == unit) else { return Ok(()) };
         let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [index]);
         for batch in builder.with_projection(mask).build()? {
             let batch = batch?;
             if let Some(ids) = batch.column(0).as_any().downcast_ref::<arrow::array::Int64Array>() {
                 out.extend(ids.iter().flatten());
             }
+        }
+        Ok(())
+    }
+    for f in wh.catalog.files(table)? {
+        match &wh.store {
+            Store::Local => {
+                let path = wh.layout.root.join(&f.path);
+                units_of(File::open(&path).at(&path)?, &unit, &mut out)?
+            }
+            Store::S3(s) => units_of(s.read(&f.path)?, &unit, &mut out)?,
         }
     }
     Ok(out)
@@ -308,17 +321,30 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
     };
 
     let unit_rows_max = conv.unit_rows_max();
-    // Move the files next to the table's other files, then make them visible in one transaction.
+    // Move the files next to the table's other files (on an object store: upload them under the
+    // staging prefix, then copy them next to the table's other objects), then make them visible
+    // in one transaction.
     let commit = (|| -> Result<Vec<FileEntry>> {
         // The duplicate check runs inside the commit transaction (see Catalog::commit_ingest).
         let table_dir = wh.layout.table_dir(opts.table);
-        std::fs::create_dir_all(&table_dir).at(&table_dir)?;
+        if wh.store.is_local() {
+            std::fs::create_dir_all(&table_dir).at(&table_dir)?;
+        }
         let mut files = Vec::new();
         for (path, rows, bytes) in &written {
             let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
-            let dest = table_dir.join(&name);
-            std::fs::rename(path, &dest).at(&dest)?;
             let rel = Path::new("tables").join(opts.table).join(&name);
+            match &wh.store {
+                Store::Local => {
+                    let dest = table_dir.join(&name);
+                    std::fs::rename(path, &dest).at(&dest)?;
+                }
+                Store::S3(s) => {
+                    let staged = format!("staging/{id}/{}", name.to_string_lossy());
+                    s.upload(path, &staged)?;
+                    s.copy(&staged, &rel.to_string_lossy())?;
+                }
+            }
             files.push(FileEntry {
                 path: rel.to_string_lossy().into_owned(),
                 ingest_id: id.clone(),
@@ -327,7 +353,9 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
                 unit_rows_max,
             });
         }
-        File::open(&table_dir).and_then(|d| d.sync_all()).at(&table_dir)?;
+        if wh.store.is_local() {
+            File::open(&table_dir).and_then(|d| d.sync_all()).at(&table_dir)?;
+        }
         wh.catalog.commit_ingest(&NewIngest {
             id: &id,
             table: opts.table,
@@ -342,6 +370,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
     })();
     match commit {
         Ok(files) => {
+            remove_staged(wh, &id);
             let _ = std::fs::remove_dir_all(&staging);
             Ok(IngestReport {
                 id,
@@ -484,9 +513,28 @@ pub fn ingest_dir(
     Ok(report)
 }
 
+/// Remove an ingest's staged objects (an object store's staging prefix), committed or not: the
+/// catalog names only the copies under `tables/`.
+fn remove_staged(wh: &Warehouse, id: &str) {
+    if let Store::S3(s) = &wh.store {
+        for rel in s.list(&format!("staging/{id}/")).unwrap_or_default() {
+            let _ = s.remove(&rel);
+        }
+    }
+}
+
 /// Remove what an ingest that did not commit left behind: its staging directory, and any of its
 /// files already moved into a table directory but not named by the catalog.
 fn remove_uncommitted(wh: &Warehouse, id: &str, staging: &Path) {
+    if let Store::S3(s) = &wh.store {
+        remove_staged(wh, id);
+        for rel in s.list("tables/").unwrap_or_default() {
+            let name = rel.rsplit('/').next().unwrap_or("");
+            if name.starts_with(id) && !wh.catalog.is_referenced(&rel).unwrap_or(true) {
+                let _ = s.remove(&rel);
+            }
+        }
+    }
     if let Ok(tables) = std::fs::read_dir(wh.layout.tables()) {
         for table in tables.flatten() {
             for file in std::fs::read_dir(table.path()).into_iter().flatten().flatten() {
@@ -507,15 +555,29 @@ fn remove_uncommitted(wh: &Warehouse, id: &str, staging: &Path) {
 /// gone. Ingests still running (their pid is alive) are left alone.
 pub fn sweep_staging(wh: &Warehouse) -> Result<usize> {
     let dir = wh.layout.staging();
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(0) };
     let mut swept = 0;
-    for entry in entries.flatten() {
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let path = entry.path();
         let pid = std::fs::read_to_string(path.join("pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
         let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
         if !alive {
             remove_uncommitted(wh, &entry.file_name().to_string_lossy(), &path);
             swept += 1;
+        }
+    }
+    // Staged objects of an ingest whose staging directory is gone (the node's disk was cleaned)
+    // or whose process is dead.
+    if let Store::S3(s) = &wh.store {
+        let mut ids: Vec<String> = s.list("staging/")?.iter().filter_map(|r| r.split('/').nth(1).map(str::to_owned)).collect();
+        ids.dedup();
+        for id in ids {
+            let local = dir.join(&id);
+            let pid = std::fs::read_to_string(local.join("pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                remove_uncommitted(wh, &id, &local);
+                swept += 1;
+            }
         }
     }
     Ok(swept)

@@ -1,0 +1,304 @@
+//! A warehouse whose Parquet files live in an S3-compatible object store: Garage, run as its own
+//! process on loopback with a one-node layout, a bucket and a key made through its CLI.
+//!
+//! Garage comes from the machine (`garage` 2.x on the PATH, or `SECRETUM_GARAGE`), else it is
+//! built once into `~/.cache/secretum-garage-<version>` (`cargo install garage`; about 15 to 25
+//! minutes on two cores the first time, nothing after).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use secretum_engine::Warehouse;
+use secretum_engine::budget::Ledger;
+use secretum_engine::dp::{self, Noise, QueryRequest};
+use secretum_engine::error::Error;
+use secretum_engine::governance::{Governance, PolicyUpdate};
+use secretum_engine::ingest::{self, IngestOptions};
+use secretum_engine::store::{Store, StoreConfig};
+
+const GARAGE_VERSION: &str = "2.5.0";
+
+/// The `garage` binary: the operator's, or one built once per machine.
+fn garage_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("SECRETUM_GARAGE") {
+        return PathBuf::from(p);
+    }
+    if let Ok(out) = Command::new("garage").arg("--version").output()
+        && String::from_utf8_lossy(&out.stdout).contains(" 2.")
+    {
+        return PathBuf::from("garage");
+    }
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()));
+    let root = home.join(format!(".cache/secretum-garage-{GARAGE_VERSION}"));
+    let bin = root.join("bin/garage");
+    if bin.exists() {
+        return bin;
+    }
+    // One test builds it; others wait for the lock.
+    std::fs::create_dir_all(home.join(".cache")).unwrap();
+    let lock = home.join(format!(".cache/secretum-garage-{GARAGE_VERSION}.lock"));
+    loop {
+        match std::fs::File::create_new(&lock) {
+            Ok(_) => break,
+            Err(_) if bin.exists() => return bin,
+            Err(_) => std::thread::sleep(Duration::from_secs(2)),
+        }
+    }
+    if !bin.exists() {
+        let started = Instant::now();
+        eprintln!("building Garage {GARAGE_VERSION} into {} (once per machine; 15 to 25 minutes on two cores)", root.display());
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "garage",
+                "--version",
+                GARAGE_VERSION,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "sqlite,bundled-libs",
+            ])
+            .arg("--root")
+            .arg(&root)
+            .env("CARGO_TARGET_DIR", home.join(".cache/secretum-garage-build"))
+            .status()
+            .expect("run cargo install garage");
+        let _ = std::fs::remove_file(&lock);
+        assert!(status.success(), "cargo install garage failed");
+        eprintln!("built Garage in {:.0} s", started.elapsed().as_secs_f64());
+        let _ = std::fs::remove_dir_all(home.join(".cache/secretum-garage-build"));
+    } else {
+        let _ = std::fs::remove_file(&lock);
+    }
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A one-node Garage on loopback with a bucket `secretum` and a key allowed on it.
+pub struct Garage {
+    child: Child,
+    config: PathBuf,
+    bin: PathBuf,
+    pub endpoint: String,
+    pub credentials: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Garage {
+    pub fn start() -> Garage {
+        let bin = garage_binary();
+        let dir = tempfile::tempdir().unwrap();
+        let (rpc, s3) = (free_port(), free_port());
+        let secret: String = (0..32).map(|i| format!("{:02x}", (i * 37 + rpc as usize) % 256)).collect();
+        let config = dir.path().join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{m}\"\ndata_dir = \"{d}\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\n\
+                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
+                 [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n",
+                m = dir.path().join("meta").display(),
+                d = dir.path().join("data").display(),
+            ),
+        )
+        .unwrap();
+        set_mode_600(&config);
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+            .spawn()
+            .expect("start garage");
+        let g =
+            Garage { child, config, bin, endpoint: format!("http://127.0.0.1:{s3}"), credentials: dir.path().join("s3.toml"), _dir: dir };
+        let started = Instant::now();
+        let node = loop {
+            let out = g.cli(&["node", "id", "-q"]);
+            if let Ok(id) = out {
+                break id.trim().split('@').next().unwrap().to_owned();
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "garage did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]).unwrap();
+        g.cli(&["layout", "apply", "--version", "1"]).unwrap();
+        g.cli(&["bucket", "create", "secretum"]).unwrap();
+        let key = g.cli(&["key", "create", "secretum-test"]).unwrap();
+        let field = |name: &str| {
+            key.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_else(|| panic!("no {name} in {key}"))
+        };
+        let (id, secret) = (field("Key ID:"), field("Secret key:"));
+        g.cli(&["bucket", "allow", "--read", "--write", "--owner", "secretum", "--key", "secretum-test"]).unwrap();
+        std::fs::write(&g.credentials, format!("access_key_id = \"{id}\"\nsecret_access_key = \"{secret}\"\n")).unwrap();
+        set_mode_600(&g.credentials);
+        g
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.bin).arg("-c").arg(&self.config).args(args).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn config(&self, prefix: &str) -> StoreConfig {
+        StoreConfig {
+            url: format!("s3://secretum/{prefix}"),
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("garage".into()),
+            credentials_file: Some(self.credentials.clone()),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn set_mode_600(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+fn exact(wh: &Warehouse, sql: &str) -> arrow::record_batch::RecordBatch {
+    let mut ledger = Ledger::open(&wh.layout.root).unwrap();
+    let req = QueryRequest { actor: "test".into(), project: "same".into(), sql: sql.into(), epsilon: 0.5, ..Default::default() };
+    rt().block_on(dp::run(wh, &mut ledger, &req, Noise::Exact)).unwrap_or_else(|e| panic!("{sql}: {e}")).batch
+}
+
+fn prepare(data: &Path) {
+    let mut g = Governance::open(data).unwrap();
+    g.set_policy("test", &PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() }).unwrap();
+    let tables = vec!["person".to_string(), "measurement".into(), "condition_occurrence".into()];
+    let known: Vec<String> = Warehouse::open(data).unwrap().schemas.tables.keys().cloned().collect();
+    g.create_project("test", "same", 1e9, 1e-3, &tables, &known).unwrap();
+}
+
+fn objects(s: &Store, prefix: &str) -> Vec<String> {
+    match s {
+        Store::S3(s) => s.list(prefix).unwrap(),
+        Store::Local => panic!("not an object store"),
+    }
+}
+
+#[test]
+fn a_warehouse_on_an_object_store_answers_like_one_on_local_disk_and_commits_all_or_nothing() {
+    let mut garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw");
+    secretum_engine::synth::generate(300, 11, &raw, None).unwrap();
+    let local = dir.path().join("local");
+    let remote = dir.path().join("remote");
+    Warehouse::init(&local, Some(&dir.path().join("k1")), None).unwrap();
+    Warehouse::init_on(&remote, Some(&dir.path().join("k2")), None, Some(&garage.config("site-a"))).unwrap();
+    let tables = ["person", "measurement", "condition_occurrence"];
+    for (data, key) in [(&local, "k1"), (&remote, "k2")] {
+        let mut wh = Warehouse::open(data).unwrap();
+        let key = secretum_engine::pseudonym::Key::load(&dir.path().join(key)).unwrap();
+        for t in tables {
+            ingest::ingest(&mut wh, &key, &IngestOptions::new(t, &raw.join(format!("{t}.csv")))).unwrap();
+        }
+        prepare(data);
+    }
+    let (l, r) = (Warehouse::open(&local).unwrap(), Warehouse::open(&remote).unwrap());
+    assert!(!r.store.is_local());
+    // The files are in the bucket under the prefix, none left staged, none on the local disk.
+    let stored = objects(&r.store, "tables/");
+    assert!(tables.iter().all(|t| stored.iter().any(|o| o.starts_with(&format!("tables/{t}/")))), "{stored:?}");
+    assert!(objects(&r.store, "staging/").is_empty());
+    assert!(crate::common::parquet_files(&remote.join("tables")).is_empty());
+
+    // Same data, same exact answers (pseudonyms differ with the key; no answer shows one).
+    for sql in [
+        "SELECT COUNT(*) FROM measurement",
+        "SELECT gender_concept_id, COUNT(*), AVG(year_of_birth) FROM person GROUP BY 1",
+        "SELECT measurement_concept_id, COUNT(*), SUM(value_as_number) FROM measurement WHERE value_as_number BETWEEN 0 AND 50 GROUP BY 1",
+        "SELECT gender_concept_id, COUNT(DISTINCT person_id) FROM person JOIN condition_occurrence USING (person_id) GROUP BY 1",
+        "SELECT COUNT(*) FROM person p WHERE EXISTS (SELECT 1 FROM measurement m WHERE m.person_id = p.person_id AND m.value_as_number > 5)",
+    ] {
+        assert_eq!(exact(&l, sql), exact(&r, sql), "{sql}");
+    }
+
+    // An ingest that fails leaves nothing: no object, no catalog change.
+    let before = (objects(&r.store, "tables/"), r.catalog.files("measurement").unwrap().len());
+    let mut rw = Warehouse::open(&remote).unwrap();
+    let key = secretum_engine::pseudonym::Key::load(&dir.path().join("k2")).unwrap();
+    let mut bad = dir.path().join("bad.csv");
+    let text = std::fs::read_to_string(raw.join("measurement.csv")).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.push("not,a,valid,row");
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    assert!(ingest::ingest(&mut rw, &key, &IngestOptions { allow_duplicate: true, ..IngestOptions::new("measurement", &bad) }).is_err());
+    assert_eq!((objects(&r.store, "tables/"), r.catalog.files("measurement").unwrap().len()), before);
+
+    // What a killed ingest leaves (a staged object, a copy the catalog does not name) is never
+    // read, and the next ingest sweeps it.
+    let Store::S3(s3) = &r.store else { unreachable!() };
+    let some = crate::common::files_under(&local.join("tables/measurement")).into_iter().next().unwrap();
+    s3.upload(&some, "staging/20200101T000000-dead/20200101T000000-dead-00000.parquet").unwrap();
+    s3.upload(&some, "tables/measurement/20200101T000000-dead-00000.parquet").unwrap();
+    let answer = exact(&r, "SELECT COUNT(*) FROM measurement WHERE value_as_number > 1");
+    assert_eq!(answer, exact(&l, "SELECT COUNT(*) FROM measurement WHERE value_as_number > 1"));
+    bad = raw.join("death.csv");
+    ingest::ingest(&mut rw, &key, &IngestOptions::new("death", &bad)).unwrap();
+    assert!(objects(&r.store, "staging/").is_empty());
+    assert!(!objects(&r.store, "tables/").iter().any(|o| o.contains("dead")));
+
+    // The store down: a query is refused as unavailable and charges nothing; an ingest fails
+    // with a clear message and commits nothing.
+    garage.stop();
+    let spent = Governance::open(&remote).unwrap().existing("same").unwrap().epsilon_spent;
+    let mut ledger = Ledger::open(&remote).unwrap();
+    let req = QueryRequest {
+        actor: "test".into(),
+        project: "same".into(),
+        sql: "SELECT COUNT(*) FROM measurement WHERE value_as_number > 3".into(),
+        epsilon: 0.5,
+        ..Default::default()
+    };
+    let down = rt().block_on(dp::run(&Warehouse::open(&remote).unwrap(), &mut ledger, &req, Noise::OpenDp));
+    assert!(matches!(down, Err(Error::Unavailable(_))), "{down:?}");
+    assert_eq!(Governance::open(&remote).unwrap().existing("same").unwrap().epsilon_spent, spent);
+    let files = r.catalog.files("observation_period").unwrap().len();
+    let failed = ingest::ingest(&mut rw, &key, &IngestOptions::new("observation_period", &raw.join("observation_period.csv")));
+    let Err(e) = failed else { panic!("an ingest with the store down succeeded") };
+    assert!(e.to_string().contains("object store"), "{e}");
+    assert_eq!(r.catalog.files("observation_period").unwrap().len(), files);
+}
+
+#[test]
+fn init_on_an_unreachable_store_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("s3.toml");
+    std::fs::write(&creds, "access_key_id = \"GK0\"\nsecret_access_key = \"0\"\n").unwrap();
+    set_mode_600(&creds);
+    let config = StoreConfig {
+        url: "s3://secretum/x".into(),
+        endpoint: Some(format!("http://127.0.0.1:{}", free_port())),
+        region: Some("garage".into()),
+        credentials_file: Some(creds),
+    };
+    let data = dir.path().join("data");
+    let e = Warehouse::init_on(&data, Some(&dir.path().join("k")), None, Some(&config)).unwrap_err();
+    assert!(matches!(e, Error::Unavailable(_)), "{e}");
+    assert!(!data.exists() && !dir.path().join("k").exists());
+}
