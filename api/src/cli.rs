@@ -66,8 +66,8 @@ pub enum Command {
         s3_region: Option<String>,
         /// A file holding `access_key_id = "..."` and `secret_access_key = "..."` (TOML, mode
         /// 0600), used when the environment has no AWS_ACCESS_KEY_ID; its path is recorded,
-        /// never its content.
-        #[arg(long, requires = "store", env = "SECRETUM_S3_CREDENTIALS")]
+        /// never its content. (SECRETUM_S3_CREDENTIALS names such a file for every command.)
+        #[arg(long, requires = "store")]
         s3_credentials: Option<PathBuf>,
     },
     /// Write deterministic synthetic data: raw extracts (one CSV per table, with direct

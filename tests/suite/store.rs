@@ -302,3 +302,27 @@ fn init_on_an_unreachable_store_writes_nothing() {
     assert!(matches!(e, Error::Unavailable(_)), "{e}");
     assert!(!data.exists() && !dir.path().join("k").exists());
 }
+
+#[test]
+fn init_refuses_a_store_that_is_not_s3_and_a_credentials_file_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let out = crate::common::secretum(&["init", "--data-dir", d, "--store", "/srv/parquet"]);
+    assert!(!out.status.success());
+    assert!(crate::common::stderr(&out).contains("s3://bucket/prefix"), "{}", crate::common::stderr(&out));
+    let creds = dir.path().join("s3.toml");
+    std::fs::write(&creds, "access_key_id = \"GK0\"\nsecret_access_key = \"do-not-print\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(crate::common::BIN)
+        .args(["init", "--data-dir", d, "--store", "s3://b/p", "--s3-endpoint", "http://127.0.0.1:9", "--s3-credentials"])
+        .arg(&creds)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("SECRETUM_S3_CREDENTIALS")
+        .output()
+        .unwrap();
+    let err = crate::common::stderr(&out);
+    assert!(!out.status.success() && err.contains("chmod 600") && !err.contains("do-not-print"), "{err}");
+    assert!(!data.exists());
+}
