@@ -63,7 +63,7 @@ pub struct S3Store {
     config: StoreConfig,
     /// The client, made on first use: commands that read no file (projects, users, audit) work
     /// without the store's credentials.
-    client: OnceLock<std::result::Result<Arc<AmazonS3>, String>>,
+    client: OnceLock<Arc<AmazonS3>>,
 }
 
 const META_URL: &str = "store.url";
@@ -240,22 +240,24 @@ impl Store {
 
 impl S3Store {
     fn client(&self) -> Result<&Arc<AmazonS3>> {
-        let made = self.client.get_or_init(|| {
-            let (id, secret) = credentials(self.config.credentials_file.as_deref()).map_err(|e| e.to_string())?;
-            AmazonS3Builder::new()
-                .with_bucket_name(&self.bucket)
-                .with_endpoint(&self.endpoint)
-                .with_region(self.config.region.clone().unwrap_or_else(|| "us-east-1".into()))
-                .with_access_key_id(id)
-                .with_secret_access_key(secret)
-                .with_allow_http(self.endpoint.starts_with("http://"))
-                .with_virtual_hosted_style_request(false)
-                .with_http_connector(SpawnedReqwestConnector::new(io_runtime().handle().clone()))
-                .build()
-                .map(Arc::new)
-                .map_err(|e| store_error("configuring the client", &self.endpoint, e).to_string())
-        });
-        made.as_ref().map_err(|e| Error::BadRequest(e.clone()))
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let (id, secret) = credentials(self.config.credentials_file.as_deref())?;
+        let made = AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_endpoint(&self.endpoint)
+            .with_region(self.config.region.clone().unwrap_or_else(|| "us-east-1".into()))
+            .with_access_key_id(id)
+            .with_secret_access_key(secret)
+            .with_allow_http(self.endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false)
+            .with_http_connector(SpawnedReqwestConnector::new(io_runtime().handle().clone()))
+            .build()
+            .map_err(|e| store_error("configuring the client", &self.endpoint, e))?;
+        // Two threads may both build one; either is kept (a failure is not kept: the next call
+        // tries again, with whatever credentials are there then).
+        Ok(self.client.get_or_init(|| Arc::new(made)))
     }
 
     fn key(&self, rel: &str) -> String {
