@@ -558,8 +558,7 @@ pub fn sweep_staging(wh: &Warehouse) -> Result<usize> {
     let mut swept = 0;
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let path = entry.path();
-        let pid = std::fs::read_to_string(path.join("pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
-        let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+        let alive = running(&path);
         if !alive {
             remove_uncommitted(wh, &entry.file_name().to_string_lossy(), &path);
             swept += 1;
@@ -572,8 +571,7 @@ pub fn sweep_staging(wh: &Warehouse) -> Result<usize> {
         ids.dedup();
         for id in ids {
             let local = dir.join(&id);
-            let pid = std::fs::read_to_string(local.join("pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
-            let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+            let alive = running(&local);
             if !alive {
                 remove_uncommitted(wh, &id, &local);
                 swept += 1;
@@ -581,6 +579,13 @@ pub fn sweep_staging(wh: &Warehouse) -> Result<usize> {
         }
     }
     Ok(swept)
+}
+
+/// Whether the ingest of a staging directory is still running (its pid file names a live process
+/// other than this one).
+fn running(staging: &Path) -> bool {
+    let pid = std::fs::read_to_string(staging.join("pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
+    pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists())
 }
 
 fn new_ingest_id() -> String {
