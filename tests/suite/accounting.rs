@@ -12,11 +12,7 @@ use secretum_engine::governance::{Governance, PolicyUpdate};
 use secretum_engine::ingest::{self, IngestOptions};
 use serde_json::Value;
 
-use crate::common::{Fixture, RELEASES, releases, secretum, stderr, stdout};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
+use crate::common::{Fixture, RELEASES, releases, rt, secretum, stderr, stdout};
 
 fn warehouse() -> Fixture {
     let fx = Fixture::new(400, 21);

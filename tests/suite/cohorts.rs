@@ -16,13 +16,9 @@ use secretum_engine::ingest::{self, IngestOptions};
 use secretum_engine::{Warehouse, synth};
 use serde_json::Value;
 
-use crate::common::{Fixture, max_rows, read_table};
+use crate::common::{Fixture, max_rows, read_table, rt};
 
 const FIRST_T2D: &str = "SELECT person_id, MIN(condition_start_date) AS d FROM condition_occurrence WHERE condition_source_value LIKE 'E11%' GROUP BY person_id";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
 
 /// A warehouse with every synthetic table, a project on all of them, no suppression.
 fn warehouse(fx: &Fixture) -> (Warehouse, Ledger) {

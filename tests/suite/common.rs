@@ -29,6 +29,11 @@ pub fn query_killed_after(data: &str, project: &str, sql: &str, delay_ms: u64) -
     String::from_utf8_lossy(&out.stdout).contains("\"rows\"")
 }
 
+/// The runtime an in-process query runs on.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

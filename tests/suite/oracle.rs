@@ -22,7 +22,7 @@ use secretum_engine::error::Error;
 use secretum_engine::governance::{Governance, PolicyUpdate};
 use secretum_engine::ingest::{self, IngestOptions};
 
-use crate::common::Fixture;
+use crate::common::{Fixture, rt};
 
 /// The extra patient, and only them: born in 1901 (the synthetic population is younger).
 const TARGET: &str = "p.year_of_birth = 1901";
@@ -172,10 +172,6 @@ impl Pair {
         let a = rt.block_on(dp::run(wh, ledger, &req, Noise::Exact)).unwrap();
         secretum_api::output::json(&a).rows[0][0]["value"].as_f64().unwrap()
     }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 #[test]

@@ -12,11 +12,7 @@ use secretum_engine::error::{BudgetRefusal, Error};
 use secretum_engine::governance::{Governance, PolicyUpdate};
 use secretum_engine::ingest::{self, IngestOptions};
 
-use crate::common::{Fixture, RELEASES, releases, secretum, stdout};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
+use crate::common::{Fixture, RELEASES, releases, rt, secretum, stdout};
 
 fn ingest_tables(fx: &Fixture, tables: &[&str]) {
     let mut wh = fx.open();

@@ -204,13 +204,21 @@ impl TableProvider for Counted {
     }
 }
 
+/// The object store did not answer (listing a table's objects while planning, or reading the
+/// vocabulary before the debit): not a refusal (the SQL is fine), and nothing was spent.
+fn unavailable(e: &DataFusionError) -> Option<Error> {
+    match e.find_root() {
+        DataFusionError::ObjectStore(inner) => {
+            Some(Error::Unavailable(format!("the warehouse's object store did not answer while planning; nothing was spent: {inner}")))
+        }
+        _ => None,
+    }
+}
+
 /// An error of a read of public data (the vocabulary) before the debit: the store's
 /// unavailability as such, anything else as the engine's error.
 pub fn public_read_error(e: DataFusionError) -> Error {
-    match e.find_root() {
-        DataFusionError::ObjectStore(_) => plan_error(e),
-        _ => Error::DataFusion(e),
-    }
+    unavailable(&e).unwrap_or(Error::DataFusion(e))
 }
 
 /// A planning error, as a refusal: planning reads no data, so its message comes from the SQL and
@@ -223,12 +231,10 @@ pub fn plan_error(e: DataFusionError) -> Error {
             other => other,
         }
     }
-    let root = root(&e);
-    // Listing a table's objects while planning: the store did not answer. Not a refusal (the
-    // SQL is fine), and nothing was spent.
-    if let DataFusionError::ObjectStore(inner) = root {
-        return Error::Unavailable(format!("the warehouse's object store did not answer while planning; nothing was spent: {inner}"));
+    if let Some(u) = unavailable(&e) {
+        return u;
     }
+    let root = root(&e);
     let rule = match root {
         DataFusionError::SchemaError(inner, _) if matches!(inner.as_ref(), datafusion::common::SchemaError::FieldNotFound { .. }) => {
             Rule::UnknownColumn

@@ -558,8 +558,7 @@ pub fn sweep_staging(wh: &Warehouse) -> Result<usize> {
     let mut swept = 0;
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let path = entry.path();
-        let alive = running(&path);
-        if !alive {
+        if !running(&path) {
             remove_uncommitted(wh, &entry.file_name().to_string_lossy(), &path);
             swept += 1;
         }
@@ -571,8 +570,7 @@ pub fn sweep_staging(wh: &Warehouse) -> Result<usize> {
         ids.dedup();
         for id in ids {
             let local = dir.join(&id);
-            let alive = running(&local);
-            if !alive {
+            if !running(&local) {
                 remove_uncommitted(wh, &id, &local);
                 swept += 1;
             }
