@@ -5,6 +5,7 @@
 //! built once into `~/.cache/secretum-garage-<version>` (`cargo install garage`; about 15 to 25
 //! minutes on two cores the first time, nothing after).
 
+use crate::common::rt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -78,6 +79,13 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Two distinct ports free when asked (both held while the second is chosen).
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+}
+
 /// A one-node Garage on loopback with a bucket `secretum` and a key allowed on it.
 pub struct Garage {
     child: Child,
@@ -89,10 +97,22 @@ pub struct Garage {
 }
 
 impl Garage {
+    /// Start Garage and make its layout, bucket and key. A port taken by another test between
+    /// its choice and Garage's bind makes Garage exit: it is started again on other ports.
     pub fn start() -> Garage {
         let bin = garage_binary();
+        for _ in 0..3 {
+            if let Some(g) = Garage::try_start(&bin) {
+                return g;
+            }
+        }
+        panic!("garage did not start on three pairs of ports");
+    }
+
+    fn try_start(bin: &Path) -> Option<Garage> {
+        let bin = bin.to_owned();
         let dir = tempfile::tempdir().unwrap();
-        let (rpc, s3) = (free_port(), free_port());
+        let (rpc, s3) = free_ports();
         let secret: String = (0..32).map(|i| format!("{:02x}", (i * 37 + rpc as usize) % 256)).collect();
         let config = dir.path().join("garage.toml");
         std::fs::write(
@@ -115,13 +135,16 @@ impl Garage {
             .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
             .spawn()
             .expect("start garage");
-        let g =
+        let mut g =
             Garage { child, config, bin, endpoint: format!("http://127.0.0.1:{s3}"), credentials: dir.path().join("s3.toml"), _dir: dir };
         let started = Instant::now();
         let node = loop {
             let out = g.cli(&["node", "id", "-q"]);
             if let Ok(id) = out {
                 break id.trim().split('@').next().unwrap().to_owned();
+            }
+            if g.child.try_wait().ok().flatten().is_some() {
+                return None;
             }
             assert!(started.elapsed() < Duration::from_secs(60), "garage did not start");
             std::thread::sleep(Duration::from_millis(200));
@@ -137,7 +160,7 @@ impl Garage {
         g.cli(&["bucket", "allow", "--read", "--write", "--owner", "secretum", "--key", "secretum-test"]).unwrap();
         std::fs::write(&g.credentials, format!("access_key_id = \"{id}\"\nsecret_access_key = \"{secret}\"\n")).unwrap();
         set_mode_600(&g.credentials);
-        g
+        Some(g)
     }
 
     fn cli(&self, args: &[&str]) -> Result<String, String> {
@@ -173,10 +196,6 @@ impl Drop for Garage {
 fn set_mode_600(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
 }
 
 fn exact(wh: &Warehouse, sql: &str) -> arrow::record_batch::RecordBatch {
