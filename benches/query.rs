@@ -9,24 +9,20 @@
 //! `cargo bench --bench query` (SECRETUM_BENCH_ROWS=1000000,10000000 by default: measurement
 //! rows; patients are a tenth of that, each with ten measurements and one person row).
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use criterion::{Criterion, criterion_group};
+
+mod common;
+use common::build;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::context::SessionContext;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use secretum_engine::Warehouse;
 use secretum_engine::budget::Ledger;
-use secretum_engine::catalog::{FileEntry, NewIngest};
 use secretum_engine::dp::{self, Noise, QueryRequest};
-use secretum_engine::governance::{Governance, PolicyUpdate};
 
 /// The bench queries, with the most the DP path may cost against plain DataFusion (a ratio of
 /// medians) where a target is set.
@@ -55,103 +51,6 @@ const QUERIES: &[(&str, &str, Option<f64>)] = &[
 const FIXED_COST_TARGET_MS: f64 = 3.0;
 /// `COUNT(*)` at 10M rows.
 const COUNT_10M_TARGET_MS: f64 = 20.0;
-
-const CONCEPTS: [i64; 5] = [3004410, 3004501, 3004249, 3016723, 3028437];
-
-/// Write one table's Parquet file with the stored schema, in batches, and commit it.
-/// `column` gives the bench's values for a column, or `None` for the CDM columns the bench does
-/// not use (written as NULL).
-fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn(&str, usize, usize) -> Option<ArrayRef>) {
-    let schema = wh.schemas.get(table).expect("table").stored_schema();
-    let rel = format!("tables/{table}/bench.parquet");
-    let path = wh.layout.root.join(&rel);
-    std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("level")))
-        .set_max_row_group_row_count(Some(1 << 20))
-        .build();
-    let mut writer = ArrowWriter::try_new(File::create(&path).expect("create"), schema.clone(), Some(props)).expect("writer");
-    let batch = 1 << 20;
-    let mut start = 0;
-    // Rows per patient, counted as an ingest counts them.
-    let mut per_patient: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
-    while start < rows {
-        let n = batch.min(rows - start);
-        let columns: Vec<ArrayRef> = schema
-            .fields()
-            .iter()
-            .map(|f| column(f.name(), start, n).unwrap_or_else(|| arrow::array::new_null_array(f.data_type(), n)))
-            .collect();
-        let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
-        let pid = batch.column_by_name("person_id").expect("person_id");
-        for p in pid.as_any().downcast_ref::<Int64Array>().expect("ints").values() {
-            *per_patient.entry(*p).or_insert(0) += 1;
-        }
-        writer.write(&batch).expect("write");
-        start += n;
-    }
-    writer.close().expect("close");
-    let bytes = std::fs::metadata(&path).expect("size").len();
-    let id = format!("bench-{table}");
-    let unit_rows_max = per_patient.values().copied().max();
-    let files = [FileEntry { path: rel, ingest_id: id.clone(), rows: rows as u64, bytes, unit_rows_max }];
-    wh.catalog
-        .commit_ingest(&NewIngest {
-            id: &id,
-            table,
-            source_path: "bench",
-            source_sha256: &id,
-            actor: "bench",
-            allow_duplicate: true,
-            replace: false,
-            files: &files,
-        })
-        .expect("commit");
-}
-
-fn build(dir: &Path, rows: usize) -> std::path::PathBuf {
-    let data = dir.join(format!("wh-{rows}"));
-    Warehouse::init(&data, Some(&dir.join(format!("key-{rows}"))), None).expect("init");
-    let mut wh = Warehouse::open(&data).expect("open");
-    let patients = (rows / 10).max(1);
-    let ints = |f: &dyn Fn(usize) -> i64, start: usize, n: usize| -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values((start..start + n).map(f)))
-    };
-    write_table(&mut wh, "person", patients, |name, start, n| {
-        Some(match name {
-            "person_id" => ints(&|i| i as i64 * 7919 + 13, start, n),
-            "gender_concept_id" => ints(&|i| if i % 2 == 0 { 8507 } else { 8532 }, start, n),
-            "year_of_birth" => ints(&|i| 1930 + (i % 80) as i64, start, n),
-            "department" => Arc::new(StringArray::from_iter_values((start..start + n).map(|i| format!("{:02}", 1 + i % 95)))),
-            "race_concept_id" | "ethnicity_concept_id" => ints(&|_| 0, start, n),
-            "gender_source_value" => {
-                Arc::new(StringArray::from_iter_values((start..start + n).map(|i| if i % 2 == 0 { "M" } else { "F" })))
-            }
-            _ => return None,
-        })
-    });
-    write_table(&mut wh, "measurement", rows, |name, start, n| {
-        Some(match name {
-            "measurement_id" => ints(&|i| i as i64, start, n),
-            "person_id" => ints(&|i| (i % patients) as i64 * 7919 + 13, start, n),
-            "measurement_concept_id" => ints(&|i| CONCEPTS[i % 5], start, n),
-            "measurement_date" => Arc::new(Date32Array::from_iter_values((start..start + n).map(|i| 15_000 + (i % 5000) as i32))),
-            "measurement_type_concept_id" => ints(&|_| 32817, start, n),
-            "value_as_number" | "range_low" | "range_high" => {
-                Arc::new(Float64Array::from_iter_values((start..start + n).map(|i| 4.0 + (i * 37 % 1000) as f64 / 100.0)))
-            }
-            "unit_source_value" => Arc::new(StringArray::from_iter_values((start..start + n).map(|_| "%"))),
-            "visit_occurrence_id" => ints(&|i| i as i64 / 3, start, n),
-            "measurement_source_value" => Arc::new(StringArray::from_iter_values((start..start + n).map(|_| "4548-4"))),
-            _ => return None,
-        })
-    });
-    let mut g = Governance::open(&data).expect("governance");
-    g.set_policy("bench", &PolicyUpdate { patient_epsilon_cap: Some(1e12), ..Default::default() }).expect("policy");
-    let tables = ["person".to_string(), "measurement".into()];
-    g.create_project("bench", "bench", 1e12, 1e-3, &tables, &tables).expect("project");
-    data
-}
 
 /// Plain DataFusion over the same Parquet files (its default settings: it may answer a count
 /// from the files' footers).
@@ -209,7 +108,7 @@ fn bench(c: &mut Criterion) {
     let only: Option<Vec<String>> = std::env::var("SECRETUM_BENCH_QUERIES").ok().map(|v| v.split(',').map(str::to_owned).collect());
     for rows in sizes.iter().copied().filter(|&r| r != 1_000).chain([1_000usize]) {
         let small = rows == 1_000;
-        let data = build(dir.path(), rows);
+        let data = build(dir.path(), rows, None);
         let wh = Warehouse::open(&data).expect("open");
         let mut ledger = Ledger::open(&data).expect("ledger");
         let ctx = plain_context(&data);

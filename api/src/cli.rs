@@ -158,7 +158,95 @@ pub enum Command {
         /// Keep the demo's directory instead of deleting it at the end.
         #[arg(long)]
         keep: bool,
+        /// Run it on a cluster on loopback: a Garage object store (when its binary is found), a
+        /// scheduler and two executors, started for the demo and stopped after it.
+        #[arg(long)]
+        cluster: bool,
     },
+    /// Run a cluster scheduler (Apache DataFusion Ballista, with secretum's functions and
+    /// codecs): it takes the bounded plans of API nodes started with `serve --cluster` and hands
+    /// their tasks to executors. Bind it to a private network only: whoever reaches its port can
+    /// submit work.
+    Scheduler(SchedulerArgs),
+    /// Run a cluster executor: it asks the scheduler for tasks (it accepts work from nowhere
+    /// else) and reads the Parquet files from the warehouse's object store.
+    Executor(ExecutorArgs),
+}
+
+/// Where the warehouse's Parquet files are, for a cluster node (the API node reads it from its
+/// catalog; a node has no catalog). Local files need no option (one box, or a shared path).
+#[derive(Args, Debug, Clone, Default)]
+pub struct NodeStoreArgs {
+    /// The warehouse's object store, as given to `init --store` (`s3://bucket/prefix`).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX", env = "SECRETUM_STORE")]
+    pub store: Option<String>,
+    /// The object store's S3 endpoint, e.g. http://10.0.0.5:3900.
+    #[arg(long, requires = "store", env = "SECRETUM_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// The region the object store answers for (Garage's `s3_region`).
+    #[arg(long, requires = "store", env = "SECRETUM_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// The credentials file (TOML, mode 0600), when the environment has no AWS_ACCESS_KEY_ID.
+    #[arg(long, requires = "store", env = "SECRETUM_S3_CREDENTIALS")]
+    pub s3_credentials: Option<PathBuf>,
+}
+
+impl NodeStoreArgs {
+    pub fn connect(&self) -> Result<secretum_engine::store::Store> {
+        match &self.store {
+            None => Ok(secretum_engine::store::Store::Local),
+            Some(url) => secretum_engine::store::Store::connect(&secretum_engine::store::StoreConfig {
+                url: url.clone(),
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                credentials_file: self.s3_credentials.clone(),
+            }),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SchedulerArgs {
+    /// The address to listen on (a private network's).
+    #[arg(long, default_value = "127.0.0.1:50050", env = "SECRETUM_SCHEDULER_BIND")]
+    pub bind: std::net::SocketAddr,
+    /// The host name or address executors and API nodes reach this scheduler by [default: the
+    /// --bind address].
+    #[arg(long)]
+    pub external_host: Option<String>,
+    /// Seconds without a heartbeat after which an executor is taken as lost and its tasks run
+    /// again on the others.
+    #[arg(long, default_value_t = 30)]
+    pub executor_timeout: u64,
+    #[command(flatten)]
+    pub store: NodeStoreArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExecutorArgs {
+    /// The scheduler to ask for work.
+    #[arg(long, default_value = "127.0.0.1:50050", env = "SECRETUM_SCHEDULER")]
+    pub scheduler: String,
+    /// The address its data port listens on (results and shuffle data; a private network's).
+    #[arg(long, default_value = "127.0.0.1:50051", env = "SECRETUM_EXECUTOR_BIND")]
+    pub bind: std::net::SocketAddr,
+    /// The host name or address other nodes reach this executor by [default: the --bind
+    /// address].
+    #[arg(long)]
+    pub external_host: Option<String>,
+    /// Tasks run at once [default: one per core].
+    #[arg(long, default_value_t = 0)]
+    pub concurrency: usize,
+    /// Where it keeps intermediate (shuffle) files [default: a directory under the system's
+    /// temporary directory, named after the port].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Seconds between heartbeats to the scheduler (keep it well under the scheduler's
+    /// --executor-timeout).
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat: u64,
+    #[command(flatten)]
+    pub store: NodeStoreArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -315,6 +403,10 @@ pub struct ServeArgs {
     /// Queries executed at once [default: 2 per core].
     #[arg(long, env = "SECRETUM_MAX_QUERIES")]
     pub max_queries: Option<usize>,
+    /// Execute the bounded plans on a cluster (`df://scheduler-host:50050`, a `secretum
+    /// scheduler`); analysis, the ledger, noise and audit stay here.
+    #[arg(long, env = "SECRETUM_CLUSTER", value_name = "df://HOST:PORT")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -381,7 +473,7 @@ pub struct QueryArgs {
 /// Parse the command line, run, and turn errors into a message and an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
+    init_tracing(if matches!(cli.command, Command::Serve(_) | Command::Scheduler(_) | Command::Executor(_)) { "info" } else { "warn" });
     quiet_panics();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -532,8 +624,52 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(explicit_data_dir, args),
-        Command::Demo { patients, seed, keep } => crate::demo::run(patients, seed, keep),
+        Command::Demo { patients, seed, keep, cluster } => crate::demo::run(patients, seed, keep, cluster),
+        Command::Scheduler(args) => scheduler(args),
+        Command::Executor(args) => executor(args),
     }
+}
+
+/// A runtime for a cluster node: large stacks, as plans are decoded recursively.
+fn node_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(16 * 1024 * 1024)
+        .build()
+        .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))
+}
+
+fn scheduler(args: SchedulerArgs) -> Result<()> {
+    let store = args.store.connect()?;
+    let opts = secretum_engine::cluster::SchedulerOptions {
+        bind: args.bind,
+        external_host: args.external_host.unwrap_or_else(|| args.bind.ip().to_string()),
+        executor_timeout_secs: args.executor_timeout.max(2),
+    };
+    eprintln!("secretum scheduler listening on {} (executors and API nodes: df://{}:{})", opts.bind, opts.external_host, opts.bind.port());
+    node_runtime()?.block_on(secretum_engine::cluster::run_scheduler(opts, store))
+}
+
+fn executor(args: ExecutorArgs) -> Result<()> {
+    let store = args.store.connect()?;
+    let (host, port) = match args.scheduler.trim_start_matches("df://").rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_owned(),
+            p.parse::<u16>().map_err(|_| Error::BadRequest(format!("--scheduler {:?}: the port is not a number", args.scheduler)))?,
+        ),
+        None => (args.scheduler.trim_start_matches("df://").to_owned(), 50050),
+    };
+    let opts = secretum_engine::cluster::ExecutorOptions {
+        scheduler_host: host,
+        scheduler_port: port,
+        bind: args.bind,
+        external_host: args.external_host.unwrap_or_else(|| args.bind.ip().to_string()),
+        concurrency: args.concurrency,
+        work_dir: args.work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("secretum-executor-{}", args.bind.port()))),
+        heartbeat_secs: args.heartbeat.max(1),
+    };
+    eprintln!("secretum executor on {}, asking the scheduler at {}:{} for work", opts.bind, opts.scheduler_host, opts.scheduler_port);
+    node_runtime()?.block_on(secretum_engine::cluster::run_executor(opts, store))
 }
 
 fn serve(data_dir: Option<PathBuf>, args: ServeArgs) -> Result<()> {
@@ -558,6 +694,9 @@ fn serve(data_dir: Option<PathBuf>, args: ServeArgs) -> Result<()> {
     config.body_limit = args.body_limit.unwrap_or(config.body_limit);
     config.request_timeout_secs = args.request_timeout.unwrap_or(config.request_timeout_secs);
     config.max_queries = args.max_queries.unwrap_or(config.max_queries);
+    if args.cluster.is_some() {
+        config.cluster = args.cluster;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -48,20 +48,55 @@ const QUERIES: [(&str, &str, f64); 4] = [
 
 const REFUSED: &str = "SELECT person_id, year_of_birth FROM person";
 
-pub fn run(patients: u64, seed: u64, keep: bool) -> Result<()> {
+pub fn run(patients: u64, seed: u64, keep: bool, cluster: bool) -> Result<()> {
     let dir = tempfile::Builder::new().prefix("secretum-demo-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let root = dir.path().to_owned();
     println!("== secretum demo in {}", root.display());
+    // With --cluster: Garage (when this machine has it), a scheduler and two executors on
+    // loopback, stopped when the demo ends (they are dropped after the warehouse).
+    let garage = match cluster {
+        false => None,
+        true => match crate::local::find_garage() {
+            Some(bin) => {
+                let g = crate::local::Garage::start(&bin)?;
+                println!("\n== 0. a one-node Garage object store on {} (bucket `secretum`)", g.endpoint);
+                Some(g)
+            }
+            None => {
+                println!(
+                    "\n== 0. no Garage binary on this machine (SECRETUM_GARAGE, the PATH, or `{}`): the cluster reads the Parquet files from local disk",
+                    crate::local::garage_install_command()
+                );
+                None
+            }
+        },
+    };
+    let store = garage.as_ref().map(|g| g.config("demo"));
+    let nodes = match cluster {
+        false => None,
+        true => {
+            let exe = std::env::current_exe().map_err(|e| Error::io("the running binary", e))?;
+            let c = crate::local::LocalCluster::start(&exe, store.as_ref(), 2, &root.join("cluster"))?;
+            println!(
+                "== 0b. a cluster on loopback: scheduler {}, executors on ports {:?} (logs in {})",
+                c.url(),
+                c.executor_ports,
+                root.join("cluster").display()
+            );
+            Some(c)
+        }
+    };
     println!("\n== 1. generate synthetic raw extracts (with direct identifiers: NIR, names, birth dates, postcodes)");
     let raw = root.join("raw");
     generate(patients, seed, &raw, None)?;
     println!("\n== 2. init a warehouse (catalog, OMOP table policies, new pseudonymization key)");
     let data = root.join("data");
     let key_file = root.join("steward.key");
-    let report = Warehouse::init(&data, Some(&key_file), None)?;
+    let report = Warehouse::init_on(&data, Some(&key_file), None, store.as_ref())?;
     println!("warehouse {}, key {}", report.data_dir.display(), report.key_file.display());
     println!("\n== 3. ingest every table: validate, pseudonymize, generalize, write Parquet, commit");
     let mut wh = Warehouse::open(&data)?;
+    println!("Parquet files: {}", wh.store.describe(&data));
     let key = wh.key(None)?;
     let args = IngestArgs { format: None, cdm_version: None, orphans: Orphans::Reject, allow_duplicate: false };
     for table in synth::TABLES {
@@ -86,6 +121,10 @@ pub fn run(patients: u64, seed: u64, keep: bool) -> Result<()> {
     let p = Governance::open(&data)?.create_project(&local_actor(), "diabetes-demo", 3.0, 1e-6, &tables, &known)?;
     println!("project {} with ε {} on {}", p.name, p.epsilon, p.tables.join(", "));
     let mut ledger = Ledger::open(&data)?;
+    if let Some(c) = &nodes {
+        wh.cluster = Some(secretum_engine::cluster::Cluster::parse(&c.url())?);
+        println!("queries execute on the cluster {} (analysis, the ledger, noise and audit stay here)", c.url());
+    }
     let rt = runtime()?;
     let ask = |sql: &str, epsilon: f64| QueryRequest {
         actor: local_actor(),
@@ -106,6 +145,11 @@ pub fn run(patients: u64, seed: u64, keep: bool) -> Result<()> {
         Ok(_) => return Err(Error::internal("the demo's row-level query was answered: the allow-list is broken")),
         Err(e) => println!("{e}"),
     }
+    if let Some(c) = nodes {
+        println!("\n== stopping the cluster's scheduler and executors{}", if garage.is_some() { " and Garage" } else { "" });
+        drop(c);
+    }
+    drop(garage);
     if keep {
         let kept = dir.keep();
         println!("\nkept {}", kept.display());

@@ -265,6 +265,9 @@ fn footer(r: &Report) -> String {
             r.query_id.unwrap_or_default()
         )
     };
+    if r.executed_on.starts_with("cluster") {
+        s.push_str(&format!("; executed on the {}", r.executed_on));
+    }
     if let Some(e) = r.epsilon_needed {
         s.push_str(&format!("\nε needed for the asked accuracy: {e:.6}"));
     }
@@ -347,6 +350,7 @@ mod tests {
             suppression_threshold: 0,
             notes: vec![],
             query_id: Some(7),
+            executed_on: "this node".into(),
             epsilon_needed: None,
             replay_of: None,
             zcdp: None,

@@ -13,10 +13,13 @@
 //! - [`dp`]: differentially-private answers to researcher SQL.
 //! - [`synth`]: deterministic synthetic raw extracts for demos, tests and benches.
 //! - [`warehouse`]: one data directory: layout, schemas, catalog.
+//! - [`store`]: where the Parquet files are (the data directory or an object store).
+//! - [`cluster`]: execution of the bounded plans on a Ballista cluster.
 
 pub mod audit;
 pub mod budget;
 pub mod catalog;
+pub mod cluster;
 pub mod db;
 pub mod dp;
 pub mod error;

@@ -15,6 +15,8 @@ pub struct Warehouse {
     pub catalog: Catalog,
     /// Where the Parquet files are: the data directory, or an object store.
     pub store: Store,
+    /// Where the bounded plans run: here, or on a Ballista cluster (`serve --cluster`).
+    pub cluster: Option<crate::cluster::Cluster>,
     /// The schemas with concept domains resolved from the loaded vocabulary (see
     /// [`crate::vocabulary::resolve_domains`]); shared by the warehouses a server opens.
     resolved: std::sync::Arc<DomainCache>,
@@ -118,13 +120,13 @@ impl Warehouse {
         let schemas = Schemas::load_dir(&layout.schemas())?;
         let catalog = Catalog::open(&layout.database())?;
         let store = Store::open(&catalog)?;
-        Ok(Warehouse { layout, schemas, catalog, store, resolved: Default::default() })
+        Ok(Warehouse { layout, schemas, catalog, store, cluster: None, resolved: Default::default() })
     }
 
     /// A warehouse from parts already opened (a server's: one layout and schemas, a catalog
     /// connection per request, one domain cache).
     pub fn from_parts(layout: Layout, schemas: Schemas, catalog: Catalog, store: Store, cache: std::sync::Arc<DomainCache>) -> Warehouse {
-        Warehouse { layout, schemas, catalog, store, resolved: cache }
+        Warehouse { layout, schemas, catalog, store, cluster: None, resolved: cache }
     }
 
     /// The cache of resolved domains, to share with warehouses made [`Warehouse::from_parts`].

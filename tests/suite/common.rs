@@ -146,3 +146,53 @@ pub fn releases(p: &secretum_engine::dp::Prepared, exact: &[f64], truth: f64, sc
     }
     (z, covered as f64 / RELEASES as f64)
 }
+
+/// The `garage` binary: the machine's (`SECRETUM_GARAGE`, a Garage 2.x on the PATH), else one
+/// built once per machine into the user's cache (`cargo install garage`: 15 to 25 minutes on two
+/// cores the first time, nothing after). One test builds it; the others wait for its lock.
+pub fn garage_binary() -> PathBuf {
+    use secretum_api::local::{GARAGE_VERSION, find_garage, garage_cache_root};
+    use std::time::{Duration, Instant};
+    if let Some(bin) = find_garage() {
+        return bin;
+    }
+    let root = garage_cache_root();
+    let bin = root.join("bin/garage");
+    let cache = root.parent().unwrap().to_owned();
+    std::fs::create_dir_all(&cache).unwrap();
+    let lock = cache.join(format!("secretum-garage-{GARAGE_VERSION}.lock"));
+    loop {
+        match std::fs::File::create_new(&lock) {
+            Ok(_) => break,
+            Err(_) if bin.exists() => return bin,
+            Err(_) => std::thread::sleep(Duration::from_secs(2)),
+        }
+    }
+    if !bin.exists() {
+        let started = Instant::now();
+        eprintln!("building Garage {GARAGE_VERSION} into {} (once per machine; 15 to 25 minutes on two cores)", root.display());
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "garage",
+                "--version",
+                GARAGE_VERSION,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "sqlite,bundled-libs",
+            ])
+            .arg("--root")
+            .arg(&root)
+            .env("CARGO_TARGET_DIR", cache.join("secretum-garage-build"))
+            .status()
+            .expect("run cargo install garage");
+        let _ = std::fs::remove_file(&lock);
+        assert!(status.success(), "cargo install garage failed");
+        eprintln!("built Garage in {:.0} s", started.elapsed().as_secs_f64());
+        let _ = std::fs::remove_dir_all(cache.join("secretum-garage-build"));
+    } else {
+        let _ = std::fs::remove_file(&lock);
+    }
+    bin
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests: real files, real SQLite, real Parquet, the real `secretum` binary.
 
 mod accounting;
+mod cluster;
 mod cohorts;
 mod common;
 mod console;

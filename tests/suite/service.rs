@@ -115,7 +115,7 @@ fn get(s: &Server, path: &str, token: &str) -> Reply {
     call("GET", &format!("{}{path}", s.url), Some(token), None, None)
 }
 
-fn post(s: &Server, path: &str, token: &str, body: Value) -> Reply {
+pub(crate) fn post(s: &Server, path: &str, token: &str, body: Value) -> Reply {
     call("POST", &format!("{}{path}", s.url), Some(token), Some(&body), None)
 }
 
@@ -137,20 +137,20 @@ pub(crate) fn warehouse(patients: u64) -> Fixture {
 }
 
 /// Lift the warehouse-wide per-patient cap (default ε 10) for tests that spend in a loop.
-fn generous_policy(data: &Path) {
+pub(crate) fn generous_policy(data: &Path) {
     let o = secretum(&["--data-dir", data.to_str().unwrap(), "policy", "set", "--patient-epsilon-cap", "1000000"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-struct Tokens {
+pub(crate) struct Tokens {
     admin: String,
-    steward: String,
-    alice: String,
+    pub(crate) steward: String,
+    pub(crate) alice: String,
     bob: String,
     carol: String,
 }
 
-fn accounts(data: &Path) -> Tokens {
+pub(crate) fn accounts(data: &Path) -> Tokens {
     Tokens {
         admin: user(data, "root", "admin"),
         steward: user(data, "sue", "steward"),
@@ -173,7 +173,7 @@ fn request_body(epsilon: f64) -> Value {
 }
 
 /// Request as alice and approve as the steward; returns the project id.
-fn approved_project(s: &Server, t: &Tokens, epsilon: f64) -> i64 {
+pub(crate) fn approved_project(s: &Server, t: &Tokens, epsilon: f64) -> i64 {
     let r = post(s, "/v1/projects", &t.alice, request_body(epsilon));
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let id = r.json()["id"].as_i64().unwrap();

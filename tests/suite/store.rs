@@ -1,15 +1,13 @@
 //! A warehouse whose Parquet files live in an S3-compatible object store: Garage, run as its own
 //! process on loopback with a one-node layout, a bucket and a key made through its CLI.
 //!
-//! Garage comes from the machine (`garage` 2.x on the PATH, or `SECRETUM_GARAGE`), else it is
-//! built once into `~/.cache/secretum-garage-<version>` (`cargo install garage`; about 15 to 25
-//! minutes on two cores the first time, nothing after).
+//! Garage comes from [`crate::common::garage_binary`].
 
 use crate::common::rt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
+use secretum_api::local::Garage;
 use secretum_engine::Warehouse;
 use secretum_engine::budget::Ledger;
 use secretum_engine::dp::{self, Noise, QueryRequest};
@@ -18,184 +16,13 @@ use secretum_engine::governance::{Governance, PolicyUpdate};
 use secretum_engine::ingest::{self, IngestOptions};
 use secretum_engine::store::{Store, StoreConfig};
 
-const GARAGE_VERSION: &str = "2.5.0";
-
-/// The `garage` binary: the operator's, or one built once per machine.
-fn garage_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("SECRETUM_GARAGE") {
-        return PathBuf::from(p);
-    }
-    if let Ok(out) = Command::new("garage").arg("--version").output()
-        && String::from_utf8_lossy(&out.stdout).contains(" 2.")
-    {
-        return PathBuf::from("garage");
-    }
-    let home = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()));
-    let root = home.join(format!(".cache/secretum-garage-{GARAGE_VERSION}"));
-    let bin = root.join("bin/garage");
-    if bin.exists() {
-        return bin;
-    }
-    // One test builds it; others wait for the lock.
-    std::fs::create_dir_all(home.join(".cache")).unwrap();
-    let lock = home.join(format!(".cache/secretum-garage-{GARAGE_VERSION}.lock"));
-    loop {
-        match std::fs::File::create_new(&lock) {
-            Ok(_) => break,
-            Err(_) if bin.exists() => return bin,
-            Err(_) => std::thread::sleep(Duration::from_secs(2)),
-        }
-    }
-    if !bin.exists() {
-        let started = Instant::now();
-        eprintln!("building Garage {GARAGE_VERSION} into {} (once per machine; 15 to 25 minutes on two cores)", root.display());
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "install",
-                "garage",
-                "--version",
-                GARAGE_VERSION,
-                "--locked",
-                "--no-default-features",
-                "--features",
-                "sqlite,bundled-libs",
-            ])
-            .arg("--root")
-            .arg(&root)
-            .env("CARGO_TARGET_DIR", home.join(".cache/secretum-garage-build"))
-            .status()
-            .expect("run cargo install garage");
-        let _ = std::fs::remove_file(&lock);
-        assert!(status.success(), "cargo install garage failed");
-        eprintln!("built Garage in {:.0} s", started.elapsed().as_secs_f64());
-        let _ = std::fs::remove_dir_all(home.join(".cache/secretum-garage-build"));
-    } else {
-        let _ = std::fs::remove_file(&lock);
-    }
-    bin
+fn set_mode_600(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Two distinct ports free when asked (both held while the second is chosen).
-fn free_ports() -> (u16, u16) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
-}
-
-/// A one-node Garage on loopback with a bucket `secretum` and a key allowed on it.
-pub struct Garage {
-    child: Child,
-    config: PathBuf,
-    bin: PathBuf,
-    pub endpoint: String,
-    pub credentials: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Garage {
-    /// Start Garage and make its layout, bucket and key. A port taken by another test between
-    /// its choice and Garage's bind makes Garage exit: it is started again on other ports.
-    pub fn start() -> Garage {
-        let bin = garage_binary();
-        for _ in 0..3 {
-            if let Some(g) = Garage::try_start(&bin) {
-                return g;
-            }
-        }
-        panic!("garage did not start on three pairs of ports");
-    }
-
-    fn try_start(bin: &Path) -> Option<Garage> {
-        let bin = bin.to_owned();
-        let dir = tempfile::tempdir().unwrap();
-        let (rpc, s3) = free_ports();
-        let secret: String = (0..32).map(|i| format!("{:02x}", (i * 37 + rpc as usize) % 256)).collect();
-        let config = dir.path().join("garage.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "metadata_dir = \"{m}\"\ndata_dir = \"{d}\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\n\
-                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
-                 [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n",
-                m = dir.path().join("meta").display(),
-                d = dir.path().join("data").display(),
-            ),
-        )
-        .unwrap();
-        set_mode_600(&config);
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
-            .spawn()
-            .expect("start garage");
-        let mut g =
-            Garage { child, config, bin, endpoint: format!("http://127.0.0.1:{s3}"), credentials: dir.path().join("s3.toml"), _dir: dir };
-        let started = Instant::now();
-        let node = loop {
-            let out = g.cli(&["node", "id", "-q"]);
-            if let Ok(id) = out {
-                break id.trim().split('@').next().unwrap().to_owned();
-            }
-            if g.child.try_wait().ok().flatten().is_some() {
-                return None;
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "garage did not start");
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]).unwrap();
-        g.cli(&["layout", "apply", "--version", "1"]).unwrap();
-        g.cli(&["bucket", "create", "secretum"]).unwrap();
-        let key = g.cli(&["key", "create", "secretum-test"]).unwrap();
-        let field = |name: &str| {
-            key.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_else(|| panic!("no {name} in {key}"))
-        };
-        let (id, secret) = (field("Key ID:"), field("Secret key:"));
-        g.cli(&["bucket", "allow", "--read", "--write", "--owner", "secretum", "--key", "secretum-test"]).unwrap();
-        std::fs::write(&g.credentials, format!("access_key_id = \"{id}\"\nsecret_access_key = \"{secret}\"\n")).unwrap();
-        set_mode_600(&g.credentials);
-        Some(g)
-    }
-
-    fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(&self.bin).arg("-c").arg(&self.config).args(args).output().map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    pub fn config(&self, prefix: &str) -> StoreConfig {
-        StoreConfig {
-            url: format!("s3://secretum/{prefix}"),
-            endpoint: Some(self.endpoint.clone()),
-            region: Some("garage".into()),
-            credentials_file: Some(self.credentials.clone()),
-        }
-    }
-
-    pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Garage {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn set_mode_600(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn exact(wh: &Warehouse, sql: &str) -> arrow::record_batch::RecordBatch {
@@ -221,7 +48,7 @@ fn objects(s: &Store, prefix: &str) -> Vec<String> {
 
 #[test]
 fn a_warehouse_on_an_object_store_answers_like_one_on_local_disk_and_commits_all_or_nothing() {
-    let mut garage = Garage::start();
+    let mut garage = Garage::start(&crate::common::garage_binary()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("raw");
     secretum_engine::synth::generate(300, 11, &raw, None).unwrap();

@@ -40,6 +40,8 @@ pub struct Config {
     pub max_queries: usize,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The cluster that executes the bounded plans (`df://host:port`); none: this node.
+    pub cluster: Option<String>,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             max_queries: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2,
             tls_cert: None,
             tls_key: None,
+            cluster: None,
         }
     }
 }
@@ -80,6 +83,7 @@ struct Inner {
     layout: Layout,
     schemas: Schemas,
     store: secretum_engine::store::Store,
+    cluster: Option<secretum_engine::cluster::Cluster>,
     domains: Arc<secretum_engine::warehouse::DomainCache>,
     config: Config,
     limiter: RateLimiter,
@@ -89,6 +93,7 @@ struct Inner {
 impl AppState {
     pub fn new(config: Config) -> Result<AppState> {
         // Opening the warehouse checks that it exists and that its schemas load.
+        let cluster = config.cluster.as_deref().map(secretum_engine::cluster::Cluster::parse).transpose()?;
         let wh = Warehouse::open(&config.data_dir)?;
         Ok(AppState {
             inner: Arc::new(Inner {
@@ -96,6 +101,7 @@ impl AppState {
                 warehouses: Mutex::new(Vec::new()),
                 domains: wh.domain_cache(),
                 store: wh.store.clone(),
+                cluster,
                 layout: wh.layout,
                 schemas: wh.schemas,
                 limiter: RateLimiter::new(config.rate_limit, config.rate_burst),
@@ -128,13 +134,17 @@ impl AppState {
     pub fn warehouse(&self) -> Result<Lease<Warehouse>> {
         let wh = match lock(&self.inner.warehouses).pop() {
             Some(w) => w,
-            None => Warehouse::from_parts(
-                self.inner.layout.clone(),
-                self.inner.schemas.clone(),
-                Catalog::open(&self.inner.layout.database())?,
-                self.inner.store.clone(),
-                self.inner.domains.clone(),
-            ),
+            None => {
+                let mut wh = Warehouse::from_parts(
+                    self.inner.layout.clone(),
+                    self.inner.schemas.clone(),
+                    Catalog::open(&self.inner.layout.database())?,
+                    self.inner.store.clone(),
+                    self.inner.domains.clone(),
+                );
+                wh.cluster = self.inner.cluster.clone();
+                wh
+            }
         };
         Ok(Lease::new(self, wh, |st, w| {
             let idle = w.catalog.connection().is_autocommit();

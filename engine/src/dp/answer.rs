@@ -61,6 +61,10 @@ pub struct Report {
     pub notes: Vec<String>,
     /// The ledger entry that charged this answer (none for a dry run).
     pub query_id: Option<i64>,
+    /// Where the bounded plans ran (for a dry run, where they would run): `this node`, or
+    /// `cluster df://host:port` for a service started with `--cluster`.
+    #[serde(default)]
+    pub executed_on: String,
     /// For `target_ci`: the ε that gives the asked accuracy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epsilon_needed: Option<f64>,

@@ -141,6 +141,7 @@ impl Prepared {
             suppression_threshold: self.policy.suppression_threshold,
             notes: Vec::new(),
             query_id: None,
+            executed_on: session::ran_on(&self.ctx),
             epsilon_needed: None,
             replay_of: None,
             // Dry runs say the ρ the query would spend.
@@ -198,7 +199,7 @@ impl Prepared {
         // Exact components over the bounded relation: integers (counts, fixed-point sums).
         let mut exact: HashMap<Vec<ScalarValue>, Vec<i64>> = HashMap::new();
         if let Some(plan) = &plans.exact {
-            for batch in datafusion::physical_plan::collect(plan.clone(), self.ctx.task_ctx()).await? {
+            for batch in session::collect(&self.ctx, plan.clone()).await? {
                 for row in 0..batch.num_rows() {
                     let values = (0..plans.exact_comps.len()).map(|c| integer_at(batch.column(nkeys + c), row)).collect();
                     exact.insert(key_of(&batch, row)?, values);
@@ -226,7 +227,7 @@ impl Prepared {
         let mut noisy = release.noise(&keys, &exact, &plans.exact_comps, noise)?;
         for (i, plan) in &plans.quantiles {
             let mut values: HashMap<Vec<ScalarValue>, Vec<f64>> = HashMap::new();
-            for batch in datafusion::physical_plan::collect(plan.clone(), self.ctx.task_ctx()).await? {
+            for batch in session::collect(&self.ctx, plan.clone()).await? {
                 for row in 0..batch.num_rows() {
                     if let Some(v) = float_at(batch.column(nkeys), row).filter(|v| v.is_finite()) {
                         values.entry(key_of(&batch, row)?).or_default().push(v);
@@ -359,6 +360,13 @@ pub async fn run(wh: &Warehouse, ledger: &mut Ledger, req: &QueryRequest, noise:
         let digest = answer.digest()?;
         audit::append(ledger.connection_mut(), &event(req, "query.dry_run", "ok", detail, Some(&digest)))?;
         return Ok(answer);
+    }
+    // A cluster that does not answer now would fail the query after its debit: ask it first.
+    if let Some(cluster) = &wh.cluster
+        && let Err(e) = cluster.probe().await
+    {
+        audit_unanswered(ledger, req, &e)?;
+        return Err(e);
     }
     let charge = Charge {
         actor: &req.actor,

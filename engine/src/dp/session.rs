@@ -13,7 +13,7 @@ use datafusion::catalog::{MemTable, Session as PlanningSession, TableProvider};
 use datafusion::common::stats::{Precision, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::datasource::physical_plan::{FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
@@ -97,6 +97,9 @@ fn register(wh: &Warehouse, tables: &[String]) -> Result<Session> {
     };
     // One memory pool per query (a session serves one query): spilling operators spill to the
     // system's temporary directory when it is full (see the module documentation of `dp`).
+    if let Some(cluster) = &wh.cluster {
+        config = crate::cluster::configure(config).with_extension(Arc::new(OnCluster(cluster.clone())));
+    }
     let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(query_memory_limit()))).build()?;
     runtime.cache_manager = files;
     wh.store.register(&runtime)?;
@@ -141,14 +144,7 @@ fn provider(wh: &Warehouse, t: &str) -> Result<(Arc<dyn TableProvider>, Option<u
         for f in &files {
             urls.push(wh.store.table_url(&wh.layout.root, &f.path)?);
         }
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
-        let listing: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(config)?);
-        Arc::new(Counted {
-            inner: listing,
-            rows: files.iter().map(|f| f.rows as usize).sum(),
-            bytes: files.iter().map(|f| f.bytes as usize).sum(),
-        })
+        Counted::over(urls, schema, files.iter().map(|f| f.rows as usize).sum(), files.iter().map(|f| f.bytes as usize).sum())?
     };
     Ok((provider, rows))
 }
@@ -164,11 +160,53 @@ fn provider(wh: &Warehouse, t: &str) -> Result<(Arc<dyn TableProvider>, Option<u
 /// without reading it, as it would from footers, and sizes its joins from the real row counts.
 /// The value enters the plan, never a message: planning cannot fail on it, and it is released
 /// only as the exact component of a charged release, like any count computed by a scan.
+///
+/// On a cluster ([`crate::cluster`]) it travels as its file list and counts ([`Counted::encode`])
+/// and the scheduler plans the same scan over the same files.
 #[derive(Debug)]
-struct Counted {
+pub struct Counted {
     inner: Arc<dyn TableProvider>,
+    urls: Vec<ListingTableUrl>,
     rows: usize,
     bytes: usize,
+}
+
+/// What a [`Counted`] table is, on its way to a cluster's scheduler.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CountedParts {
+    urls: Vec<String>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl Counted {
+    /// The table over exactly these files (Parquet, with the table's stored schema).
+    pub fn over(
+        urls: Vec<ListingTableUrl>,
+        schema: arrow::datatypes::SchemaRef,
+        rows: usize,
+        bytes: usize,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls.clone()).with_listing_options(options).with_schema(schema);
+        Ok(Arc::new(Counted { inner: Arc::new(ListingTable::try_new(config)?), urls, rows, bytes }))
+    }
+
+    /// The bytes a cluster node rebuilds this table from (`None` for another provider).
+    pub fn encode(provider: &dyn TableProvider) -> Option<Vec<u8>> {
+        let any: &dyn std::any::Any = provider;
+        let c = any.downcast_ref::<Counted>()?;
+        let parts = CountedParts { urls: c.urls.iter().map(|u| u.to_string()).collect(), rows: c.rows, bytes: c.bytes };
+        serde_json::to_vec(&parts).ok()
+    }
+
+    /// The table [`Counted::encode`] encoded, with the schema the plan gives it.
+    pub fn decode(buf: &[u8], schema: arrow::datatypes::SchemaRef) -> std::result::Result<Arc<dyn TableProvider>, String> {
+        let parts: CountedParts = serde_json::from_slice(buf).map_err(|e| format!("not a secretum table: {e}"))?;
+        let urls =
+            parts.urls.iter().map(|u| ListingTableUrl::parse(u).map_err(|e| e.to_string())).collect::<std::result::Result<Vec<_>, _>>()?;
+        Counted::over(urls, schema, parts.rows, parts.bytes).map_err(|e| e.to_string())
+    }
 }
 
 #[async_trait::async_trait]
@@ -247,11 +285,50 @@ pub fn plan_error(e: DataFusionError) -> Error {
 
 /// Optimize a plan that will read data, check that every expression in it is total, and plan
 /// it physically: all before the debit, from the plan alone.
+///
+/// On a cluster, the physical plan is the cluster's job over the same optimized, checked plan
+/// (see [`crate::cluster`]); it is encoded here once, so that a plan the cluster could not be
+/// given fails before the debit.
 pub async fn physical(ctx: &SessionContext, plan: LogicalPlan) -> Result<Arc<dyn ExecutionPlan>> {
     let state = ctx.state();
     let optimized = state.optimize(&plan).map_err(plan_error)?;
     total::check_total(&optimized)?;
-    state.query_planner().create_physical_plan(&optimized, &state).await.map_err(plan_error)
+    let planner = match state.config().get_extension::<OnCluster>() {
+        Some(on) => {
+            crate::cluster::Cluster::check_encodable(&optimized)?;
+            on.0.planner()
+        }
+        None => state.query_planner().clone(),
+    };
+    planner.create_physical_plan(&optimized, &state).await.map_err(plan_error)
+}
+
+/// The cluster a session's plans run on (a session without it runs them here).
+struct OnCluster(crate::cluster::Cluster);
+
+/// Run a physical plan [`physical`] made and collect its batches: here, or as a job on the
+/// cluster, which fails after [`crate::cluster::job_timeout`] if the cluster does not finish it.
+pub async fn collect(ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<arrow::record_batch::RecordBatch>> {
+    let run = datafusion::physical_plan::collect(plan, ctx.task_ctx());
+    if ctx.state().config().get_extension::<OnCluster>().is_none() {
+        return Ok(run.await?);
+    }
+    let limit = crate::cluster::job_timeout();
+    match tokio::time::timeout(limit, run).await {
+        Ok(batches) => Ok(batches?),
+        Err(_) => Err(Error::DataFusion(DataFusionError::ResourcesExhausted(format!(
+            "the cluster did not finish the job within {} s",
+            limit.as_secs()
+        )))),
+    }
+}
+
+/// Where a session's plans run, as the release report says it.
+pub fn ran_on(ctx: &SessionContext) -> String {
+    match ctx.state().config().get_extension::<OnCluster>() {
+        Some(on) => format!("cluster {}", on.0.url()),
+        None => "this node".to_owned(),
+    }
 }
 
 /// What kind of failure an execution error is, without its text (which could quote a value).

@@ -693,6 +693,91 @@ fn not_total(e: &Expr) -> Option<String> {
 }
 
 /// Whether a scalar function is one of our total kernels.
+/// A kernel's parameters, as they travel to the nodes of a cluster ([`crate::cluster`]): a
+/// kernel is known by its parameters (a clamp by its bounds, a cast by its type), which its
+/// name alone does not carry, so the nodes rebuild exactly the function the API node checked.
+/// An admitted DataFusion function travels by its name and is looked up among DataFusion's
+/// own functions on the node that decodes it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Kernel {
+    Clamp { lo: u64, hi: u64 },
+    FixedPoint { centre: u64, unit: u64, square: bool },
+    Arithmetic { op: String, out: String },
+    Temporal { op: String, out: String },
+    Negate { ty: String },
+    Concat,
+    Cast { to: String },
+    Pattern { similar: bool, negated: bool, insensitive: bool },
+    Total { inner: String },
+}
+
+fn op_code(op: Operator) -> String {
+    op.to_string()
+}
+
+fn op_of(code: &str) -> Option<Operator> {
+    [Operator::Plus, Operator::Minus, Operator::Multiply, Operator::Divide, Operator::Modulo].into_iter().find(|o| o.to_string() == code)
+}
+
+/// The encoding of one of our kernels (`None` for a function that is not ours).
+pub fn encode_kernel(f: &ScalarUDF) -> Option<Vec<u8>> {
+    let any: &dyn Any = f.inner().as_ref();
+    let k = if let Some(k) = any.downcast_ref::<Clamp>() {
+        Kernel::Clamp { lo: k.lo, hi: k.hi }
+    } else if let Some(k) = any.downcast_ref::<FixedPoint>() {
+        Kernel::FixedPoint { centre: k.centre, unit: k.unit, square: k.square }
+    } else if let Some(k) = any.downcast_ref::<Arithmetic>() {
+        Kernel::Arithmetic { op: op_code(k.op), out: k.out.to_string() }
+    } else if let Some(k) = any.downcast_ref::<Temporal>() {
+        Kernel::Temporal { op: op_code(k.op), out: k.out.to_string() }
+    } else if let Some(k) = any.downcast_ref::<Negate>() {
+        Kernel::Negate { ty: k.ty.to_string() }
+    } else if any.is::<Concat>() {
+        Kernel::Concat
+    } else if let Some(k) = any.downcast_ref::<TotalCast>() {
+        Kernel::Cast { to: k.to.to_string() }
+    } else if let Some(k) = any.downcast_ref::<Pattern>() {
+        Kernel::Pattern { similar: k.kind == PatternKind::Similar, negated: k.negated, insensitive: k.insensitive }
+    } else if let Some(k) = any.downcast_ref::<Total>() {
+        Kernel::Total { inner: k.inner.name().to_owned() }
+    } else {
+        return None;
+    };
+    serde_json::to_vec(&k).ok()
+}
+
+/// The kernel [`encode_kernel`] encoded. Fails on bytes it did not write, and on a wrapped
+/// function this build of DataFusion does not have.
+pub fn decode_kernel(buf: &[u8]) -> std::result::Result<Arc<ScalarUDF>, String> {
+    let k: Kernel = serde_json::from_slice(buf).map_err(|e| format!("not a secretum kernel: {e}"))?;
+    let ty = |s: &str| s.parse::<DataType>().map_err(|e| format!("kernel type {s:?}: {e}"));
+    let op = |s: &str| op_of(s).ok_or_else(|| format!("kernel operator {s:?}"));
+    let f: Arc<ScalarUDF> = match k {
+        Kernel::Clamp { lo, hi } => Arc::new(ScalarUDF::new_from_impl(Clamp::new(f64::from_bits(lo), f64::from_bits(hi)))),
+        Kernel::FixedPoint { centre, unit, square } => {
+            Arc::new(ScalarUDF::new_from_impl(FixedPoint::new(f64::from_bits(centre), f64::from_bits(unit), square)))
+        }
+        Kernel::Arithmetic { op: o, out } => Arc::new(ScalarUDF::new_from_impl(Arithmetic::new(op(&o)?, ty(&out)?))),
+        Kernel::Temporal { op: o, out } => Arc::new(ScalarUDF::new_from_impl(Temporal::new(op(&o)?, ty(&out)?))),
+        Kernel::Negate { ty: t } => Arc::new(ScalarUDF::new_from_impl(Negate::new(ty(&t)?))),
+        Kernel::Concat => Arc::new(ScalarUDF::new_from_impl(Concat::new())),
+        Kernel::Cast { to } => Arc::new(ScalarUDF::new_from_impl(TotalCast::new(ty(&to)?))),
+        Kernel::Pattern { similar, negated, insensitive } => Arc::new(ScalarUDF::new_from_impl(Pattern::new(
+            if similar { PatternKind::Similar } else { PatternKind::Like },
+            negated,
+            insensitive,
+        ))),
+        Kernel::Total { inner } => {
+            let f = datafusion::functions::all_default_functions()
+                .into_iter()
+                .find(|f| f.name() == inner || f.aliases().iter().any(|a| a == &inner))
+                .ok_or_else(|| format!("function {inner} is not in this build"))?;
+            Arc::new(ScalarUDF::new_from_impl(Total::new(f)))
+        }
+    };
+    Ok(f)
+}
+
 fn is_ours(f: &ScalarUDF) -> bool {
     let any: &dyn Any = f.inner().as_ref();
     any.is::<Total>()
