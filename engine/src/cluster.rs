@@ -379,15 +379,80 @@ fn ballista_error(e: ballista_core::error::BallistaError) -> Error {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::listing::ListingTableUrl;
+    use datafusion::execution::context::SessionContext;
+    use datafusion_proto::bytes::{
+        logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
+        physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+    };
 
     #[test]
     fn cluster_addresses() {
         assert_eq!(Cluster::parse("df://10.0.0.7:50050").unwrap().url(), "df://10.0.0.7:50050");
         assert_eq!(Cluster::parse("df://scheduler").unwrap().url(), "df://scheduler:50050");
         assert_eq!(Cluster::parse("df://scheduler:6000/").unwrap().url(), "df://scheduler:6000");
-        for bad in ["http://x:1", "df://", "df://x:port", "df://u@x:1", "df://x:1/path"] {
+        for bad in ["http://x:1", "df://", "df://x:port", "df://u@x:1", "df://x:1/path", "df://::1:5"] {
             assert!(matches!(Cluster::parse(bad), Err(Error::BadRequest(_))), "{bad}");
         }
+    }
+
+    /// A bounded plan of ours (our table, our kernels, made total) goes to a scheduler as a
+    /// logical plan and to executors as physical plans: decoded on a node that knows nothing of
+    /// the query, each computes what the API node's plan computes.
+    #[tokio::test]
+    async fn a_bounded_plan_computes_the_same_after_its_trip_to_the_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true), Field::new("v", DataType::Float64, true)]));
+        let ids = Int64Array::from_iter((0..500).map(|i| (i % 17 != 0).then_some(i)));
+        let vs = Float64Array::from_iter((0..500).map(|i| (i % 13 != 0).then_some(i as f64 / 7.0 - 20.0)));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(vs)]).unwrap();
+        let path = dir.path().join("t.parquet");
+        let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema.clone(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let bytes = std::fs::metadata(&path).unwrap().len() as usize;
+        let url = ListingTableUrl::parse(path.to_str().unwrap()).unwrap();
+        let table = Counted::over(vec![url], schema, 500, bytes).unwrap();
+
+        let api = SessionContext::new_with_config(configure(SessionConfig::new()));
+        api.register_table("t", table).unwrap();
+        let sql = "SELECT id % 3 AS k, COUNT(*) AS n, SUM(v * 2 + 1) AS s, MAX(CAST(id AS DOUBLE) / 7) AS m FROM t WHERE v > -5 GROUP BY 1";
+        let state = api.state();
+        let plan = api.sql(sql).await.unwrap().into_unoptimized_plan();
+        let plan = state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {}).unwrap();
+        let plan = state.optimize(&total::make_total(plan).unwrap()).unwrap();
+        total::check_total(&plan).unwrap();
+        // The rows as a set of lines (partitions can give them in any order).
+        let sorted = |b: Vec<RecordBatch>| {
+            datafusion::arrow::util::pretty::pretty_format_batches(&b)
+                .unwrap()
+                .to_string()
+                .lines()
+                .map(str::to_owned)
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let here = api.execute_logical_plan(plan.clone()).await.unwrap().collect().await.unwrap();
+
+        // The scheduler's side: the logical plan, decoded where no table is registered.
+        let node = SessionContext::new();
+        let sent = logical_plan_to_bytes_with_extension_codec(&plan, &LogicalCodec::default()).unwrap();
+        let received = logical_plan_from_bytes_with_extension_codec(&sent, &node.task_ctx(), &LogicalCodec::default()).unwrap();
+        let there = node.execute_logical_plan(received).await.unwrap().collect().await.unwrap();
+        assert_eq!(sorted(there), sorted(here.clone()));
+
+        // The executors' side: the physical plan.
+        let physical = state.create_physical_plan(&plan).await.unwrap();
+        let sent = physical_plan_to_bytes_with_extension_codec(physical, &PhysicalCodec::default()).unwrap();
+        let received = physical_plan_from_bytes_with_extension_codec(&sent, &node.task_ctx(), &PhysicalCodec::default()).unwrap();
+        let there = datafusion::physical_plan::collect(received, node.task_ctx()).await.unwrap();
+        assert_eq!(sorted(there), sorted(here));
+
+        // Without our codec, the plan cannot be sent at all (its kernels and table are ours).
+        assert!(logical_plan_to_bytes_with_extension_codec(&plan, &BallistaLogicalExtensionCodec::default()).is_err());
+        assert!(Cluster::check_encodable(&plan).is_ok());
     }
 }

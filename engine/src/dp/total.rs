@@ -1306,6 +1306,65 @@ mod tests {
         }
     }
 
+    /// Every kernel a total plan can hold travels to a cluster's nodes and comes back as the same
+    /// function (same parameters), which computes the same values on the extreme table.
+    #[tokio::test]
+    async fn every_kernel_survives_its_encoding_for_a_cluster() {
+        let ctx = extreme_table();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut queries: Vec<String> = FUNCTIONS
+            .iter()
+            .map(|entry| {
+                let mut sql = entry.sql.to_owned();
+                for (i, kind) in entry.args.iter().enumerate() {
+                    sql = sql.replace(&format!("{{{i}}}"), column_of(*kind));
+                }
+                format!("SELECT {sql} AS v FROM x")
+            })
+            .collect();
+        queries.push("SELECT i AS v FROM x".into());
+        for query in queries {
+            let df = ctx.sql(&query).await.unwrap();
+            let state = ctx.state();
+            let plan = state.analyzer().execute_and_check(df.logical_plan().clone(), state.config_options(), |_, _| {}).unwrap();
+            let mut total = make_total(plan).unwrap();
+            if query == "SELECT i AS v FROM x" {
+                // The release's own kernels: a clamp and a fixed-point sum.
+                let input = Arc::new(total);
+                let clamped = fixed_point(clamp(Expr::Column(datafusion::common::Column::from_name("v")), (-2.5, 7.25)), 0.5, 0.01, true);
+                total = LogicalPlan::Projection(datafusion::logical_expr::Projection::try_new(vec![clamped.alias("v")], input).unwrap());
+            }
+            let expected = ctx.execute_logical_plan(total.clone()).await.unwrap().collect().await.unwrap();
+            let travelled = total
+                .transform_up(|node| {
+                    node.map_expressions(|e| {
+                        e.transform_up(|e| match e {
+                            Expr::ScalarFunction(ScalarFunction { func, args }) if is_ours(&func) => {
+                                let bytes = encode_kernel(&func).expect("ours");
+                                let back = decode_kernel(&bytes).unwrap_or_else(|e| panic!("{query}: {e}"));
+                                assert_eq!(*back, *func, "{query}: {} came back different", func.name());
+                                seen.insert(func.name().to_owned());
+                                Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction { func: back, args })))
+                            }
+                            other => Ok(Transformed::no(other)),
+                        })
+                    })
+                })
+                .unwrap()
+                .data;
+            let got = ctx.execute_logical_plan(travelled).await.unwrap().collect().await.unwrap();
+            assert_eq!(got, expected, "{query}");
+        }
+        for kernel in
+            ["clamp", "fixed_point", "total_add", "total_date_add", "total_neg", "total_concat", "total_cast", "total_like", "total_abs"]
+        {
+            assert!(seen.iter().any(|s| s.starts_with(kernel)), "no {kernel} among {seen:?}");
+        }
+        assert!(encode_kernel(&ScalarUDF::new_from_impl(datafusion::functions::math::abs::AbsFunc::new())).is_none());
+        assert!(decode_kernel(b"{\"Total\":{\"inner\":\"no_such_function\"}}").is_err());
+        assert!(decode_kernel(b"not json").is_err());
+    }
+
     #[tokio::test]
     async fn kernels_give_null_where_sql_would_raise() {
         let ctx = extreme_table();
