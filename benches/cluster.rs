@@ -16,7 +16,6 @@ use criterion::{Criterion, criterion_group};
 use secretum_api::local::{Garage, LocalCluster, find_garage};
 use secretum_engine::Warehouse;
 use secretum_engine::budget::Ledger;
-use secretum_engine::cluster::Cluster;
 use secretum_engine::dp::{self, Noise, QueryRequest};
 
 mod common;
@@ -81,7 +80,7 @@ fn bench(c: &mut Criterion) {
                 .expect("cluster");
         let on = |data: &Path, cluster: Option<&LocalCluster>| {
             let mut wh = Warehouse::open(data).expect("open");
-            wh.cluster = cluster.map(|c| Cluster::parse(&c.url()).expect("url"));
+            wh.cluster = cluster.map(|c| c.cluster().expect("cluster"));
             wh
         };
         let mut results: Vec<[Vec<Duration>; 4]> = QUERIES.iter().map(|_| Default::default()).collect();

@@ -218,6 +218,11 @@ pub struct SchedulerArgs {
     /// again on the others.
     #[arg(long, default_value_t = 30)]
     pub executor_timeout: u64,
+    /// Accept jobs only from API nodes presenting this key (a file of mode 0600 holding one line
+    /// of at least 32 characters, e.g. from `openssl rand -hex 32`); give the same file to
+    /// `serve --cluster-key-file`.
+    #[arg(long, env = "SECRETUM_CLUSTER_KEY_FILE")]
+    pub cluster_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub store: NodeStoreArgs,
 }
@@ -407,6 +412,9 @@ pub struct ServeArgs {
     /// scheduler`); analysis, the ledger, noise and audit stay here.
     #[arg(long, env = "SECRETUM_CLUSTER", value_name = "df://HOST:PORT")]
     pub cluster: Option<String>,
+    /// The key the cluster's scheduler was started with (`scheduler --cluster-key-file`).
+    #[arg(long, env = "SECRETUM_CLUSTER_KEY_FILE", requires = "cluster")]
+    pub cluster_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -645,8 +653,15 @@ fn scheduler(args: SchedulerArgs) -> Result<()> {
         bind: args.bind,
         external_host: args.external_host.unwrap_or_else(|| args.bind.ip().to_string()),
         executor_timeout_secs: args.executor_timeout.max(2),
+        key: args.cluster_key_file.as_deref().map(secretum_engine::cluster::ClusterKey::load).transpose()?,
     };
-    eprintln!("secretum scheduler listening on {} (executors and API nodes: df://{}:{})", opts.bind, opts.external_host, opts.bind.port());
+    eprintln!(
+        "secretum scheduler listening on {} (executors and API nodes: df://{}:{}); {}",
+        opts.bind,
+        opts.external_host,
+        opts.bind.port(),
+        if opts.key.is_some() { "jobs only with the cluster key" } else { "no cluster key: jobs from whoever reaches this port" }
+    );
     node_runtime()?.block_on(secretum_engine::cluster::run_scheduler(opts, store))
 }
 
@@ -696,6 +711,9 @@ fn serve(data_dir: Option<PathBuf>, args: ServeArgs) -> Result<()> {
     config.max_queries = args.max_queries.unwrap_or(config.max_queries);
     if args.cluster.is_some() {
         config.cluster = args.cluster;
+    }
+    if args.cluster_key_file.is_some() {
+        config.cluster_key_file = args.cluster_key_file;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -122,7 +122,7 @@ pub fn run(patients: u64, seed: u64, keep: bool, cluster: bool) -> Result<()> {
     println!("project {} with ε {} on {}", p.name, p.epsilon, p.tables.join(", "));
     let mut ledger = Ledger::open(&data)?;
     if let Some(c) = &nodes {
-        wh.cluster = Some(secretum_engine::cluster::Cluster::parse(&c.url())?);
+        wh.cluster = Some(c.cluster()?);
         println!("queries execute on the cluster {} (analysis, the ledger, noise and audit stay here)", c.url());
     }
     let rt = runtime()?;

@@ -188,6 +188,8 @@ pub struct LocalCluster {
     executors: Vec<Option<Child>>,
     /// Each executor's data port, in start order.
     pub executor_ports: Vec<u16>,
+    /// The cluster key the scheduler asks for (a new one per cluster).
+    pub key_file: PathBuf,
 }
 
 impl LocalCluster {
@@ -204,7 +206,14 @@ impl LocalCluster {
             scheduler_port: 0,
             executors: Vec::new(),
             executor_ports: Vec::new(),
+            key_file: dir.join("cluster.key"),
         };
+        let key = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(format!("{}{:?}{}", dir.display(), Instant::now(), std::process::id())))
+        };
+        std::fs::write(&c.key_file, format!("{key}\n")).map_err(|e| Error::io(&c.key_file, e))?;
+        set_mode_600(&c.key_file)?;
         c.start_scheduler()?;
         for _ in 0..executors {
             c.add_executor()?;
@@ -215,6 +224,11 @@ impl LocalCluster {
     /// `df://127.0.0.1:<port>`, for `serve --cluster`.
     pub fn url(&self) -> String {
         format!("df://127.0.0.1:{}", self.scheduler_port)
+    }
+
+    /// The cluster as an API node reaches it (with its key).
+    pub fn cluster(&self) -> Result<secretum_engine::cluster::Cluster> {
+        Ok(secretum_engine::cluster::Cluster::parse(&self.url())?.with_key(secretum_engine::cluster::ClusterKey::load(&self.key_file)?))
     }
 
     fn command(&self, what: &str, log: &str) -> Result<Command> {
@@ -244,7 +258,12 @@ impl LocalCluster {
             self.scheduler_port = free_ports()?.0;
         }
         let mut cmd = self.command("scheduler", "scheduler.log")?;
-        cmd.arg("--bind").arg(format!("127.0.0.1:{}", self.scheduler_port)).arg("--executor-timeout").arg("10");
+        cmd.arg("--bind")
+            .arg(format!("127.0.0.1:{}", self.scheduler_port))
+            .arg("--executor-timeout")
+            .arg("10")
+            .arg("--cluster-key-file")
+            .arg(&self.key_file);
         let child = cmd.spawn().map_err(|e| Error::io(&self.exe, e))?;
         self.scheduler = Some(child);
         wait_for_port(self.scheduler_port, "the scheduler", self.scheduler.as_mut(), &self.dir.join("scheduler.log"))

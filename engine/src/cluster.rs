@@ -19,9 +19,12 @@
 //!
 //! Who can give work to whom. Executors run in pull mode: they ask the scheduler they were
 //! started with for tasks and accept none from anywhere else (no executor listens for work).
-//! The scheduler accepts jobs from whoever reaches its port, and the executors' data ports serve
-//! intermediate results: both bind only to the addresses the operator gives, a private network
-//! that researchers cannot reach (`docs/cluster.md`); researchers only ever reach the API.
+//! A scheduler given a cluster key ([`ClusterKey`]) accepts jobs (and answers about them) only
+//! from callers that present it, as API nodes do; without a key it accepts them from whoever
+//! reaches its port. What the key does not cover (an executor's registration, the executors'
+//! data ports that serve intermediate results) is protected by the network: every cluster port
+//! binds only to the addresses the operator gives, a private network that researchers cannot
+//! reach (`docs/cluster.md`); researchers only ever reach the API.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,7 +67,53 @@ pub struct Cluster {
     url: String,
     host: String,
     port: u16,
+    key: Option<ClusterKey>,
     planner: Arc<BallistaQueryPlanner<LogicalPlanNode>>,
+}
+
+/// The shared secret between API nodes and the scheduler: a file of mode 0600 holding at least
+/// 32 characters, the same on each (`--cluster-key-file`, `SECRETUM_CLUSTER_KEY_FILE`).
+#[derive(Clone)]
+pub struct ClusterKey(String);
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterKey(..)")
+    }
+}
+
+/// The request header that carries the cluster key.
+const KEY_HEADER: &str = "x-secretum-cluster-key";
+
+/// The scheduler's methods its executors call (they cannot present a key: Ballista's executor
+/// calls the scheduler without added metadata). Every other method needs the key.
+const EXECUTOR_METHODS: [&str; 5] = ["PollWork", "RegisterExecutor", "HeartBeatFromExecutor", "UpdateTaskStatus", "ExecutorStopped"];
+
+impl ClusterKey {
+    pub fn load(path: &std::path::Path) -> Result<ClusterKey> {
+        let text = crate::store::read_private_file(path, "the cluster key file")?;
+        let key = text.trim();
+        if key.len() < 32 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::BadRequest(format!(
+                "{}: a cluster key is one line of at least 32 printable characters (e.g. `openssl rand -hex 32`)",
+                path.display()
+            )));
+        }
+        Ok(ClusterKey(key.to_owned()))
+    }
+
+    /// Whether a request to the scheduler at `path` (`/ballista.protobuf.SchedulerGrpc/<Method>`)
+    /// presenting `presented` may go on: an executor's method, or the right key. Compared in
+    /// constant time.
+    fn admits(&self, path: &str, presented: Option<&[u8]>) -> bool {
+        let method = path.rsplit('/').next().unwrap_or("");
+        if path.starts_with("/ballista.protobuf.SchedulerGrpc/") && EXECUTOR_METHODS.contains(&method) {
+            return true;
+        }
+        let Some(p) = presented else { return false };
+        let expected = self.0.as_bytes();
+        p.len() == expected.len() && p.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -95,12 +144,23 @@ impl Cluster {
             BallistaConfig::default(),
             Arc::new(LogicalCodec::default()),
         );
-        Ok(Cluster { url: format!("df://{host}:{port}"), host, port, planner: Arc::new(planner) })
+        Ok(Cluster { url: format!("df://{host}:{port}"), host, port, key: None, planner: Arc::new(planner) })
+    }
+
+    /// Present this key to the scheduler with every job.
+    pub fn with_key(mut self, key: ClusterKey) -> Cluster {
+        self.key = Some(key);
+        self
     }
 
     /// The address as the operator gave it (`df://host:port`).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// A query session's settings for this cluster ([`configure`]).
+    pub fn configure(&self, config: SessionConfig) -> SessionConfig {
+        configure(config, self.key.as_ref())
     }
 
     /// The planner that turns a checked plan into the cluster's job.
@@ -114,11 +174,37 @@ impl Cluster {
     pub async fn probe(&self) -> Result<()> {
         let unavailable =
             |why: String| Error::Unavailable(format!("the cluster's scheduler at {} did not answer ({why}); nothing was spent", self.url));
-        let connect = tokio::net::TcpStream::connect((self.host.as_str(), self.port));
-        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(unavailable(e.to_string())),
-            Err(_) => Err(unavailable(format!("no answer in {} s", CONNECT_TIMEOUT.as_secs()))),
+        use ballista_core::serde::protobuf::GetJobStatusParams;
+        use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", self.host, self.port))
+            .map_err(|e| unavailable(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CONNECT_TIMEOUT);
+        let channel = match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(unavailable(format!("cannot connect: {}", root_cause(&e)))),
+            Err(_) => return Err(unavailable(format!("no answer in {} s", CONNECT_TIMEOUT.as_secs()))),
+        };
+        // A question about a job that does not exist, asked as a job would be asked: with the
+        // cluster key. A scheduler that refuses the key would refuse the query's job after its
+        // debit.
+        let key = self.key.clone();
+        let mut client = SchedulerGrpcClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            if let Some(k) = &key
+                && let Ok(v) = k.0.parse()
+            {
+                req.metadata_mut().insert(KEY_HEADER, v);
+            }
+            Ok(req)
+        });
+        match client.get_job_status(GetJobStatusParams { job_id: "secretum-probe".into() }).await {
+            Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                Err(unavailable("it refused this node's cluster key: give the API node the scheduler's --cluster-key-file".into()))
+            }
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
+                Err(unavailable(s.code().to_string()))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -147,9 +233,14 @@ impl Cluster {
 ///   the plan again and may swap a hash join's inputs, which DataFusion refuses once a dynamic
 ///   filter was pushed into the join ("Cannot swap HashJoinExec inputs after dynamic filter");
 ///   the job was then never finished. Dynamic filters only prune reads.
-pub fn configure(config: SessionConfig) -> SessionConfig {
+///
+/// The cluster key, when there is one, goes with each call to the scheduler.
+pub fn configure(config: SessionConfig, key: Option<&ClusterKey>) -> SessionConfig {
     use ballista_core::extension::SessionConfigExt;
     let mut config = config.with_ballista_adaptive_query_planner(false);
+    if let Some(k) = key {
+        config = config.with_ballista_grpc_metadata(std::collections::HashMap::from([(KEY_HEADER.to_owned(), k.0.clone())]));
+    }
     let optimizer = &mut config.options_mut().optimizer;
     optimizer.hash_join_single_partition_threshold = 0;
     optimizer.hash_join_single_partition_threshold_rows = 0;
@@ -168,6 +259,15 @@ pub fn job_timeout() -> Duration {
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|s| *s > 0.0)
         .map_or(Duration::from_secs(600), Duration::from_secs_f64)
+}
+
+/// The innermost cause of an error (a connection error's chain ends in the system's reason).
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(s) = e.source() {
+        e = s;
+    }
+    e.to_string()
 }
 
 /// Ballista's logical codec, plus our kernels and our table.
@@ -300,6 +400,8 @@ pub struct SchedulerOptions {
     /// Seconds without a heartbeat after which an executor is taken as lost and its tasks are
     /// run again elsewhere.
     pub executor_timeout_secs: u64,
+    /// Accept jobs only from callers presenting this key.
+    pub key: Option<ClusterKey>,
 }
 
 /// Run a Ballista scheduler until the process ends.
@@ -326,7 +428,44 @@ pub async fn run_scheduler(opts: SchedulerOptions, store: Store) -> Result<()> {
         ..Default::default()
     };
     let cluster = BallistaCluster::new_from_config(&config).await.map_err(ballista_error)?;
-    ballista_scheduler::scheduler_process::start_server(cluster, opts.bind, Arc::new(config)).await.map_err(ballista_error)
+    let Some(key) = opts.key else {
+        return ballista_scheduler::scheduler_process::start_server(cluster, opts.bind, Arc::new(config)).await.map_err(ballista_error);
+    };
+    // Ballista's own server, with the key checked in front of its gRPC service.
+    use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
+    use datafusion_proto::protobuf::PhysicalPlanNode;
+    let config = Arc::new(config);
+    let scheduler = ballista_scheduler::scheduler_process::create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, config.clone())
+        .await
+        .map_err(ballista_error)?;
+    let grpc = SchedulerGrpcServer::new(scheduler)
+        .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
+        .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize);
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(grpc);
+    let key = Arc::new(key);
+    let router = routes.routes().into_axum_router().layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let key = key.clone();
+            async move {
+                let presented = req.headers().get(KEY_HEADER).map(|v| v.as_bytes().to_vec());
+                if key.admits(req.uri().path(), presented.as_deref()) {
+                    return next.run(req).await;
+                }
+                tracing::warn!(path = req.uri().path(), "a call to the scheduler without the cluster key was refused");
+                // gRPC's UNAUTHENTICATED, as a trailers-only response.
+                axum::response::Response::builder()
+                    .status(200)
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", "16")
+                    .header("grpc-message", "this scheduler needs the cluster key")
+                    .body(axum::body::Body::empty())
+                    .unwrap_or_default()
+            }
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind(opts.bind).await.map_err(|e| Error::io(opts.bind.to_string(), e))?;
+    axum::serve(listener, router).await.map_err(|e| Error::io(opts.bind.to_string(), e))
 }
 
 /// How an executor is started (`secretum executor`).
@@ -391,6 +530,33 @@ mod tests {
     };
 
     #[test]
+    fn the_cluster_key_admits_executors_and_key_holders_only() {
+        let key = ClusterKey("k".repeat(40));
+        let at = |m: &str| format!("/ballista.protobuf.SchedulerGrpc/{m}");
+        for m in EXECUTOR_METHODS {
+            assert!(key.admits(&at(m), None), "{m}");
+        }
+        for m in ["ExecuteQuery", "ExecuteQueryPush", "GetJobStatus", "CancelJob", "CreateUpdateSession", "GetJobMetrics"] {
+            assert!(!key.admits(&at(m), None), "{m}");
+            assert!(!key.admits(&at(m), Some("k".repeat(39).as_bytes())), "{m}");
+            assert!(!key.admits(&at(m), Some("j".repeat(40).as_bytes())), "{m}");
+            assert!(key.admits(&at(m), Some("k".repeat(40).as_bytes())), "{m}");
+        }
+        assert!(!key.admits("/arrow.flight.protocol.FlightService/DoGet", None));
+        assert!(!key.admits("/other.Service/PollWork", None));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(ClusterKey::load(&file), Err(Error::BadRequest(m)) if m.contains("chmod 600")));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(ClusterKey::load(&file).unwrap().0.len(), 32);
+        std::fs::write(&file, "short").unwrap();
+        assert!(ClusterKey::load(&file).is_err());
+    }
+
+    #[test]
     fn cluster_addresses() {
         assert_eq!(Cluster::parse("df://10.0.0.7:50050").unwrap().url(), "df://10.0.0.7:50050");
         assert_eq!(Cluster::parse("df://scheduler").unwrap().url(), "df://scheduler:50050");
@@ -418,7 +584,7 @@ mod tests {
         let url = ListingTableUrl::parse(path.to_str().unwrap()).unwrap();
         let table = Counted::over(vec![url], schema, 500, bytes).unwrap();
 
-        let api = SessionContext::new_with_config(configure(SessionConfig::new()));
+        let api = SessionContext::new_with_config(configure(SessionConfig::new(), None));
         api.register_table("t", table).unwrap();
         let sql = "SELECT id % 3 AS k, COUNT(*) AS n, SUM(v * 2 + 1) AS s, MAX(CAST(id AS DOUBLE) / 7) AS m FROM t WHERE v > -5 GROUP BY 1";
         let state = api.state();

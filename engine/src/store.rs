@@ -157,24 +157,30 @@ fn credentials(file: Option<&Path>) -> Result<(String, String)> {
                 .into(),
         ));
     };
+    let text = read_private_file(path, "the credentials file")?;
+    // The parse error could quote the file: say only where it is.
+    let c: CredentialsFile = toml::from_str(&text).map_err(|_| {
+        Error::BadRequest(format!("{}: expected TOML with access_key_id = \"...\" and secret_access_key = \"...\"", path.display()))
+    })?;
+    Ok((c.access_key_id, c.secret_access_key))
+}
+
+/// The text of a file holding a secret, refused when others can read it (its content is never
+/// quoted in a message).
+pub fn read_private_file(path: &Path, what: &str) -> Result<String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path).at(path)?.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(Error::BadRequest(format!(
-                "{}: the credentials file is readable by others (mode {:o}); make it 0600 (chmod 600)",
+                "{}: {what} is readable by others (mode {:o}); make it 0600 (chmod 600)",
                 path.display(),
                 mode & 0o777
             )));
         }
     }
-    let text = std::fs::read_to_string(path).at(path)?;
-    // The parse error could quote the file: say only where it is.
-    let c: CredentialsFile = toml::from_str(&text).map_err(|_| {
-        Error::BadRequest(format!("{}: expected TOML with access_key_id = \"...\" and secret_access_key = \"...\"", path.display()))
-    })?;
-    Ok((c.access_key_id, c.secret_access_key))
+    std::fs::read_to_string(path).at(path)
 }
 
 impl Store {

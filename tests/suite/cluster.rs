@@ -67,7 +67,7 @@ fn queries_run_on_a_cluster_equal_local_ones_and_its_faults_spend_nothing_or_are
     let mut nodes = LocalCluster::start(Path::new(crate::common::BIN), Some(&store), 2, &dir.path().join("cluster")).unwrap();
     let here = Warehouse::open(&data).unwrap();
     let mut there = Warehouse::open(&data).unwrap();
-    there.cluster = Some(Cluster::parse(&nodes.url()).unwrap());
+    there.cluster = Some(nodes.cluster().unwrap());
 
     // Same data, same exact answers, wherever the plans run; the report says where.
     for sql in QUERIES {
@@ -80,7 +80,8 @@ fn queries_run_on_a_cluster_equal_local_ones_and_its_faults_spend_nothing_or_are
     }
 
     // Through the service started with --cluster.
-    let s = Server::start(&data, &["--cluster", &nodes.url()]);
+    let key = nodes.key_file.to_str().unwrap().to_owned();
+    let s = Server::start(&data, &["--cluster", &nodes.url(), "--cluster-key-file", &key]);
     generous_policy(&data);
     let t = accounts(&data);
     let id = approved_project(&s, &t, 5.0);
@@ -89,17 +90,25 @@ fn queries_run_on_a_cluster_equal_local_ones_and_its_faults_spend_nothing_or_are
     assert_eq!(a.status, 200, "{}\n{}", String::from_utf8_lossy(&a.body), nodes.logs());
     assert_eq!(a.json()["executed_on"], format!("cluster {}", nodes.url()));
 
+    // Without the scheduler's key, a query is refused before its debit: nothing spent.
+    let mut keyless = Warehouse::open(&data).unwrap();
+    keyless.cluster = Some(Cluster::parse(&nodes.url()).unwrap());
+    let before = spent(&data, "there");
+    let refused = ask(&keyless, "there", QUERIES[0], Noise::Exact);
+    assert!(matches!(&refused, Err(Error::Unavailable(m)) if m.contains("cluster key")), "{refused:?}");
+    assert_eq!(spent(&data, "there"), before);
+
     // An executor killed while a query runs: the query completes (the lost tasks run again on
     // the other executor) or fails charged, within the request's time; never a hang, never an
     // uncharged failure.
     let before = spent(&data, "kill");
     let started = Instant::now();
     let killed = std::thread::scope(|scope| {
-        let url = nodes.url();
+        let cluster = nodes.cluster().unwrap();
         let data = &data;
         let q = scope.spawn(move || {
             let mut wh = Warehouse::open(data).unwrap();
-            wh.cluster = Some(Cluster::parse(&url).unwrap());
+            wh.cluster = Some(cluster);
             ask(&wh, "kill", QUERIES[3], Noise::Exact)
         });
         std::thread::sleep(Duration::from_millis(150));

@@ -42,6 +42,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// The cluster that executes the bounded plans (`df://host:port`); none: this node.
     pub cluster: Option<String>,
+    /// The file of the key the cluster's scheduler asks for.
+    pub cluster_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -58,6 +60,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             cluster: None,
+            cluster_key_file: None,
         }
     }
 }
@@ -93,7 +96,14 @@ struct Inner {
 impl AppState {
     pub fn new(config: Config) -> Result<AppState> {
         // Opening the warehouse checks that it exists and that its schemas load.
-        let cluster = config.cluster.as_deref().map(secretum_engine::cluster::Cluster::parse).transpose()?;
+        let cluster = match (config.cluster.as_deref(), &config.cluster_key_file) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(Error::BadRequest("a cluster key file without --cluster".into())),
+            (Some(url), None) => Some(secretum_engine::cluster::Cluster::parse(url)?),
+            (Some(url), Some(file)) => {
+                Some(secretum_engine::cluster::Cluster::parse(url)?.with_key(secretum_engine::cluster::ClusterKey::load(file)?))
+            }
+        };
         let wh = Warehouse::open(&config.data_dir)?;
         Ok(AppState {
             inner: Arc::new(Inner {

@@ -98,7 +98,7 @@ fn register(wh: &Warehouse, tables: &[String]) -> Result<Session> {
     // One memory pool per query (a session serves one query): spilling operators spill to the
     // system's temporary directory when it is full (see the module documentation of `dp`).
     if let Some(cluster) = &wh.cluster {
-        config = crate::cluster::configure(config).with_extension(Arc::new(OnCluster(cluster.clone())));
+        config = cluster.configure(config).with_extension(Arc::new(OnCluster(cluster.clone())));
     }
     let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(query_memory_limit()))).build()?;
     runtime.cache_manager = files;
