@@ -293,7 +293,7 @@ impl LogicalExtensionCodec for LogicalCodec {
         ctx: &TaskContext,
     ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
         match buf.strip_prefix(TABLE_TAG) {
-            Some(ours) => Counted::decode(ours, schema).map_err(|e| DataFusionError::Plan(format!("table {table_ref}: {e}"))),
+            Some(ours) => Counted::decode(ours, schema).map_err(|e| e.context(format!("table {table_ref}"))),
             None => self.inner.try_decode_table_provider(buf, table_ref, schema, ctx),
         }
     }
@@ -377,7 +377,7 @@ fn encode_udf(node: &ScalarUDF, buf: &mut Vec<u8>) {
 
 fn decode_udf(name: &str, buf: &[u8]) -> datafusion::error::Result<Arc<ScalarUDF>> {
     match buf.strip_prefix(KERNEL_TAG) {
-        Some(k) => total::decode_kernel(k).map_err(|e| DataFusionError::Plan(format!("function {name}: {e}"))),
+        Some(k) => total::decode_kernel(k).map_err(|e| e.context(format!("function {name}"))),
         None => Err(DataFusionError::Plan(format!("function {name} is neither DataFusion's nor secretum's"))),
     }
 }

@@ -201,11 +201,10 @@ impl Counted {
     }
 
     /// The table [`Counted::encode`] encoded, with the schema the plan gives it.
-    pub fn decode(buf: &[u8], schema: arrow::datatypes::SchemaRef) -> std::result::Result<Arc<dyn TableProvider>, String> {
-        let parts: CountedParts = serde_json::from_slice(buf).map_err(|e| format!("not a secretum table: {e}"))?;
-        let urls =
-            parts.urls.iter().map(|u| ListingTableUrl::parse(u).map_err(|e| e.to_string())).collect::<std::result::Result<Vec<_>, _>>()?;
-        Counted::over(urls, schema, parts.rows, parts.bytes).map_err(|e| e.to_string())
+    pub fn decode(buf: &[u8], schema: arrow::datatypes::SchemaRef) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+        let parts: CountedParts = serde_json::from_slice(buf).map_err(|e| DataFusionError::Plan(format!("not a secretum table: {e}")))?;
+        let urls = parts.urls.iter().map(ListingTableUrl::parse).collect::<datafusion::error::Result<Vec<_>>>()?;
+        Counted::over(urls, schema, parts.rows, parts.bytes).map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }
 

@@ -748,10 +748,11 @@ pub fn encode_kernel(f: &ScalarUDF) -> Option<Vec<u8>> {
 
 /// The kernel [`encode_kernel`] encoded. Fails on bytes it did not write, and on a wrapped
 /// function this build of DataFusion does not have.
-pub fn decode_kernel(buf: &[u8]) -> std::result::Result<Arc<ScalarUDF>, String> {
-    let k: Kernel = serde_json::from_slice(buf).map_err(|e| format!("not a secretum kernel: {e}"))?;
-    let ty = |s: &str| s.parse::<DataType>().map_err(|e| format!("kernel type {s:?}: {e}"));
-    let op = |s: &str| op_of(s).ok_or_else(|| format!("kernel operator {s:?}"));
+pub fn decode_kernel(buf: &[u8]) -> datafusion::error::Result<Arc<ScalarUDF>> {
+    use datafusion::error::DataFusionError::Plan;
+    let k: Kernel = serde_json::from_slice(buf).map_err(|e| Plan(format!("not a secretum kernel: {e}")))?;
+    let ty = |s: &str| s.parse::<DataType>().map_err(|e| Plan(format!("kernel type {s:?}: {e}")));
+    let op = |s: &str| op_of(s).ok_or_else(|| Plan(format!("kernel operator {s:?}")));
     let f: Arc<ScalarUDF> = match k {
         Kernel::Clamp { lo, hi } => Arc::new(ScalarUDF::new_from_impl(Clamp::new(f64::from_bits(lo), f64::from_bits(hi)))),
         Kernel::FixedPoint { centre, unit, square } => {
@@ -771,7 +772,7 @@ pub fn decode_kernel(buf: &[u8]) -> std::result::Result<Arc<ScalarUDF>, String> 
             let f = datafusion::functions::all_default_functions()
                 .into_iter()
                 .find(|f| f.name() == inner || f.aliases().iter().any(|a| a == &inner))
-                .ok_or_else(|| format!("function {inner} is not in this build"))?;
+                .ok_or_else(|| Plan(format!("function {inner} is not in this build")))?;
             Arc::new(ScalarUDF::new_from_impl(Total::new(f)))
         }
     };
