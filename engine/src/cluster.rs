@@ -252,13 +252,14 @@ pub fn configure(config: SessionConfig, key: Option<&ClusterKey>) -> SessionConf
 }
 
 /// The longest a query's job may take on the cluster (`SECRETUM_CLUSTER_TIMEOUT`, seconds,
-/// default 600): a job the cluster never finishes fails, charged, instead of holding the query.
+/// default 240, under the service's default request timeout of 300): a job the cluster never
+/// finishes fails, charged, instead of holding the query.
 pub fn job_timeout() -> Duration {
     std::env::var("SECRETUM_CLUSTER_TIMEOUT")
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|s| *s > 0.0)
-        .map_or(Duration::from_secs(600), Duration::from_secs_f64)
+        .map_or(Duration::from_secs(240), Duration::from_secs_f64)
 }
 
 /// The innermost cause of an error (a connection error's chain ends in the system's reason).
