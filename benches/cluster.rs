@@ -16,10 +16,9 @@ use criterion::{Criterion, criterion_group};
 use secretum_api::local::{Garage, LocalCluster, find_garage};
 use secretum_engine::Warehouse;
 use secretum_engine::budget::Ledger;
-use secretum_engine::dp::{self, Noise, QueryRequest};
 
 mod common;
-use common::build;
+use common::{build, private};
 
 const QUERIES: &[(&str, &str)] = &[
     ("count", "SELECT COUNT(*) FROM measurement"),
@@ -34,20 +33,6 @@ const QUERIES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Every call is a new question (ε differs in the ninth decimal), never a replay.
-async fn private(wh: &Warehouse, ledger: &mut Ledger, sql: &str) -> usize {
-    static ASKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = ASKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let req = QueryRequest {
-        actor: "bench".into(),
-        project: "bench".into(),
-        sql: sql.into(),
-        epsilon: 0.5 + n as f64 * 1e-9,
-        ..Default::default()
-    };
-    dp::run(wh, ledger, &req, Noise::OpenDp).await.expect("dp").batch.num_rows()
-}
-
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v[v.len() / 2].as_secs_f64() * 1e3
@@ -57,10 +42,7 @@ const WAYS: [&str; 4] = ["local disk", "object store", "cluster x1", "cluster x2
 
 fn bench(c: &mut Criterion) {
     let benching = std::env::args().any(|a| a == "--bench");
-    let sizes: Vec<usize> = std::env::var("SECRETUM_BENCH_ROWS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_else(|| if benching { vec![1_000_000, 10_000_000] } else { vec![10_000] });
+    let sizes = common::sizes(benching);
     let runs = if benching { 5 } else { 1 };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group};
 
 mod common;
-use common::build;
+use common::{build, private};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::context::SessionContext;
 use secretum_engine::Warehouse;
 use secretum_engine::budget::Ledger;
-use secretum_engine::dp::{self, Noise, QueryRequest};
 
 /// The bench queries, with the most the DP path may cost against plain DataFusion (a ratio of
 /// medians) where a target is set.
@@ -80,16 +79,6 @@ async fn plain(ctx: &SessionContext, sql: &str) -> usize {
     ctx.sql(sql).await.expect("sql").collect().await.expect("collect").iter().map(|b| b.num_rows()).sum()
 }
 
-/// Every call is a new question (ε differs in the ninth decimal): the same question again would be
-/// answered from its stored release (a replay), which is not what this bench measures.
-async fn private(wh: &Warehouse, ledger: &mut Ledger, sql: &str) -> usize {
-    static ASKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = ASKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let epsilon = 0.5 + n as f64 * 1e-9;
-    let req = QueryRequest { actor: "bench".into(), project: "bench".into(), sql: sql.into(), epsilon, ..Default::default() };
-    dp::run(wh, ledger, &req, Noise::OpenDp).await.expect("dp").batch.num_rows()
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -97,10 +86,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn bench(c: &mut Criterion) {
     let benching = std::env::args().any(|a| a == "--bench");
-    let sizes: Vec<usize> = std::env::var("SECRETUM_BENCH_ROWS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_else(|| if benching { vec![1_000_000, 10_000_000] } else { vec![10_000] });
+    let sizes = common::sizes(benching);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut measured: Vec<Measured> = Vec::new();

@@ -117,3 +117,29 @@ pub fn build(dir: &Path, rows: usize, store: Option<&StoreConfig>) -> std::path:
     g.create_project("bench", "bench", 1e12, 1e-3, &tables, &tables).expect("project");
     data
 }
+
+/// The sizes to bench (`SECRETUM_BENCH_ROWS=1000000,10000000`, measurement rows): 1M and 10M
+/// under `cargo bench`, 10,000 when `cargo test` runs the bench once to check it works.
+pub fn sizes(benching: bool) -> Vec<usize> {
+    std::env::var("SECRETUM_BENCH_ROWS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| if benching { vec![1_000_000, 10_000_000] } else { vec![10_000] })
+}
+
+/// One question through the whole DP path. Every call is a new question (ε differs in the
+/// ninth decimal): the same question again would be answered from its stored release (a
+/// replay), which is not what the benches measure.
+pub async fn private(wh: &Warehouse, ledger: &mut secretum_engine::budget::Ledger, sql: &str) -> usize {
+    static ASKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = ASKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let epsilon = 0.5 + n as f64 * 1e-9;
+    let req = secretum_engine::dp::QueryRequest {
+        actor: "bench".into(),
+        project: "bench".into(),
+        sql: sql.into(),
+        epsilon,
+        ..Default::default()
+    };
+    secretum_engine::dp::run(wh, ledger, &req, secretum_engine::dp::Noise::OpenDp).await.expect("dp").batch.num_rows()
+}
