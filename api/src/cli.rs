@@ -667,13 +667,8 @@ fn scheduler(args: SchedulerArgs) -> Result<()> {
 
 fn executor(args: ExecutorArgs) -> Result<()> {
     let store = args.store.connect()?;
-    let (host, port) = match args.scheduler.trim_start_matches("df://").rsplit_once(':') {
-        Some((h, p)) => (
-            h.to_owned(),
-            p.parse::<u16>().map_err(|_| Error::BadRequest(format!("--scheduler {:?}: the port is not a number", args.scheduler)))?,
-        ),
-        None => (args.scheduler.trim_start_matches("df://").to_owned(), 50050),
-    };
+    let (host, port) = secretum_engine::cluster::host_port(args.scheduler.trim_start_matches("df://"))
+        .map_err(|why| Error::BadRequest(format!("--scheduler {:?}: {why}", args.scheduler)))?;
     let opts = secretum_engine::cluster::ExecutorOptions {
         scheduler_host: host,
         scheduler_port: port,

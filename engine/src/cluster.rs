@@ -64,9 +64,10 @@ const TABLE_TAG: &[u8] = b"secretum-table:";
 /// The cluster an API node sends its bounded plans to (`serve --cluster df://host:port`).
 #[derive(Clone)]
 pub struct Cluster {
+    /// `df://host:port`, as reports name it.
     url: String,
-    host: String,
-    port: u16,
+    /// `http://host:port`, where the scheduler's gRPC service answers.
+    scheduler: String,
     key: Option<ClusterKey>,
     planner: Arc<BallistaQueryPlanner<LogicalPlanNode>>,
 }
@@ -122,6 +123,18 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// A scheduler's `host[:port]` (the port defaults to 50050, the scheduler's), or why not.
+pub fn host_port(addr: &str) -> std::result::Result<(String, u16), &'static str> {
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| "the port is not a number")?),
+        None => (addr, 50050),
+    };
+    if host.is_empty() || host.contains(':') {
+        return Err("expected a host name or an IPv4 address");
+    }
+    Ok((host.to_owned(), port))
+}
+
 impl Cluster {
     /// `df://host:port` (the port defaults to 50050, the scheduler's).
     pub fn parse(url: &str) -> Result<Cluster> {
@@ -131,20 +144,14 @@ impl Cluster {
         if rest.is_empty() || rest.contains('/') || rest.contains('@') {
             return Err(bad("expected a host and a port only"));
         }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), p.parse::<u16>().map_err(|_| bad("the port is not a number"))?),
-            None => (rest.to_owned(), 50050),
-        };
-        if host.is_empty() || host.contains(':') {
-            return Err(bad("expected a host name or an IPv4 address"));
-        }
+        let (host, port) = host_port(rest).map_err(bad)?;
         let scheduler = format!("http://{host}:{port}");
         let planner = BallistaQueryPlanner::<LogicalPlanNode>::with_extension(
             scheduler.clone(),
             BallistaConfig::default(),
             Arc::new(LogicalCodec::default()),
         );
-        Ok(Cluster { url: format!("df://{host}:{port}"), host, port, key: None, planner: Arc::new(planner) })
+        Ok(Cluster { url: format!("df://{host}:{port}"), scheduler, key: None, planner: Arc::new(planner) })
     }
 
     /// Present this key to the scheduler with every job.
@@ -176,7 +183,7 @@ impl Cluster {
             |why: String| Error::Unavailable(format!("the cluster's scheduler at {} did not answer ({why}); nothing was spent", self.url));
         use ballista_core::serde::protobuf::GetJobStatusParams;
         use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}:{}", self.host, self.port))
+        let endpoint = tonic::transport::Endpoint::from_shared(self.scheduler.clone())
             .map_err(|e| unavailable(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CONNECT_TIMEOUT);
