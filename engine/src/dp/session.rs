@@ -95,11 +95,11 @@ fn register(wh: &Warehouse, tables: &[String]) -> Result<Session> {
         Some(f) => f.clone(),
         None => cache.files.insert(CacheManager::try_new(&CacheManagerConfig::default())?).clone(),
     };
-    // One memory pool per query (a session serves one query): spilling operators spill to the
-    // system's temporary directory when it is full (see the module documentation of `dp`).
     if let Some(cluster) = &wh.cluster {
         config = cluster.configure(config).with_extension(Arc::new(OnCluster(cluster.clone())));
     }
+    // One memory pool per query (a session serves one query): spilling operators spill to the
+    // system's temporary directory when it is full (see the module documentation of `dp`).
     let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(query_memory_limit()))).build()?;
     runtime.cache_manager = files;
     wh.store.register(&runtime)?;
