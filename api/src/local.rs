@@ -40,12 +40,23 @@ pub fn garage_install_command() -> String {
     )
 }
 
+fn listen_any() -> Result<std::net::TcpListener> {
+    std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("127.0.0.1:0", e))
+}
+
+fn port_of(l: &std::net::TcpListener) -> Result<u16> {
+    l.local_addr().map(|a| a.port()).map_err(|e| Error::io("127.0.0.1:0", e))
+}
+
+/// A port free on loopback when asked.
+pub fn free_port() -> Result<u16> {
+    port_of(&listen_any()?)
+}
+
 /// Two distinct free ports on loopback (both held while the second is chosen).
 pub fn free_ports() -> Result<(u16, u16)> {
-    let bind = || std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("127.0.0.1:0", e));
-    let (a, b) = (bind()?, bind()?);
-    let port = |l: &std::net::TcpListener| l.local_addr().map(|a| a.port()).map_err(|e| Error::io("127.0.0.1:0", e));
-    Ok((port(&a)?, port(&b)?))
+    let (a, b) = (listen_any()?, listen_any()?);
+    Ok((port_of(&a)?, port_of(&b)?))
 }
 
 fn set_mode_600(path: &Path) -> Result<()> {
@@ -255,7 +266,7 @@ impl LocalCluster {
     /// Start the scheduler (again, after [`LocalCluster::stop_scheduler`], on the same port).
     pub fn start_scheduler(&mut self) -> Result<()> {
         if self.scheduler_port == 0 {
-            self.scheduler_port = free_ports()?.0;
+            self.scheduler_port = free_port()?;
         }
         let mut cmd = self.command("scheduler", "scheduler.log")?;
         cmd.arg("--bind")
@@ -271,7 +282,7 @@ impl LocalCluster {
 
     /// Start one more executor.
     pub fn add_executor(&mut self) -> Result<()> {
-        let port = free_ports()?.0;
+        let port = free_port()?;
         let n = self.executors.len();
         let mut cmd = self.command("executor", &format!("executor-{n}.log"))?;
         cmd.arg("--scheduler")

@@ -21,10 +21,6 @@ fn set_mode_600(path: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn exact(wh: &Warehouse, sql: &str) -> arrow::record_batch::RecordBatch {
     let mut ledger = Ledger::open(&wh.layout.root).unwrap();
     let req = QueryRequest { actor: "test".into(), project: "same".into(), sql: sql.into(), epsilon: 0.5, ..Default::default() };
@@ -142,7 +138,7 @@ fn init_on_an_unreachable_store_writes_nothing() {
     set_mode_600(&creds);
     let config = StoreConfig {
         url: "s3://secretum/x".into(),
-        endpoint: Some(format!("http://127.0.0.1:{}", free_port())),
+        endpoint: Some(format!("http://127.0.0.1:{}", secretum_api::local::free_port().unwrap())),
         region: Some("garage".into()),
         credentials_file: Some(creds),
     };
