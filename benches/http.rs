@@ -7,21 +7,19 @@
 //! `cargo bench --bench http` (SECRETUM_BENCH_PATIENTS=1000000 and SECRETUM_BENCH_REQUESTS=320
 //! by default; under `cargo test` it runs a small smoke size).
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-use parquet::arrow::ArrowWriter;
 use secretum_api::server::{AppState, Config};
 use secretum_engine::Warehouse;
 use secretum_engine::budget::Ledger;
-use secretum_engine::catalog::{Catalog, FileEntry, NewIngest};
+use secretum_engine::catalog::Catalog;
 use secretum_engine::dp::{self, Noise, QueryRequest};
 use secretum_engine::governance::accounts::{Accounts, Role};
 use secretum_engine::governance::{Governance, PolicyUpdate};
+
+mod common;
 
 const CLIENTS: usize = 16;
 const QUERIES: &[&str] = &["SELECT COUNT(*) FROM person", "SELECT gender_concept_id, COUNT(*) FROM person GROUP BY 1"];
@@ -30,50 +28,9 @@ fn build(dir: &Path, patients: usize) -> std::path::PathBuf {
     let data = dir.join("wh");
     Warehouse::init(&data, Some(&dir.join("key")), None).expect("init");
     let mut wh = Warehouse::open(&data).expect("open");
-    let schema = wh.schemas.get("person").expect("person").stored_schema();
-    let rel = "tables/person/bench.parquet".to_owned();
-    let path = wh.layout.root.join(&rel);
-    std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
-    let mut writer = ArrowWriter::try_new(File::create(&path).expect("create"), schema.clone(), None).expect("writer");
-    let ints = |f: &dyn Fn(usize) -> i64, s: usize, n: usize| -> ArrayRef { Arc::new(Int64Array::from_iter_values((s..s + n).map(f))) };
-    let mut start = 0;
-    while start < patients {
-        let n = (1 << 20).min(patients - start);
-        let columns: Vec<ArrayRef> = schema
-            .fields()
-            .iter()
-            .map(|f| match f.name().as_str() {
-                "person_id" => ints(&|i| i as i64 * 7919 + 13, start, n),
-                "gender_concept_id" => ints(&|i| if i % 2 == 0 { 8507 } else { 8532 }, start, n),
-                "year_of_birth" => ints(&|i| 1930 + (i % 80) as i64, start, n),
-                "department" => Arc::new(StringArray::from_iter_values((start..start + n).map(|i| format!("{:02}", 1 + i % 95)))),
-                "race_concept_id" | "ethnicity_concept_id" => ints(&|_| 0, start, n),
-                "gender_source_value" => {
-                    Arc::new(StringArray::from_iter_values((start..start + n).map(|i| if i % 2 == 0 { "M" } else { "F" })))
-                }
-                // Every other column of the CDM's person table (source concepts, locations...) is
-                // NULL here: the bench groups by gender only.
-                _ => arrow::array::new_null_array(f.data_type(), n),
-            })
-            .collect();
-        writer.write(&RecordBatch::try_new(schema.clone(), columns).expect("batch")).expect("write");
-        start += n;
-    }
-    writer.close().expect("close");
-    let bytes = std::fs::metadata(&path).expect("size").len();
-    // One row per patient (every person_id above is distinct), as an ingest of `person` records.
-    let files = [FileEntry { path: rel, ingest_id: "bench".into(), rows: patients as u64, bytes, unit_rows_max: Some(1) }];
-    let ingest = NewIngest {
-        id: "bench",
-        table: "person",
-        source_path: "bench",
-        source_sha256: "bench",
-        actor: "bench",
-        allow_duplicate: true,
-        replace: false,
-        files: &files,
-    };
-    wh.catalog.commit_ingest(&ingest).expect("commit");
+    // Every other column of the CDM's person table (source concepts, locations...) is NULL here:
+    // the bench groups by gender only.
+    common::write_table(&mut wh, "person", patients, common::person_column);
     let mut g = Governance::open(&data).expect("governance");
     g.set_policy("bench", &PolicyUpdate { patient_epsilon_cap: Some(1e12), ..Default::default() }).expect("policy");
     let tables = ["person".to_string()];

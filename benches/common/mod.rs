@@ -1,3 +1,6 @@
+// Each bench uses part of this module.
+#![allow(dead_code)]
+
 //! The bench warehouses: one Parquet file per table written directly (much faster than an
 //! ingest of millions of rows) and committed to the catalog as an ingest would.
 
@@ -71,6 +74,24 @@ pub fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn
         .expect("commit");
 }
 
+fn ints(f: &dyn Fn(usize) -> i64, start: usize, n: usize) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values((start..start + n).map(f)))
+}
+
+/// The bench's `person` rows `start..start + n` of a column (one row per patient, `person_id`
+/// distinct), for [`write_table`]; `None` for the columns the benches do not use.
+pub fn person_column(name: &str, start: usize, n: usize) -> Option<ArrayRef> {
+    Some(match name {
+        "person_id" => ints(&|i| i as i64 * 7919 + 13, start, n),
+        "gender_concept_id" => ints(&|i| if i % 2 == 0 { 8507 } else { 8532 }, start, n),
+        "year_of_birth" => ints(&|i| 1930 + (i % 80) as i64, start, n),
+        "department" => Arc::new(StringArray::from_iter_values((start..start + n).map(|i| format!("{:02}", 1 + i % 95)))),
+        "race_concept_id" | "ethnicity_concept_id" => ints(&|_| 0, start, n),
+        "gender_source_value" => Arc::new(StringArray::from_iter_values((start..start + n).map(|i| if i % 2 == 0 { "M" } else { "F" }))),
+        _ => return None,
+    })
+}
+
 /// A warehouse of `rows` measurement rows and a tenth as many patients, with a project `bench`
 /// on it; its files on local disk, or in `store`.
 pub fn build(dir: &Path, rows: usize, store: Option<&StoreConfig>) -> std::path::PathBuf {
@@ -79,22 +100,7 @@ pub fn build(dir: &Path, rows: usize, store: Option<&StoreConfig>) -> std::path:
     Warehouse::init_on(&data, Some(&dir.join(format!("key-{name}"))), None, store).expect("init");
     let mut wh = Warehouse::open(&data).expect("open");
     let patients = (rows / 10).max(1);
-    let ints = |f: &dyn Fn(usize) -> i64, start: usize, n: usize| -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values((start..start + n).map(f)))
-    };
-    write_table(&mut wh, "person", patients, |name, start, n| {
-        Some(match name {
-            "person_id" => ints(&|i| i as i64 * 7919 + 13, start, n),
-            "gender_concept_id" => ints(&|i| if i % 2 == 0 { 8507 } else { 8532 }, start, n),
-            "year_of_birth" => ints(&|i| 1930 + (i % 80) as i64, start, n),
-            "department" => Arc::new(StringArray::from_iter_values((start..start + n).map(|i| format!("{:02}", 1 + i % 95)))),
-            "race_concept_id" | "ethnicity_concept_id" => ints(&|_| 0, start, n),
-            "gender_source_value" => {
-                Arc::new(StringArray::from_iter_values((start..start + n).map(|i| if i % 2 == 0 { "M" } else { "F" })))
-            }
-            _ => return None,
-        })
-    });
+    write_table(&mut wh, "person", patients, person_column);
     write_table(&mut wh, "measurement", rows, |name, start, n| {
         Some(match name {
             "measurement_id" => ints(&|i| i as i64, start, n),
