@@ -31,7 +31,10 @@ use std::hash::Hash;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray, new_null_array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, PrimitiveArray, StringArray, new_null_array,
+};
+use datafusion::arrow::buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
 use datafusion::arrow::compute::kernels::comparison::{ilike, like, nilike, nlike, regexp_is_match_scalar};
 use datafusion::arrow::compute::{CastOptions, cast_with_options, concat};
 use datafusion::arrow::datatypes::{ArrowPrimitiveType, DataType, Field, FieldRef, Float64Type, Int64Type};
@@ -512,7 +515,7 @@ pub fn clamp(e: Expr, (lo, hi): (f64, f64)) -> Expr {
     Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(ScalarUDF::new_from_impl(Clamp::new(lo, hi))), vec![e]))
 }
 
-/// The fixed-point integer of a clamped value: `round((x − centre) / unit)` (or of
+/// The fixed-point integer of a clamped value: `(x − centre) / unit` rounded (or of
 /// `(x − centre)²` when `square`), clamped to `[−STEPS, STEPS]`. Sums of these are exact
 /// (integer addition is associative), unlike float sums whose rounding depends on the order.
 pub fn fixed_point(e: Expr, centre: f64, unit: f64, square: bool) -> Expr {
@@ -528,14 +531,30 @@ pub fn fixed_point_unit(m: f64) -> f64 {
     if m > 0.0 { m / STEPS as f64 } else { 1.0 }
 }
 
-/// One value on the grid: `round((x − centre) / unit)` (of its square when `square`), clamped to
-/// `[−STEPS, STEPS]` whatever the float rounding, so the bound the sensitivity assumes is exact.
-/// NULL and non-finite values are NULL.
+/// One value on the grid: `(x − centre) · (1 / unit)` (of its square when `square`) rounded to the
+/// nearest step, clamped to `[−STEPS, STEPS]` whatever the float rounding, so the bound the
+/// sensitivity assumes is exact. NULL and non-finite values are NULL.
 pub fn fixed_point_value(x: Option<f64>, centre: f64, unit: f64, square: bool) -> Option<i64> {
-    let d = x.filter(|x| x.is_finite())? - centre;
+    x.filter(|x| x.is_finite()).map(|x| fixed_point_step(x, centre, 1.0 / unit, square))
+}
+
+/// The step of a finite value (see [`fixed_point_value`]). Total on every f64, NaN included
+/// (the kernel computes it for NULL slots too, and throws those away), and without branches,
+/// divisions or float-to-integer conversions, so that it runs as one vectorized pass over a
+/// column (an integer clamp or a division per value each cost more than the rest together).
+///
+/// The quotient is clamped to ±STEPS (`max`/`min` ignore a NaN, giving a bound). Adding
+/// 1.5·2^52 puts it in [2^52, 2^53), where the doubles are exactly the integers: the addition
+/// rounds it to the nearest integer (ties to even), and the sum's bits, less those of 1.5·2^52,
+/// are that integer (in that binade a double's bits grow by one per unit; exact for any
+/// |q| < 2^51). Rounding is monotone and ±STEPS are integers, so a quotient within ±STEPS
+/// rounds to an integer within ±STEPS: the bound the sensitivity assumes holds exactly.
+fn fixed_point_step(x: f64, centre: f64, per_unit: f64, square: bool) -> i64 {
+    const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5 · 2^52
+    let d = x - centre;
     let v = if square { d * d } else { d };
-    // `as` saturates on overflow; the clamp bounds the result exactly.
-    Some(((v / unit).round() as i64).clamp(-STEPS, STEPS))
+    let q = (v * per_unit).max(-(STEPS as f64)).min(STEPS as f64);
+    (q + ROUND).to_bits() as i64 - ROUND.to_bits() as i64
 }
 
 /// The clamp kernel: never fails (a value that is not a number is NULL).
@@ -565,7 +584,7 @@ impl ScalarUDFImpl for Clamp {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
         let (lo, hi) = (f64::from_bits(self.lo), f64::from_bits(self.hi));
         // max/min rather than f64::clamp, which panics on inverted bounds.
-        Ok(map_f64::<Float64Type>(&args, |x| (!x.is_nan()).then(|| x.max(lo).min(hi))))
+        Ok(map_f64::<Float64Type>(&args, |x| !x.is_nan(), |x| x.max(lo).min(hi)))
     }
 }
 
@@ -595,15 +614,24 @@ impl ScalarUDFImpl for FixedPoint {
         Ok(DataType::Int64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        let (c, u, square) = (f64::from_bits(self.centre), f64::from_bits(self.unit), self.square);
-        Ok(map_f64::<Int64Type>(&args, |x| fixed_point_value(Some(x), c, u, square)))
+        let (c, u, square) = (f64::from_bits(self.centre), 1.0 / f64::from_bits(self.unit), self.square);
+        // Two loops rather than one testing `square` per value, so each vectorizes.
+        Ok(if square {
+            map_f64::<Int64Type>(&args, f64::is_finite, |x| fixed_point_step(x, c, u, true))
+        } else {
+            map_f64::<Int64Type>(&args, f64::is_finite, |x| fixed_point_step(x, c, u, false))
+        })
     }
 }
 
-/// Apply `f` to every non-null value of the single argument read as f64 (a null, or a value
-/// that does not convert, is NULL; so is every value `f` maps to `None`). Never fails. One pass
-/// over the values, no per-value allocation: it runs on every row a release aggregates.
-fn map_f64<O: ArrowPrimitiveType>(args: &ScalarFunctionArgs, f: impl Fn(f64) -> Option<O::Native>) -> ColumnarValue {
+/// Apply `f` to every value of the single argument read as f64; the result is NULL where the
+/// argument is NULL, where it does not convert to f64, and where `keep` is false. Never fails.
+///
+/// It runs on every row a release aggregates, so it is two plain passes the compiler can
+/// vectorize: `f` over the whole value buffer (NULL slots included, hence `f` must be total, as
+/// our kernels' functions are: min, max, arithmetic and saturating conversions), then `keep`
+/// as a bitmap only when some value fails it. No per-value branch, allocation or zeroing.
+fn map_f64<O: ArrowPrimitiveType>(args: &ScalarFunctionArgs, keep: impl Fn(f64) -> bool, f: impl Fn(f64) -> O::Native) -> ColumnarValue {
     let (n, scalar) = match &args.args[0] {
         ColumnarValue::Scalar(_) => (1, true),
         ColumnarValue::Array(a) => (a.len(), false),
@@ -613,7 +641,20 @@ fn map_f64<O: ArrowPrimitiveType>(args: &ScalarFunctionArgs, f: impl Fn(f64) -> 
         .ok()
         .and_then(|a| cast_with_options(&a, &DataType::Float64, &CastOptions { safe: true, ..Default::default() }).ok())
     {
-        Some(a) => Arc::new(a.as_primitive::<Float64Type>().unary_opt::<_, O>(f)),
+        Some(a) => {
+            let a = a.as_primitive::<Float64Type>();
+            let values = a.values();
+            let out: Vec<O::Native> = values.iter().map(|&x| f(x)).collect();
+            // A fold rather than `all`, which stops early and so runs value by value.
+            // A column without NULLs gets no null buffer: counts over it take their fast path.
+            let nulls = if values.iter().fold(true, |all, &x| all & keep(x)) {
+                a.nulls().filter(|n| n.null_count() > 0).cloned()
+            } else {
+                let kept = NullBuffer::new(BooleanBuffer::collect_bool(values.len(), |i| keep(values[i])));
+                NullBuffer::union(a.nulls(), Some(&kept))
+            };
+            Arc::new(PrimitiveArray::<O>::new(ScalarBuffer::from(out), nulls))
+        }
         None => new_null_array(&O::DATA_TYPE, n),
     };
     if scalar {
@@ -1390,6 +1431,67 @@ mod tests {
         assert!(value("SELECT substr(t, 1, -1) FROM x WHERE t = '%'").await.is_null(), "a negative substring length");
         assert!(value("SELECT 'abc' SIMILAR TO '('").await.is_null(), "a pattern that does not compile");
         assert_eq!(value("SELECT 'abc' LIKE 'a%'").await, ScalarValue::Boolean(Some(true)));
+    }
+
+    /// The release's kernels, run over whole columns (their vectorized path), give every value
+    /// what their definitions give it alone: the clamp is NULL for NULL and NaN and the value
+    /// moved into its bounds otherwise; the fixed point is the nearest step (ties to even)
+    /// within ±STEPS, NULL for NULL and non-finite values. NULL slots hold extreme values
+    /// underneath, which must change nothing; so do all-valid columns and single values.
+    #[tokio::test]
+    async fn the_release_kernels_compute_their_definitions_on_every_value() {
+        use datafusion::prelude::col;
+        let mut xs = vec![0.0, -0.0, 0.5, -0.5, 1.5, 2.5, -2.5, 0.499_999_999_999_999_94, 1e300, -1e-300, f64::MIN_POSITIVE];
+        xs.extend([f64::MAX, f64::MIN, f64::NAN, f64::INFINITY, f64::NEG_INFINITY]);
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            (seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17);
+            xs.push(f64::from_bits(seed));
+            xs.push((seed % 4_000_001) as f64 / 1000.0 - 2000.0);
+        }
+        let expected_clamp = |x: f64, (lo, hi): (f64, f64)| (!x.is_nan()).then(|| x.max(lo).min(hi));
+        let expected_step = |x: f64, centre: f64, unit: f64, square: bool| {
+            let d = x - centre;
+            let v = if square { d * d } else { d };
+            x.is_finite().then(|| (v * (1.0 / unit)).clamp(-(STEPS as f64), STEPS as f64).round_ties_even() as i64)
+        };
+        let with_nulls =
+            Float64Array::new(xs.clone().into(), Some(NullBuffer::from((0..xs.len()).map(|i| i % 7 != 3).collect::<Vec<_>>())));
+        let finite: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+        for column in [with_nulls, Float64Array::from(finite), Float64Array::from(vec![f64::NAN]), Float64Array::from(vec![3.5])] {
+            let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![Field::new("v", DataType::Float64, true)]));
+            let batch = datafusion::arrow::array::RecordBatch::try_new(schema, vec![Arc::new(column.clone())]).unwrap();
+            for (bounds, centre, unit, square) in
+                [((-2.5, 7.25), 2.375, 4.875 / STEPS as f64, false), ((0.0, 20.0), 10.0, 0.01, true), ((-1e9, 1e9), 0.0, 1.0, false)]
+            {
+                let df = SessionContext::new().read_batch(batch.clone()).unwrap();
+                let out = df
+                    .select(vec![
+                        col("v"),
+                        clamp(col("v"), bounds).alias("c"),
+                        fixed_point(clamp(col("v"), bounds), centre, unit, square).alias("f"),
+                        fixed_point(col("v"), centre, unit, square).alias("raw"),
+                    ])
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap();
+                let out = datafusion::arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
+                // Rows may come back in another order (the session repartitions): each is
+                // checked against its own input value.
+                let (v, c) = (out.column(0).as_primitive::<Float64Type>(), out.column(1).as_primitive::<Float64Type>());
+                let (f, raw) = (out.column(2).as_primitive::<Int64Type>(), out.column(3).as_primitive::<Int64Type>());
+                assert_eq!(v.len(), column.len());
+                for (i, x) in v.iter().enumerate() {
+                    let want_c = x.and_then(|x| expected_clamp(x, bounds));
+                    assert_eq!(c.is_valid(i).then(|| c.value(i)), want_c, "clamp of {x:?} into {bounds:?}");
+                    let want_f = want_c.and_then(|x| expected_step(x, centre, unit, square));
+                    assert_eq!(f.is_valid(i).then(|| f.value(i)), want_f, "fixed point of {x:?} clamped into {bounds:?}");
+                    let want_raw = x.and_then(|x| expected_step(x, centre, unit, square));
+                    assert_eq!(raw.is_valid(i).then(|| raw.value(i)), want_raw, "fixed point of {x:?}");
+                }
+            }
+        }
     }
 
     #[test]
