@@ -25,6 +25,15 @@
 //! The choice reads the catalog, not the query's rows, and changes the plan, not the answer:
 //! which of two plans runs depends on the most rows any one patient of the whole table has
 //! (not on any WHERE a researcher writes), so it cannot single a patient out.
+//!
+//! Why not a rank stored at ingest (each row's place among its patient's rows, in a random
+//! order fixed then, truncation a filter `rank <= K`)? It would be as private (a patient's kept
+//! rows would still depend on that patient's rows only), but it truncates *before* the WHERE:
+//! a patient with 300 measurements, 20 of them HbA1c, would keep 100 random rows of the 300
+//! and about 7 of the HbA1c ones, so every filtered question would under-count exactly the
+//! patients with many rows. Filtering first and truncating what the question selects keeps
+//! all 20. The price is that a table where some patient exceeds K still pays the per-query
+//! truncation (a hash aggregate by patient over the selected rows, [`truncate`]).
 
 use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
