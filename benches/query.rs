@@ -8,6 +8,8 @@
 //!
 //! `cargo bench --bench query` (SECRETUM_BENCH_ROWS=1000000,10000000 by default: measurement
 //! rows; patients are a tenth of that, each with ten measurements and one person row).
+//! SECRETUM_BENCH_HEAVY=1000 gives one patient 1,000 of the measurement rows, over the table's
+//! bound: the cost of the per-query truncation on data where some patient exceeds it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -121,6 +123,9 @@ fn bench(c: &mut Criterion) {
         group.finish();
     }
     println!("\nDP path against plain DataFusion, same Parquet, same run (medians):");
+    if common::heavy_rows() > 0 {
+        println!("(one patient has {} of each size's measurement rows: the per-query truncation runs)", common::heavy_rows());
+    }
     let fixed = |name: &str| measured.iter().find(|m| m.rows == 1_000 && m.name == name).map_or(0.0, |m| m.dp - m.plain);
     for m in &measured {
         if m.rows == 1_000 {

@@ -92,10 +92,19 @@ pub fn person_column(name: &str, start: usize, n: usize) -> Option<ArrayRef> {
     })
 }
 
+/// Measurement rows given to one patient (`SECRETUM_BENCH_HEAVY=N`; none by default). Over the
+/// table's bound (100), the catalog no longer shows every patient within it, so every query over
+/// `measurement` pays the per-query truncation, as on data with a heavy patient.
+pub fn heavy_rows() -> usize {
+    std::env::var("SECRETUM_BENCH_HEAVY").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// A warehouse of `rows` measurement rows and a tenth as many patients, with a project `bench`
-/// on it; its files on local disk, or in `store`.
+/// on it; its files on local disk, or in `store`. With [`heavy_rows`], the first of them all
+/// belong to the first patient.
 pub fn build(dir: &Path, rows: usize, store: Option<&StoreConfig>) -> std::path::PathBuf {
-    let name = format!("{rows}-{}", if store.is_some() { "store" } else { "local" });
+    let heavy = heavy_rows();
+    let name = format!("{rows}-{}-{heavy}", if store.is_some() { "store" } else { "local" });
     let data = dir.join(format!("wh-{name}"));
     Warehouse::init_on(&data, Some(&dir.join(format!("key-{name}"))), None, store).expect("init");
     let mut wh = Warehouse::open(&data).expect("open");
@@ -104,7 +113,7 @@ pub fn build(dir: &Path, rows: usize, store: Option<&StoreConfig>) -> std::path:
     write_table(&mut wh, "measurement", rows, |name, start, n| {
         Some(match name {
             "measurement_id" => ints(&|i| i as i64, start, n),
-            "person_id" => ints(&|i| (i % patients) as i64 * 7919 + 13, start, n),
+            "person_id" => ints(&|i| if i < heavy { 13 } else { (i % patients) as i64 * 7919 + 13 }, start, n),
             "measurement_concept_id" => ints(&|i| CONCEPTS[i % 5], start, n),
             "measurement_date" => Arc::new(Date32Array::from_iter_values((start..start + n).map(|i| 15_000 + (i % 5000) as i32))),
             "measurement_type_concept_id" => ints(&|_| 32817, start, n),
