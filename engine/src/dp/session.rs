@@ -305,11 +305,17 @@ pub async fn physical(ctx: &SessionContext, plan: LogicalPlan) -> Result<Arc<dyn
 /// The cluster a session's plans run on (a session without it runs them here).
 struct OnCluster(crate::cluster::Cluster);
 
+/// The session's cluster, if it has one, read in place (`ctx.state()` would copy the whole
+/// session state, function registries included, on every query).
+fn on_cluster(ctx: &SessionContext) -> Option<Arc<OnCluster>> {
+    ctx.state_ref().read().config().get_extension::<OnCluster>()
+}
+
 /// Run a physical plan [`physical`] made and collect its batches: here, or as a job on the
 /// cluster, which fails after [`crate::cluster::job_timeout`] if the cluster does not finish it.
 pub async fn collect(ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<arrow::record_batch::RecordBatch>> {
     let run = datafusion::physical_plan::collect(plan, ctx.task_ctx());
-    if ctx.state().config().get_extension::<OnCluster>().is_none() {
+    if on_cluster(ctx).is_none() {
         return Ok(run.await?);
     }
     let limit = crate::cluster::job_timeout();
@@ -324,7 +330,7 @@ pub async fn collect(ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Resu
 
 /// Where a session's plans run, as the release report says it.
 pub fn ran_on(ctx: &SessionContext) -> String {
-    match ctx.state().config().get_extension::<OnCluster>() {
+    match on_cluster(ctx) {
         Some(on) => format!("cluster {}", on.0.url()),
         None => "this node".to_owned(),
     }
