@@ -123,8 +123,9 @@ fn bench(c: &mut Criterion) {
         group.finish();
     }
     println!("\nDP path against plain DataFusion, same Parquet, same run (medians):");
-    if common::heavy_rows() > 0 {
-        println!("(one patient has {} of each size's measurement rows: the per-query truncation runs)", common::heavy_rows());
+    let heavy = common::heavy_rows();
+    if heavy > 0 {
+        println!("(one patient has {heavy} of each size's measurement rows: the per-query truncation runs)");
     }
     let fixed = |name: &str| measured.iter().find(|m| m.rows == 1_000 && m.name == name).map_or(0.0, |m| m.dp - m.plain);
     for m in &measured {

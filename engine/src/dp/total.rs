@@ -629,7 +629,7 @@ impl ScalarUDFImpl for FixedPoint {
 ///
 /// It runs on every row a release aggregates, so it is two plain passes the compiler can
 /// vectorize: `f` over the whole value buffer (NULL slots included, hence `f` must be total, as
-/// our kernels' functions are: min, max, arithmetic and saturating conversions), then `keep`
+/// our kernels' functions are: min, max and arithmetic), then `keep`
 /// as a bitmap only when some value fails it. No per-value branch, allocation or zeroing.
 fn map_f64<O: ArrowPrimitiveType>(args: &ScalarFunctionArgs, keep: impl Fn(f64) -> bool, f: impl Fn(f64) -> O::Native) -> ColumnarValue {
     let (n, scalar) = match &args.args[0] {
