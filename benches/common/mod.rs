@@ -59,7 +59,9 @@ pub fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn
     }
     let id = format!("bench-{table}");
     let unit_rows_max = per_patient.values().copied().max();
-    let files = [FileEntry { path: rel, ingest_id: id.clone(), rows: rows as u64, bytes, unit_rows_max }];
+    let (above, listed) = secretum_engine::catalog::listing(per_patient);
+    let files =
+        [FileEntry { path: rel, ingest_id: id.clone(), rows: rows as u64, bytes, unit_rows_max, unit_rows_listed_above: Some(above) }];
     wh.catalog
         .commit_ingest(&NewIngest {
             id: &id,
@@ -70,6 +72,7 @@ pub fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn
             allow_duplicate: true,
             replace: false,
             files: &files,
+            listed: &listed,
         })
         .expect("commit");
 }

@@ -23,6 +23,85 @@ pub struct FileEntry {
     /// same for all its files); `None` when not known (a public table, or a file committed
     /// before this was recorded).
     pub unit_rows_max: Option<u64>,
+    /// Every patient with more rows than this in the ingest that wrote this file is listed with
+    /// its rows ([`Catalog::listed`], [`listing`]); `None` when not recorded.
+    pub unit_rows_listed_above: Option<u64>,
+}
+
+/// The most patients one ingest lists by their rows ([`listing`]).
+pub const LISTED_MAX: usize = 1024;
+
+/// What an ingest records of its patients with the most rows: a threshold, and every patient
+/// with more rows than it, with their rows. The threshold is the smallest (at least 1) that
+/// lists at most [`LISTED_MAX`] patients, so the list stays small whatever the data.
+///
+/// With these lists a query knows, without reading data, which patients can have more rows than
+/// a bound in a table ([`Heavy::over`]): only their rows need the per-query truncation.
+pub fn listing(counts: impl IntoIterator<Item = (i64, u64)>) -> (u64, Vec<(i64, u64)>) {
+    listing_at_most(counts, LISTED_MAX)
+}
+
+fn listing_at_most(counts: impl IntoIterator<Item = (i64, u64)>, max: usize) -> (u64, Vec<(i64, u64)>) {
+    let mut all: Vec<(i64, u64)> = counts.into_iter().collect();
+    let above = if all.iter().filter(|(_, n)| *n > 1).count() <= max {
+        1
+    } else {
+        // The (max + 1)-th most rows: strictly more is at most `max` patients, and any smaller
+        // threshold would list more.
+        let (_, nth, _) = all.select_nth_unstable_by(max, |a, b| b.1.cmp(&a.1));
+        nth.1
+    };
+    all.retain(|(_, n)| *n > above);
+    all.sort_unstable();
+    (above, all)
+}
+
+/// What the catalog knows of the patients of a table with the most rows, from each of its
+/// ingests' listings: every patient not listed has at most `floor` rows in the table, and a
+/// listed one at most its `most`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Heavy {
+    floor: u64,
+    /// (patient, the most rows it can have), by patient.
+    most: Vec<(i64, u64)>,
+}
+
+/// Patients [`Heavy::over`] returns at most: a plan names them (in a filter of its own, never
+/// shown), and a longer list would cost every query its planning.
+pub const HEAVY_MAX: usize = 1024;
+
+impl Heavy {
+    /// The patients that can have more than `k` rows in the table, when the catalog accounts
+    /// for every other patient (every patient not returned has at most `k` rows); `None` when
+    /// it does not, or when they are more than [`HEAVY_MAX`].
+    pub fn over(&self, k: u64) -> Option<Vec<i64>> {
+        if self.floor > k {
+            return None;
+        }
+        let over: Vec<i64> = self.most.iter().filter(|(_, m)| *m > k).map(|(p, _)| *p).collect();
+        (over.len() <= HEAVY_MAX).then_some(over)
+    }
+}
+
+/// [`Heavy`] for a table made of `files`, from the listings of their ingests (`listed`, by
+/// ingest). A patient's rows in the table are the sum of its rows in each ingest; in one ingest
+/// they are its listed rows if it is listed there, else at most the smaller of the ingest's
+/// threshold and its most rows for one patient. `None` when an ingest recorded no listing.
+pub fn heavy(files: &[FileEntry], listed: &std::collections::BTreeMap<String, Vec<(i64, u64)>>) -> Option<Heavy> {
+    let mut unlisted: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for f in files {
+        unlisted.insert(f.ingest_id.as_str(), f.unit_rows_listed_above?.min(f.unit_rows_max?));
+    }
+    let floor = unlisted.values().fold(0u64, |acc, m| acc.saturating_add(*m));
+    let mut most: std::collections::BTreeMap<i64, u64> = std::collections::BTreeMap::new();
+    for (ingest, otherwise) in &unlisted {
+        for (p, n) in listed.get(*ingest).map(Vec::as_slice).unwrap_or_default() {
+            // This ingest's rows of the patient replace the bound the floor counted for it.
+            let m = most.entry(*p).or_insert(floor);
+            *m = m.saturating_add(n.saturating_sub(*otherwise));
+        }
+    }
+    Some(Heavy { floor, most: most.into_iter().collect() })
 }
 
 /// An upper bound on the rows any one patient has in a table made of `files`: the sum over
@@ -72,6 +151,8 @@ pub struct NewIngest<'a> {
     /// The table's committed files are replaced by these, in the same transaction.
     pub replace: bool,
     pub files: &'a [FileEntry],
+    /// The patients [`listing`] lists, with their rows (none for a public table).
+    pub listed: &'a [(i64, u64)],
 }
 
 pub struct Catalog {
@@ -107,7 +188,8 @@ impl Catalog {
     /// The committed files of one table, in commit order.
     pub fn files(&self, table: &str) -> Result<Vec<FileEntry>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT f.path, f.ingest_id, f.rows, f.bytes, f.unit_rows_max FROM files f JOIN ingests i ON i.id = f.ingest_id
+            "SELECT f.path, f.ingest_id, f.rows, f.bytes, f.unit_rows_max, f.unit_rows_listed_above
+             FROM files f JOIN ingests i ON i.id = f.ingest_id
              WHERE f.table_name = ?1 ORDER BY i.committed_at, f.path",
         )?;
         let rows = stmt.query_map([table], |r| {
@@ -117,9 +199,21 @@ impl Catalog {
                 rows: r.get::<_, i64>(2)? as u64,
                 bytes: r.get::<_, i64>(3)? as u64,
                 unit_rows_max: r.get::<_, Option<i64>>(4)?.map(|m| m as u64),
+                unit_rows_listed_above: r.get::<_, Option<i64>>(5)?.map(|m| m as u64),
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The patients each of these ingests listed with their rows ([`listing`]), by ingest.
+    pub fn listed<'a>(&self, ingests: impl IntoIterator<Item = &'a str>) -> Result<std::collections::BTreeMap<String, Vec<(i64, u64)>>> {
+        let mut stmt = self.conn.prepare_cached("SELECT unit, rows FROM unit_rows WHERE ingest_id = ?1")?;
+        let mut out = std::collections::BTreeMap::new();
+        for id in ingests {
+            let rows = stmt.query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)))?;
+            out.insert(id.to_owned(), rows.collect::<rusqlite::Result<Vec<_>>>()?);
+        }
+        Ok(out)
     }
 
     /// The version of the data: a digest of every committed file (each ingest writes new files,
@@ -215,10 +309,24 @@ impl Catalog {
         )?;
         for f in ingest.files {
             tx.execute(
-                "INSERT INTO files (path, ingest_id, table_name, rows, bytes, unit_rows_max) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![f.path, ingest.id, ingest.table, f.rows as i64, f.bytes as i64, f.unit_rows_max.map(|m| m as i64)],
+                "INSERT INTO files (path, ingest_id, table_name, rows, bytes, unit_rows_max, unit_rows_listed_above)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    f.path,
+                    ingest.id,
+                    ingest.table,
+                    f.rows as i64,
+                    f.bytes as i64,
+                    f.unit_rows_max.map(|m| m as i64),
+                    f.unit_rows_listed_above.map(|m| m as i64)
+                ],
             )?;
         }
+        let mut listed = tx.prepare_cached("INSERT INTO unit_rows (ingest_id, unit, rows) VALUES (?1, ?2, ?3)")?;
+        for (unit, rows) in ingest.listed {
+            listed.execute(params![ingest.id, unit, *rows as i64])?;
+        }
+        drop(listed);
         // The audit entry commits with the ingest, or neither does.
         let detail = format!(
             "ingest {} of {} ({}): {} files, {rows} rows, {bytes} bytes",
@@ -254,7 +362,91 @@ mod tests {
     use super::*;
 
     fn file(ingest: &str, m: Option<u64>) -> FileEntry {
-        FileEntry { path: format!("{ingest}-{m:?}"), ingest_id: ingest.into(), rows: 1, bytes: 1, unit_rows_max: m }
+        FileEntry {
+            path: format!("{ingest}-{m:?}"),
+            ingest_id: ingest.into(),
+            rows: 1,
+            bytes: 1,
+            unit_rows_max: m,
+            unit_rows_listed_above: None,
+        }
+    }
+
+    #[test]
+    fn an_ingest_lists_its_patients_above_the_smallest_threshold_that_keeps_the_list_short() {
+        // Few patients with more than one row: all of them are listed.
+        let (above, listed) = listing((0..3000).map(|p| (p, if p % 10 == 0 { 5 } else { 1 })));
+        assert_eq!((above, listed.len()), (1, 300));
+        // Patient p has p + 1 rows: the 1,025th most is 3000 - 1024 = 1976.
+        let (above, listed) = listing((0..3000).map(|p| (p, p as u64 + 1)));
+        assert_eq!(above, 1976);
+        assert_eq!(listed.len(), LISTED_MAX);
+        assert!(listed.iter().all(|(p, n)| *n == *p as u64 + 1 && *n > above));
+        // Ties at the threshold are left out, so the list never grows past its bound.
+        let (above, listed) = listing((0..3000).map(|p| (p, 7)));
+        assert_eq!((above, listed.len()), (7, 0));
+    }
+
+    proptest::proptest! {
+        /// Whatever the ingests hold, a patient the catalog does not return for `k` has at most
+        /// `k` rows in the table: the listed truncation then keeps all of its rows, as the full
+        /// one would (`dp::rewrite`). Short lists (at most 1 to 4 patients) make the thresholds
+        /// bite, as 1,024 does on real tables.
+        #[test]
+        fn every_patient_the_catalog_leaves_out_is_within_the_bound(
+            ingests in proptest::collection::vec(proptest::collection::vec((0i64..12, 1u64..60), 1..30), 1..5),
+            max in 1usize..5,
+        ) {
+            let mut totals: std::collections::BTreeMap<i64, u64> = std::collections::BTreeMap::new();
+            let mut files = Vec::new();
+            let mut listed = std::collections::BTreeMap::new();
+            for (i, rows) in ingests.iter().enumerate() {
+                let mut counts: std::collections::BTreeMap<i64, u64> = std::collections::BTreeMap::new();
+                for (p, n) in rows {
+                    *counts.entry(*p).or_insert(0) += n;
+                    *totals.entry(*p).or_insert(0) += n;
+                }
+                let most = counts.values().copied().max();
+                let (above, list) = listing_at_most(counts, max);
+                proptest::prop_assert!(list.len() <= max);
+                let id = format!("i{i}");
+                // Two files per ingest, as a large ingest writes.
+                for part in 0..2 {
+                    files.push(FileEntry {
+                        path: format!("{id}-{part}"),
+                        ingest_id: id.clone(),
+                        rows: 1,
+                        bytes: 1,
+                        unit_rows_max: most,
+                        unit_rows_listed_above: Some(above),
+                    });
+                }
+                listed.insert(id, list);
+            }
+            let heavy = heavy(&files, &listed).unwrap();
+            let sum_of_most: u64 = ingests.len() as u64 * 60 * 30;
+            let mut answered = false;
+            for k in 1..=sum_of_most {
+                if let Some(over) = heavy.over(k) {
+                    answered = true;
+                    for (p, n) in &totals {
+                        proptest::prop_assert!(*n <= k || over.contains(p), "patient {p} has {n} rows > {k}, not returned: {heavy:?}");
+                    }
+                }
+            }
+            // At the sum of every ingest's most rows, nobody can be over: the listing answers.
+            proptest::prop_assert!(answered);
+        }
+    }
+
+    #[test]
+    fn the_catalog_does_not_answer_for_a_table_with_an_ingest_that_listed_nothing() {
+        let mut old = file("a", Some(3));
+        assert!(heavy(&[old.clone()], &Default::default()).is_none());
+        old.unit_rows_listed_above = Some(1);
+        let listed = [("a".to_owned(), vec![(7, 3)])].into_iter().collect();
+        assert_eq!(heavy(&[old.clone()], &listed).unwrap().over(2), Some(vec![7]));
+        assert!(heavy(&[old, file("b", Some(2))], &listed).is_none());
     }
 
     #[test]

@@ -150,6 +150,18 @@ CREATE TRIGGER ledger_entries_stay BEFORE DELETE ON ledger BEGIN
     SELECT RAISE(ABORT, 'ledger entries are never deleted');
 END;
 "#,
+    r#"
+-- The patients with the most rows of each ingest, and their rows: every patient of the ingest
+-- with more than `unit_rows_listed_above` rows (see catalog::Listing). Read only to plan the
+-- truncation of a query (dp::rewrite), never shown.
+ALTER TABLE files ADD COLUMN unit_rows_listed_above INTEGER;
+CREATE TABLE unit_rows (
+    ingest_id TEXT NOT NULL REFERENCES ingests (id),
+    unit      INTEGER NOT NULL,
+    rows      INTEGER NOT NULL,
+    PRIMARY KEY (ingest_id, unit)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Open (creating if needed) the warehouse database at `path` and bring it to the current version.

@@ -560,6 +560,57 @@ fn a_patient_whose_rows_arrive_over_several_ingests_is_still_bounded() {
 }
 
 #[test]
+fn heavy_patients_are_truncated_from_the_catalogs_list_as_when_their_rows_are_counted() {
+    // One patient with 5K condition rows among 200. Their ingest lists them (the catalog knows
+    // every other patient has at most K rows), so only their rows are truncated; without the
+    // list, the truncation counts every patient's rows. Both keep min(rows, K) per patient: the
+    // exact counts are equal.
+    let k = crate::common::max_rows("condition_occurrence") as usize;
+    let fx = Fixture::new(200, 5);
+    let (p, c, _) = attacker_files(fx.dir.path(), 5 * k);
+    // The patient is in the one ingest of `person` (a second would make the catalog count up
+    // to two rows per patient there); their conditions arrive in an ingest of their own.
+    let person = std::fs::read_to_string(&p).unwrap();
+    let mut raw = std::fs::OpenOptions::new().append(true).open(fx.raw("person")).unwrap();
+    writeln!(raw, "{}", person.lines().nth(1).unwrap()).unwrap();
+    ingest_tables(&fx, &["person", "condition_occurrence"]);
+    ingest::ingest(&mut fx.open(), &fx.key(), &IngestOptions::new("condition_occurrence", &c)).unwrap();
+    policy(&fx.data, PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() });
+    project(&fx.data, "bounds", 1e9, &["person", "condition_occurrence"]);
+    let queries = [
+        "SELECT COUNT(*) FROM condition_occurrence",
+        "SELECT COUNT(*) FROM condition_occurrence WHERE condition_start_date >= '1900-01-01'",
+        "SELECT COUNT(*) FROM person JOIN condition_occurrence USING (person_id)",
+        "SELECT gender_concept_id, COUNT(*) FROM condition_occurrence JOIN person USING (person_id) GROUP BY 1",
+    ];
+    let answers = |listed: bool| -> Vec<Vec<Vec<serde_json::Value>>> {
+        let wh = fx.open();
+        let mut ledger = Ledger::open(&fx.data).unwrap();
+        queries
+            .iter()
+            .map(|sql| {
+                let plan = rt().block_on(dp::prepare(&wh, &req("bounds", sql, 1.0))).unwrap().physical_plans();
+                // A random row number truncates the heavy patient either way; only the full
+                // truncation counts rows per patient (`__over`).
+                assert!(plan.contains("__rn"), "{sql}: no truncation in\n{plan}");
+                assert_eq!(!plan.contains("__over"), listed, "{sql}: listed {listed}, plan:\n{plan}");
+                exact_answer(&wh, &mut ledger, sql)
+            })
+            .collect()
+    };
+    let with_list = answers(true);
+    // The same warehouse as if its ingests had listed nothing (as before listings were kept).
+    rusqlite::Connection::open(fx.data.join("catalog.sqlite"))
+        .unwrap()
+        .execute("UPDATE files SET unit_rows_listed_above = NULL", [])
+        .unwrap();
+    let counted = answers(false);
+    assert_eq!(with_list, counted);
+    let whole: f64 = cell(&with_list[0][0][0]);
+    assert!(whole > 0.0);
+}
+
+#[test]
 fn a_projects_kept_spend_is_its_ledgers_sum_and_a_charge_cannot_be_changed_or_removed() {
     let (_d, wh, mut ledger) = empty_warehouse();
     let data = wh.layout.root.clone();

@@ -156,6 +156,15 @@ impl Prepared {
         Ok(Answer { batch, report: self.report(true) })
     }
 
+    /// The physical plans that will read data, as DataFusion displays them: for the tests of
+    /// which bounding a plan runs. Only in the test suite's build (a plan may name the patients
+    /// the catalog lists, see `rewrite`).
+    #[cfg(feature = "test-exact")]
+    pub fn physical_plans(&self) -> String {
+        let plans = self.plans.exact.iter().chain(self.plans.quantiles.iter().map(|(_, p)| p));
+        plans.map(|p| datafusion::physical_plan::displayable(p.as_ref()).indent(true).to_string()).collect::<Vec<_>>().join("\n")
+    }
+
     /// Release given exact component values (in component order, in the released unit: e.g.
     /// `[centred_sum, count]` for a mean) with the same noise and post-processing as
     /// [`Prepared::execute`], without reading data: for the statistical tests of the noise. Only
@@ -303,7 +312,7 @@ pub async fn prepare(wh: &Warehouse, req: &QueryRequest) -> Result<Prepared> {
 
     // Concept-id columns get public domains from the loaded vocabulary (public data).
     let schemas = crate::vocabulary::resolve_domains(wh).await?;
-    let session::Session { ctx, rows_per_patient, data_version } = session::session(wh, &project.tables)?;
+    let session::Session { ctx, rows_per_patient, heavy, data_version } = session::session(wh, &project.tables)?;
     let state = ctx.state();
     let references = state.resolve_table_references(&statement).map_err(session::plan_error)?;
     analyze::check_tables(&references, &schemas, &project.tables)?;
@@ -331,7 +340,7 @@ pub async fn prepare(wh: &Warehouse, req: &QueryRequest) -> Result<Prepared> {
         epsilon = release.epsilon_for_half_width(target)?;
         release.set_epsilon(epsilon)?;
     }
-    let tables = rewrite::Tables { schemas: &wh.schemas, rows_per_patient: &rows_per_patient };
+    let tables = rewrite::Tables { schemas: &wh.schemas, rows_per_patient: &rows_per_patient, heavy: &heavy };
     let plans = release.physical_plans(&ctx, &analysis, &tables).await?;
     let summary = release.summary(&analysis);
     Ok(Prepared { ctx, plans, analysis, release, project, policy, summary, plan_text, data_version, epsilon, delta })

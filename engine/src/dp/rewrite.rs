@@ -33,7 +33,27 @@
 //! and about 7 of the HbA1c ones, so every filtered question would under-count exactly the
 //! patients with many rows. Filtering first and truncating what the question selects keeps
 //! all 20. The price is that a table where some patient exceeds K still pays the per-query
-//! truncation (a hash aggregate by patient over the selected rows, [`truncate`]).
+//! truncation, but only for the rows of the patients who can exceed K (next section).
+//!
+//! ## Patients listed at ingest
+//!
+//! Real tables have a few patients with many rows. For them, each ingest also lists its patients
+//! with the most rows ([`crate::catalog::listing`]: every patient above a threshold, with their
+//! rows, at most [`crate::catalog::LISTED_MAX`] of them), and the catalog adds the lists up over
+//! a table's ingests ([`crate::catalog::Heavy::over`]): every patient it does not return for K
+//! has at most K rows in the table, so at most K rows after any WHERE. Truncating such a
+//! patient's rows to K keeps them all, so [`truncate_listed`] lets them pass as they are and runs
+//! the random row number over the returned patients' rows only. The result is the relation
+//! [`truncate_all`] draws, with the same distribution, row for row: each patient keeps all of
+//! their rows if they have at most K, else K of them uniformly at random, with fresh randomness
+//! per query. The sensitivity argument is unchanged, and a patient's kept rows still depend on
+//! that patient's rows only. Which patients are listed reads the catalog, not the query's rows,
+//! and changes the plan, not the answer. When the catalog cannot account for every patient at K
+//! (the lists' threshold, summed over ingests, is over K; or too many patients are over K), the
+//! truncation computes each patient's rows from the data ([`truncate`]).
+//!
+//! The listed patients' pseudonyms are in the plan's filter only: the plan is never shown, and
+//! nothing a researcher or an audit reader sees names them.
 
 use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -51,12 +71,20 @@ pub struct Tables<'a> {
     /// Per stored table, an upper bound on the rows any one patient has in it (from the
     /// catalog; absent when not known).
     pub rows_per_patient: &'a std::collections::BTreeMap<String, u64>,
+    /// Per stored table, its patients with the most rows (from the catalog; absent when not known).
+    pub heavy: &'a std::collections::BTreeMap<String, std::sync::Arc<crate::catalog::Heavy>>,
 }
 
 impl Tables<'_> {
     /// Whether truncating `table` to `k` rows per patient would keep every row.
     fn within(&self, table: &str, k: u64) -> bool {
         self.rows_per_patient.get(table).is_some_and(|m| *m <= k)
+    }
+
+    /// The patients that can have more than `k` rows in `table`, when the catalog shows that
+    /// every other patient has at most `k` ([`crate::catalog::Heavy::over`]).
+    fn over(&self, table: &str, k: u64) -> Option<Vec<i64>> {
+        self.heavy.get(table)?.over(k)
     }
 }
 
@@ -96,6 +124,25 @@ fn truncate(plan: LogicalPlan, unit: Column, k: u32) -> datafusion::error::Resul
     let keys = (vec![unit.clone()], vec![Column::from_name(OVER)]);
     let within = LogicalPlanBuilder::from(plan.clone()).join(over.clone(), JoinType::LeftAnti, keys.clone(), None)?.build()?;
     let beyond = LogicalPlanBuilder::from(plan).join(over, JoinType::LeftSemi, keys, None)?.build()?;
+    union_of(within, beyond, unit, k)
+}
+
+/// The same result as [`truncate_all`] on a relation where every patient not in `heavy` has at
+/// most `k` rows (the catalog's listing, see the module documentation): their rows pass as they
+/// are, and only the rows of the patients in `heavy` go through the random row number. Nothing
+/// is aggregated over the data. The privacy unit is never NULL (a stored table refuses it).
+fn truncate_listed(plan: LogicalPlan, unit: Column, k: u32, heavy: &[i64]) -> datafusion::error::Result<LogicalPlan> {
+    if heavy.is_empty() {
+        return Ok(plan);
+    }
+    let list: Vec<Expr> = heavy.iter().map(|p| lit(*p)).collect();
+    let within = LogicalPlanBuilder::from(plan.clone()).filter(Expr::Column(unit.clone()).in_list(list.clone(), true))?.build()?;
+    let beyond = LogicalPlanBuilder::from(plan).filter(Expr::Column(unit.clone()).in_list(list, false))?.build()?;
+    union_of(within, beyond, unit, k)
+}
+
+/// The rows of the patients within the bound, and those of the others truncated to `k`.
+fn union_of(within: LogicalPlan, beyond: LogicalPlan, unit: Column, k: u32) -> datafusion::error::Result<LogicalPlan> {
     let relation = unit.relation.clone();
     let union = LogicalPlanBuilder::from(within).union(truncate_all(beyond, Expr::Column(unit), k)?)?;
     // A union drops qualifiers: give the table its name back for the expressions above.
@@ -274,7 +321,10 @@ fn stored(
     if tables.within(table, policy.max_rows_per_unit as u64) {
         return Ok(plan);
     }
-    truncate(plan, unit, policy.max_rows_per_unit)
+    match tables.over(table, policy.max_rows_per_unit as u64) {
+        Some(heavy) => truncate_listed(plan, unit, policy.max_rows_per_unit, &heavy),
+        None => truncate(plan, unit, policy.max_rows_per_unit),
+    }
 }
 
 /// The equi-join column pairs of a scope's joins.
@@ -444,7 +494,16 @@ pub fn bounded_relation(analysis: &Analysis, tables: &Tables<'_>, bound: u32) ->
         // rows per patient (e.g. person (1) ⋈ measurement (20) ≤ 20): already within the bound.
         return Ok(projected);
     }
-    truncate(projected, Column::from_name(PID), bound)
+    // A single stored table: its rows per patient after the WHERE are at most its rows per
+    // patient in the table, so the catalog's listing of the table applies.
+    let listed = match analysis.tables.as_slice() {
+        [(_, table)] if single_stored => tables.over(table, bound as u64),
+        _ => None,
+    };
+    match listed {
+        Some(heavy) => truncate_listed(projected, Column::from_name(PID), bound, &heavy),
+        None => truncate(projected, Column::from_name(PID), bound),
+    }
 }
 
 #[cfg(test)]
@@ -486,9 +545,20 @@ mod tests {
         ctx.register_table("t", Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())).unwrap();
         let scan = ctx.table("t").await.unwrap().into_unoptimized_plan();
         let unit = Column::new(Some(datafusion::common::TableReference::bare("t")), "pid");
+        // The full truncation, and the listed one with exactly the heavy patient, or with more
+        // patients than those over the bound (the catalog's list may name more).
+        truncates_to_the_bound(&ctx, &|| truncate(scan.clone(), unit.clone(), 5).unwrap()).await;
+        truncates_to_the_bound(&ctx, &|| truncate_listed(scan.clone(), unit.clone(), 5, &[2]).unwrap()).await;
+        truncates_to_the_bound(&ctx, &|| truncate_listed(scan.clone(), unit.clone(), 5, &[1, 2, 3, 99]).unwrap()).await;
+        // The fast path and the full random row number agree on how many rows each patient keeps.
+        let full = run(truncate_all(scan, Expr::Column(unit), 5).unwrap(), &ctx).await;
+        assert_eq!(full.len(), 13);
+    }
+
+    async fn truncates_to_the_bound(ctx: &SessionContext, plan: &dyn Fn() -> LogicalPlan) {
         let mut samples = Vec::new();
         for _ in 0..5 {
-            let rows = run(truncate(scan.clone(), unit.clone(), 5).unwrap(), &ctx).await;
+            let rows = run(plan(), ctx).await;
             let count = |p: i64| rows.iter().filter(|(q, _)| *q == p).count();
             assert_eq!((count(1), count(2), count(3)), (3, 5, 5), "{rows:?}");
             // Light patients keep exactly their own rows; heavy ones keep distinct rows of theirs.
@@ -500,8 +570,5 @@ mod tests {
         }
         // Fresh randomness per run: five draws of 5 rows out of 50 are not all the same.
         assert!(samples.windows(2).any(|w| w[0] != w[1]), "the heavy patient's rows were not resampled: {samples:?}");
-        // The fast path and the full random row number agree on how many rows each patient keeps.
-        let full = run(truncate_all(scan, Expr::Column(unit), 5).unwrap(), &ctx).await;
-        assert_eq!(full.len(), 13);
     }
 }

@@ -49,6 +49,9 @@ pub struct Session {
     /// Per table, an upper bound on the rows one patient has in the files registered
     /// ([`crate::catalog::unit_rows_bound`]), when known: read from the same file list.
     pub rows_per_patient: BTreeMap<String, u64>,
+    /// Per table, its patients that may have the most rows ([`crate::catalog::heavy`]), when
+    /// every ingest listed them: read from the same file list.
+    pub heavy: BTreeMap<String, Arc<crate::catalog::Heavy>>,
     /// The version of the data the session reads ([`crate::catalog::Catalog::data_version`]).
     pub data_version: String,
 }
@@ -63,8 +66,16 @@ pub struct Session {
 #[derive(Default)]
 pub struct Registrations {
     version: String,
-    tables: BTreeMap<String, (Arc<dyn TableProvider>, Option<u64>)>,
+    tables: BTreeMap<String, Registered>,
     files: Option<Arc<CacheManager>>,
+}
+
+/// A table's registration: its provider, and what the catalog knows of its patients' rows.
+#[derive(Clone)]
+struct Registered {
+    provider: Arc<dyn TableProvider>,
+    rows_per_patient: Option<u64>,
+    heavy: Option<Arc<crate::catalog::Heavy>>,
 }
 
 /// The session over the project's tables, and the warehouse's public tables (the vocabularies).
@@ -112,8 +123,9 @@ fn register(wh: &Warehouse, tables: &[String]) -> Result<Session> {
         cache.tables.clear();
     }
     let mut rows_per_patient = BTreeMap::new();
+    let mut heavy = BTreeMap::new();
     for t in tables {
-        let (provider, rows) = match cache.tables.get(t) {
+        let registered = match cache.tables.get(t) {
             Some(r) => r.clone(),
             None => {
                 let r = provider(wh, t)?;
@@ -121,22 +133,33 @@ fn register(wh: &Warehouse, tables: &[String]) -> Result<Session> {
                 r
             }
         };
-        if let Some(m) = rows {
+        if let Some(m) = registered.rows_per_patient {
             rows_per_patient.insert(t.clone(), m);
         }
-        ctx.register_table(t.as_str(), provider)?;
+        if let Some(h) = registered.heavy {
+            heavy.insert(t.clone(), h);
+        }
+        ctx.register_table(t.as_str(), registered.provider)?;
     }
     drop(cache);
     snapshot.finish()?;
-    Ok(Session { ctx, rows_per_patient, data_version })
+    Ok(Session { ctx, rows_per_patient, heavy, data_version })
 }
 
-/// A table's provider over exactly the files the catalog lists, and its bound on rows per patient.
-fn provider(wh: &Warehouse, t: &str) -> Result<(Arc<dyn TableProvider>, Option<u64>)> {
+/// A table's provider over exactly the files the catalog lists, and what the catalog knows of
+/// the rows its patients have there.
+fn provider(wh: &Warehouse, t: &str) -> Result<Registered> {
     let policy = wh.schemas.get(t)?;
     let schema = policy.stored_schema();
     let files = wh.catalog.files(t)?;
-    let rows = crate::catalog::unit_rows_bound(&files);
+    let rows_per_patient = crate::catalog::unit_rows_bound(&files);
+    let heavy = if policy.public {
+        None
+    } else {
+        let ingests: std::collections::BTreeSet<&str> = files.iter().map(|f| f.ingest_id.as_str()).collect();
+        let listed = wh.catalog.listed(ingests)?;
+        crate::catalog::heavy(&files, &listed).map(Arc::new)
+    };
     let provider: Arc<dyn TableProvider> = if files.is_empty() {
         Arc::new(MemTable::try_new(schema, vec![vec![]])?)
     } else {
@@ -146,7 +169,7 @@ fn provider(wh: &Warehouse, t: &str) -> Result<(Arc<dyn TableProvider>, Option<u
         }
         Counted::over(urls, schema, files.iter().map(|f| f.rows as usize).sum(), files.iter().map(|f| f.bytes as usize).sum())?
     };
-    Ok((provider, rows))
+    Ok(Registered { provider, rows_per_patient, heavy })
 }
 
 /// A table over the catalog's files whose scan carries the row count the catalog recorded when

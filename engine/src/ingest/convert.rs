@@ -279,6 +279,18 @@ impl Converter {
         }
     }
 
+    /// The patients of what was pushed with the most rows, and the threshold above which all
+    /// are listed ([`crate::catalog::listing`]); `None` for a public table. Like
+    /// [`Converter::unit_rows_max`], it tells queries which patients a truncation can drop rows of.
+    pub fn unit_rows_listing(&self) -> Option<(u64, Vec<(i64, u64)>)> {
+        match (&self.unit_check, &self.unit_rows) {
+            // One row per patient: none has more than 1.
+            (Some(UnitCheck::Unique { .. }), _) => Some((1, Vec::new())),
+            (_, Some(counts)) => Some(crate::catalog::listing(counts.iter().map(|(p, n)| (*p, u64::from(*n))))),
+            _ => None,
+        }
+    }
+
     pub fn failed(&self) -> bool {
         !self.shown.is_empty()
     }

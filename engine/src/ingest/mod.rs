@@ -321,6 +321,10 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
     };
 
     let unit_rows_max = conv.unit_rows_max();
+    let (unit_rows_listed_above, listed) = match conv.unit_rows_listing() {
+        Some((above, listed)) => (Some(above), listed),
+        None => (None, Vec::new()),
+    };
     // Move the files next to the table's other files (on an object store: upload them under the
     // staging prefix, then copy them next to the table's other objects), then make them visible
     // in one transaction.
@@ -351,6 +355,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
                 rows: *rows,
                 bytes: *bytes,
                 unit_rows_max,
+                unit_rows_listed_above,
             });
         }
         if wh.store.is_local() {
@@ -365,6 +370,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
             allow_duplicate: opts.allow_duplicate,
             replace: opts.replace,
             files: &files,
+            listed: &listed,
         })?;
         Ok(files)
     })();
