@@ -60,8 +60,15 @@ pub fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn
     let id = format!("bench-{table}");
     let unit_rows_max = per_patient.values().copied().max();
     let (above, listed) = secretum_engine::catalog::listing(per_patient);
-    let files =
-        [FileEntry { path: rel, ingest_id: id.clone(), rows: rows as u64, bytes, unit_rows_max, unit_rows_listed_above: Some(above) }];
+    let files = [FileEntry {
+        path: rel,
+        ingest_id: id.clone(),
+        rows: rows as u64,
+        bytes,
+        unit_rows_max,
+        unit_rows_listed_above: Some(above),
+        unit_disjoint: false,
+    }];
     wh.catalog
         .commit_ingest(&NewIngest {
             id: &id,
@@ -73,6 +80,7 @@ pub fn write_table(wh: &mut Warehouse, table: &str, rows: usize, column: impl Fn
             replace: false,
             files: &files,
             listed: &listed,
+            unique_over: None,
         })
         .expect("commit");
 }

@@ -26,6 +26,21 @@ pub struct FileEntry {
     /// Every patient with more rows than this in the ingest that wrote this file is listed with
     /// its rows ([`Catalog::listed`], [`listing`]); `None` when not recorded.
     pub unit_rows_listed_above: Option<u64>,
+    /// The ingest that wrote this file holds no patient of the table's ingests committed before
+    /// it (`person`: its commit checks that the table's files are those its patients were
+    /// checked against, [`NewIngest::unique_over`]).
+    pub unit_disjoint: bool,
+}
+
+/// Per ingest of `files`, the given per-file value (the same for all files of an ingest), or
+/// `None` when one is unknown; and whether the ingests hold disjoint sets of patients (each
+/// holds none of the ones before it), so that a patient's rows are in one ingest only.
+fn per_ingest(files: &[FileEntry], value: impl Fn(&FileEntry) -> Option<u64>) -> Option<(std::collections::BTreeMap<&str, u64>, bool)> {
+    let mut out = std::collections::BTreeMap::new();
+    for f in files {
+        out.insert(f.ingest_id.as_str(), value(f)?);
+    }
+    Some((out, files.iter().all(|f| f.unit_disjoint)))
 }
 
 /// The most patients one ingest lists by their rows ([`listing`]).
@@ -87,18 +102,24 @@ impl Heavy {
 /// ingest). A patient's rows in the table are the sum of its rows in each ingest; in one ingest
 /// they are its listed rows if it is listed there, else at most the smaller of the ingest's
 /// threshold and its most rows for one patient. `None` when an ingest recorded no listing.
+///
+/// When the ingests hold disjoint sets of patients, a patient's rows are those of one ingest:
+/// the floor is the largest of the ingests' thresholds, and a listed patient has its listed rows.
 pub fn heavy(files: &[FileEntry], listed: &std::collections::BTreeMap<String, Vec<(i64, u64)>>) -> Option<Heavy> {
-    let mut unlisted: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
-    for f in files {
-        unlisted.insert(f.ingest_id.as_str(), f.unit_rows_listed_above?.min(f.unit_rows_max?));
-    }
-    let floor = unlisted.values().fold(0u64, |acc, m| acc.saturating_add(*m));
+    let (unlisted, disjoint) = per_ingest(files, |f| Some(f.unit_rows_listed_above?.min(f.unit_rows_max?)))?;
+    let floor = match disjoint {
+        true => unlisted.values().copied().max().unwrap_or(0),
+        false => unlisted.values().fold(0u64, |acc, m| acc.saturating_add(*m)),
+    };
     let mut most: std::collections::BTreeMap<i64, u64> = std::collections::BTreeMap::new();
     for (ingest, otherwise) in &unlisted {
         for (p, n) in listed.get(*ingest).map(Vec::as_slice).unwrap_or_default() {
-            // This ingest's rows of the patient replace the bound the floor counted for it.
             let m = most.entry(*p).or_insert(floor);
-            *m = m.saturating_add(n.saturating_sub(*otherwise));
+            *m = match disjoint {
+                true => (*m).max(*n),
+                // This ingest's rows of the patient replace the bound the floor counted for it.
+                false => m.saturating_add(n.saturating_sub(*otherwise)),
+            };
         }
     }
     Some(Heavy { floor, most: most.into_iter().collect() })
@@ -106,16 +127,15 @@ pub fn heavy(files: &[FileEntry], listed: &std::collections::BTreeMap<String, Ve
 
 /// An upper bound on the rows any one patient has in a table made of `files`: the sum over
 /// their ingests of each ingest's most rows for one patient (exact when one ingest wrote the
-/// table, larger when several ingests hold rows of the same patients). `None` when an ingest did
-/// not record it. Computed from the file list a query reads, so the two always agree.
+/// table, larger when several ingests hold rows of the same patients), or the largest of them
+/// when the ingests hold disjoint sets of patients. `None` when an ingest did not record it.
+/// Computed from the file list a query reads, so the two always agree.
 pub fn unit_rows_bound(files: &[FileEntry]) -> Option<u64> {
-    let mut per_ingest: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
-    for f in files {
-        let m = f.unit_rows_max?;
-        let e = per_ingest.entry(f.ingest_id.as_str()).or_insert(0);
-        *e = (*e).max(m);
-    }
-    Some(per_ingest.values().fold(0u64, |acc, m| acc.saturating_add(*m)))
+    let (most, disjoint) = per_ingest(files, |f| f.unit_rows_max)?;
+    Some(match disjoint {
+        true => most.values().copied().max().unwrap_or(0),
+        false => most.values().fold(0u64, |acc, m| acc.saturating_add(*m)),
+    })
 }
 
 /// One committed ingest.
@@ -153,6 +173,11 @@ pub struct NewIngest<'a> {
     pub files: &'a [FileEntry],
     /// The patients [`listing`] lists, with their rows (none for a public table).
     pub listed: &'a [(i64, u64)],
+    /// For a table whose privacy unit is its primary key (`person`): the table's files the
+    /// ingest's patients were checked against. The commit fails if the table's files are no
+    /// longer exactly these (another ingest committed meanwhile), so that the check holds for
+    /// what is committed; the files are then recorded as holding none of the earlier patients.
+    pub unique_over: Option<&'a [String]>,
 }
 
 pub struct Catalog {
@@ -188,7 +213,7 @@ impl Catalog {
     /// The committed files of one table, in commit order.
     pub fn files(&self, table: &str) -> Result<Vec<FileEntry>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT f.path, f.ingest_id, f.rows, f.bytes, f.unit_rows_max, f.unit_rows_listed_above
+            "SELECT f.path, f.ingest_id, f.rows, f.bytes, f.unit_rows_max, f.unit_rows_listed_above, f.unit_disjoint
              FROM files f JOIN ingests i ON i.id = f.ingest_id
              WHERE f.table_name = ?1 ORDER BY i.committed_at, f.path",
         )?;
@@ -200,6 +225,7 @@ impl Catalog {
                 bytes: r.get::<_, i64>(3)? as u64,
                 unit_rows_max: r.get::<_, Option<i64>>(4)?.map(|m| m as u64),
                 unit_rows_listed_above: r.get::<_, Option<i64>>(5)?.map(|m| m as u64),
+                unit_disjoint: r.get::<_, i64>(6)? != 0,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -286,6 +312,18 @@ impl Catalog {
                 return Err(duplicate_error(ingest.table, &id, &at));
             }
         }
+        if let Some(checked) = ingest.unique_over {
+            let mut stmt = tx.prepare_cached("SELECT path FROM files WHERE table_name = ?1 ORDER BY path")?;
+            let now: Vec<String> = stmt.query_map([ingest.table], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let mut checked = checked.to_vec();
+            checked.sort();
+            if now != checked && !ingest.replace {
+                return Err(Error::Conflict(format!(
+                    "another ingest of `{}` committed while this one ran, so its patients were not checked against it; nothing was committed. Run this ingest again",
+                    ingest.table
+                )));
+            }
+        }
         let rows: u64 = ingest.files.iter().map(|f| f.rows).sum();
         let bytes: u64 = ingest.files.iter().map(|f| f.bytes).sum();
         if ingest.replace {
@@ -309,8 +347,8 @@ impl Catalog {
         )?;
         for f in ingest.files {
             tx.execute(
-                "INSERT INTO files (path, ingest_id, table_name, rows, bytes, unit_rows_max, unit_rows_listed_above)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO files (path, ingest_id, table_name, rows, bytes, unit_rows_max, unit_rows_listed_above, unit_disjoint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     f.path,
                     ingest.id,
@@ -318,7 +356,8 @@ impl Catalog {
                     f.rows as i64,
                     f.bytes as i64,
                     f.unit_rows_max.map(|m| m as i64),
-                    f.unit_rows_listed_above.map(|m| m as i64)
+                    f.unit_rows_listed_above.map(|m| m as i64),
+                    ingest.unique_over.is_some() as i64
                 ],
             )?;
         }
@@ -369,6 +408,7 @@ mod tests {
             bytes: 1,
             unit_rows_max: m,
             unit_rows_listed_above: None,
+            unit_disjoint: false,
         }
     }
 
@@ -419,6 +459,7 @@ mod tests {
                         bytes: 1,
                         unit_rows_max: most,
                         unit_rows_listed_above: Some(above),
+                        unit_disjoint: false,
                     });
                 }
                 listed.insert(id, list);
@@ -447,6 +488,55 @@ mod tests {
         let listed = [("a".to_owned(), vec![(7, 3)])].into_iter().collect();
         assert_eq!(heavy(&[old.clone()], &listed).unwrap().over(2), Some(vec![7]));
         assert!(heavy(&[old, file("b", Some(2))], &listed).is_none());
+    }
+
+    #[test]
+    fn ingests_of_disjoint_patients_bound_a_patient_by_their_largest_not_their_sum() {
+        let disjoint =
+            |ingest: &str, most: u64| FileEntry { unit_disjoint: true, unit_rows_listed_above: Some(2), ..file(ingest, Some(most)) };
+        let (a, b) = (disjoint("a", 5), disjoint("b", 3));
+        assert_eq!(unit_rows_bound(&[a.clone(), a.clone(), b.clone()]), Some(5));
+        let listed = [("a".to_owned(), vec![(7, 5)]), ("b".to_owned(), vec![(8, 3)]), ("c".to_owned(), vec![])].into_iter().collect();
+        let heavy = heavy(&[a.clone(), b.clone()], &listed).unwrap();
+        assert_eq!((heavy.over(2), heavy.over(4), heavy.over(5)), (Some(vec![7, 8]), Some(vec![7]), Some(vec![])));
+        assert_eq!(heavy.over(1), None);
+        // One ingest not known to hold new patients: they may repeat, the rows add up.
+        let c = FileEntry { unit_rows_listed_above: Some(2), ..file("c", Some(2)) };
+        assert_eq!(unit_rows_bound(&[a.clone(), b.clone(), c.clone()]), Some(10));
+        assert_eq!(super::heavy(&[a, b, c], &listed).unwrap().over(5), None);
+    }
+
+    #[test]
+    fn a_person_ingest_commits_only_over_the_files_its_patients_were_checked_against() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut catalog = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
+        let commit = |catalog: &mut Catalog, id: &str, checked: &[String]| {
+            let files = [FileEntry { unit_rows_listed_above: Some(1), ..file(id, Some(1)) }];
+            catalog.commit_ingest(&NewIngest {
+                id,
+                table: "person",
+                source_path: id,
+                source_sha256: id,
+                actor: "test",
+                allow_duplicate: false,
+                replace: false,
+                files: &files,
+                listed: &[],
+                unique_over: Some(checked),
+            })
+        };
+        commit(&mut catalog, "a", &[]).unwrap();
+        // Checked against an empty table, but `a` committed meanwhile: refused, nothing changes.
+        let err = commit(&mut catalog, "b", &[]).unwrap_err();
+        assert!(matches!(err, Error::Conflict(ref m) if m.contains("Run this ingest again")), "{err}");
+        assert_eq!(catalog.files("person").unwrap().len(), 1);
+        assert!(catalog.ingests().unwrap().iter().all(|i| i.id == "a"));
+        // Checked against `a`'s files: committed, and one row per patient over both ingests.
+        let checked: Vec<String> = catalog.files("person").unwrap().into_iter().map(|f| f.path).collect();
+        commit(&mut catalog, "b", &checked).unwrap();
+        let files = catalog.files("person").unwrap();
+        assert!(files.iter().all(|f| f.unit_disjoint));
+        assert_eq!(unit_rows_bound(&files), Some(1));
     }
 
     #[test]

@@ -155,6 +155,9 @@ END;
 -- with more than `unit_rows_listed_above` rows (see catalog::Listing). Read only to plan the
 -- truncation of a query (dp::rewrite), never shown.
 ALTER TABLE files ADD COLUMN unit_rows_listed_above INTEGER;
+-- 1 when the ingest that wrote the file holds no patient of the table's earlier ingests (`person`,
+-- whose privacy unit is its primary key, checked against exactly the files committed before it).
+ALTER TABLE files ADD COLUMN unit_disjoint INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE unit_rows (
     ingest_id TEXT NOT NULL REFERENCES ingests (id),
     unit      INTEGER NOT NULL,

@@ -568,12 +568,9 @@ fn heavy_patients_are_truncated_from_the_catalogs_list_as_when_their_rows_are_co
     let k = crate::common::max_rows("condition_occurrence") as usize;
     let fx = Fixture::new(200, 5);
     let (p, c, _) = attacker_files(fx.dir.path(), 5 * k);
-    // The patient is in the one ingest of `person` (a second would make the catalog count up
-    // to two rows per patient there); their conditions arrive in an ingest of their own.
-    let person = std::fs::read_to_string(&p).unwrap();
-    let mut raw = std::fs::OpenOptions::new().append(true).open(fx.raw("person")).unwrap();
-    writeln!(raw, "{}", person.lines().nth(1).unwrap()).unwrap();
     ingest_tables(&fx, &["person", "condition_occurrence"]);
+    // The patient arrives in ingests of their own.
+    ingest::ingest(&mut fx.open(), &fx.key(), &IngestOptions::new("person", &p)).unwrap();
     ingest::ingest(&mut fx.open(), &fx.key(), &IngestOptions::new("condition_occurrence", &c)).unwrap();
     policy(&fx.data, PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() });
     project(&fx.data, "bounds", 1e9, &["person", "condition_occurrence"]);
@@ -598,6 +595,11 @@ fn heavy_patients_are_truncated_from_the_catalogs_list_as_when_their_rows_are_co
             })
             .collect()
     };
+    // `person` holds one row per patient over its two ingests (each ingest's patients are new
+    // to the table, checked as it commits): nothing truncates it.
+    let wh = fx.open();
+    let plan = rt().block_on(dp::prepare(&wh, &req("bounds", "SELECT COUNT(*) FROM person", 1.0))).unwrap().physical_plans();
+    assert!(!plan.contains("__rn") && !plan.contains("__over"), "person is truncated:\n{plan}");
     let with_list = answers(true);
     // The same warehouse as if its ingests had listed nothing (as before listings were kept).
     rusqlite::Connection::open(fx.data.join("catalog.sqlite"))

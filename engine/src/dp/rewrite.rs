@@ -20,7 +20,9 @@
 //! its sensitivity argument unchanged (one patient still has at most K rows in it, now because
 //! the data has no more, checked at ingest, rather than because an operator removed them). On
 //! data where some patient has more rows than K, the truncation runs as before. `person`, whose
-//! ingest refuses a second row for a patient, is never truncated.
+//! ingest refuses a second row for a patient, is never truncated: each of its ingests checks its
+//! patients against the table's files and commits only if those are still the table's files, so
+//! its ingests hold disjoint patients and the bound is their largest, 1, not their sum.
 //!
 //! The choice reads the catalog, not the query's rows, and changes the plan, not the answer:
 //! which of two plans runs depends on the most rows any one patient of the whole table has

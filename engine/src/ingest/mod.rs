@@ -184,6 +184,11 @@ fn peek_header(path: &Path, format: Format) -> Result<(Vec<String>, u8)> {
 
 /// The pseudonyms of the patients a table holds (its committed files' privacy-unit column).
 pub fn stored_units(wh: &Warehouse, table: &str) -> Result<std::collections::HashSet<i64>> {
+    Ok(stored_units_of(wh, table)?.0)
+}
+
+/// [`stored_units`], and the files they were read from.
+fn stored_units_of(wh: &Warehouse, table: &str) -> Result<(std::collections::HashSet<i64>, Vec<String>)> {
     let policy = wh.schemas.get(table)?;
     let unit = policy.privacy_unit().name.clone();
     let mut out = std::collections::HashSet::new();
@@ -203,7 +208,8 @@ pub fn stored_units(wh: &Warehouse, table: &str) -> Result<std::collections::Has
         }
         Ok(())
     }
-    for f in wh.catalog.files(table)? {
+    let files = wh.catalog.files(table)?;
+    for f in &files {
         match &wh.store {
             Store::Local => {
                 let path = wh.layout.root.join(&f.path);
@@ -212,7 +218,7 @@ pub fn stored_units(wh: &Warehouse, table: &str) -> Result<std::collections::Has
             Store::S3(s) => units_of(s.read(&f.path)?, &unit, &mut out)?,
         }
     }
-    Ok(out)
+    Ok((out, files.into_iter().map(|f| f.path).collect()))
 }
 
 /// Ingest one raw extract or OMOP export into one table.
@@ -260,9 +266,12 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
         Shape::Extract => (Vec::new(), Vec::new()),
     };
     // Each row's patient: unique in `person`, present in `person` for every other table.
+    let mut unique_over = None;
     if !policy.public {
         if opts.table == "person" {
-            conv = conv.with_unit_check(UnitCheck::Unique { seen: stored_units(wh, "person")?.into_iter().map(|u| (u, None)).collect() });
+            let (stored, checked) = stored_units_of(wh, "person")?;
+            unique_over = Some(checked);
+            conv = conv.with_unit_check(UnitCheck::Unique { seen: stored.into_iter().map(|u| (u, None)).collect() });
         } else if wh.schemas.tables.contains_key("person") {
             let known = stored_units(wh, "person")?;
             if known.is_empty() {
@@ -356,6 +365,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
                 bytes: *bytes,
                 unit_rows_max,
                 unit_rows_listed_above,
+                unit_disjoint: unique_over.is_some(),
             });
         }
         if wh.store.is_local() {
@@ -371,6 +381,7 @@ pub fn ingest(wh: &mut Warehouse, key: &Key, opts: &IngestOptions<'_>) -> Result
             replace: opts.replace,
             files: &files,
             listed: &listed,
+            unique_over: unique_over.as_deref(),
         })?;
         Ok(files)
     })();
