@@ -561,52 +561,67 @@ fn a_patient_whose_rows_arrive_over_several_ingests_is_still_bounded() {
 
 #[test]
 fn heavy_patients_are_truncated_from_the_catalogs_list_as_when_their_rows_are_counted() {
-    // One patient with 5K condition rows among 200. Their ingest lists them (the catalog knows
-    // every other patient has at most K rows), so only their rows are truncated; without the
-    // list, the truncation counts every patient's rows. Both keep min(rows, K) per patient: the
-    // exact counts are equal.
+    // One patient with 5K condition rows and 1,000 measurements among 200. Their ingests list
+    // them (the catalog knows every other patient has at most K rows), so only their rows are
+    // truncated, and over a single table the additive aggregates are computed over all rows,
+    // minus the listed patient's, plus those truncated; without the lists, the truncation counts
+    // every patient's rows. Both keep min(rows, K) per patient, and the patient's rows are copies
+    // of one row: the exact counts and sums are equal.
     let k = crate::common::max_rows("condition_occurrence") as usize;
     let fx = Fixture::new(200, 5);
-    let (p, c, _) = attacker_files(fx.dir.path(), 5 * k);
-    ingest_tables(&fx, &["person", "condition_occurrence"]);
+    let (p, c, m) = attacker_files(fx.dir.path(), 5 * k);
+    ingest_tables(&fx, &["person", "condition_occurrence", "measurement"]);
     // The patient arrives in ingests of their own.
-    ingest::ingest(&mut fx.open(), &fx.key(), &IngestOptions::new("person", &p)).unwrap();
-    ingest::ingest(&mut fx.open(), &fx.key(), &IngestOptions::new("condition_occurrence", &c)).unwrap();
+    for (table, file) in [("person", &p), ("condition_occurrence", &c), ("measurement", &m)] {
+        ingest::ingest(&mut fx.open(), &fx.key(), &IngestOptions::new(table, file)).unwrap();
+    }
     policy(&fx.data, PolicyUpdate { patient_epsilon_cap: Some(1e9), suppression_threshold: Some(0), ..Default::default() });
-    project(&fx.data, "bounds", 1e9, &["person", "condition_occurrence"]);
+    // Two projects: the second run must not replay the first one's releases (same data version).
+    for name in ["bounds", "counted"] {
+        project(&fx.data, name, 1e9, &["person", "condition_occurrence", "measurement"]);
+    }
     let queries = [
         "SELECT COUNT(*) FROM condition_occurrence",
         "SELECT COUNT(*) FROM condition_occurrence WHERE condition_start_date >= '1900-01-01'",
+        "SELECT COUNT(*), SUM(value_as_number), AVG(value_as_number), COUNT(value_as_number) FROM measurement",
+        "SELECT measurement_concept_id, COUNT(*), SUM(value_as_number) FROM measurement GROUP BY 1",
         "SELECT COUNT(*) FROM person JOIN condition_occurrence USING (person_id)",
         "SELECT gender_concept_id, COUNT(*) FROM condition_occurrence JOIN person USING (person_id) GROUP BY 1",
     ];
-    let answers = |listed: bool| -> Vec<Vec<Vec<serde_json::Value>>> {
+    let answers = |listed: bool, project: &str| -> Vec<Vec<Vec<serde_json::Value>>> {
         let wh = fx.open();
         let mut ledger = Ledger::open(&fx.data).unwrap();
         queries
             .iter()
             .map(|sql| {
-                let plan = rt().block_on(dp::prepare(&wh, &req("bounds", sql, 1.0))).unwrap().physical_plans();
+                let plans = rt().block_on(dp::prepare(&wh, &req(project, sql, 1.0))).unwrap().physical_plans();
+                // A single table with a listed patient: over all rows, the listed rows, and those
+                // truncated.
+                let single = !sql.contains("JOIN");
+                assert_eq!(plans.len(), if listed && single { 3 } else { 1 }, "{sql}: listed {listed}, plans:\n{plans:#?}");
+                let plan = plans.join("\n");
                 // A random row number truncates the heavy patient either way; only the full
                 // truncation counts rows per patient (`__over`).
                 assert!(plan.contains("__rn"), "{sql}: no truncation in\n{plan}");
                 assert_eq!(!plan.contains("__over"), listed, "{sql}: listed {listed}, plan:\n{plan}");
-                exact_answer(&wh, &mut ledger, sql)
+                let a = rt().block_on(dp::run(&wh, &mut ledger, &req(project, sql, 1.0), Noise::Exact)).unwrap();
+                assert!(a.report.replay_of.is_none(), "{sql}: replayed");
+                secretum_api::output::json(&a).rows
             })
             .collect()
     };
     // `person` holds one row per patient over its two ingests (each ingest's patients are new
     // to the table, checked as it commits): nothing truncates it.
     let wh = fx.open();
-    let plan = rt().block_on(dp::prepare(&wh, &req("bounds", "SELECT COUNT(*) FROM person", 1.0))).unwrap().physical_plans();
+    let plan = rt().block_on(dp::prepare(&wh, &req("bounds", "SELECT COUNT(*) FROM person", 1.0))).unwrap().physical_plans().join("\n");
     assert!(!plan.contains("__rn") && !plan.contains("__over"), "person is truncated:\n{plan}");
-    let with_list = answers(true);
+    let with_list = answers(true, "bounds");
     // The same warehouse as if its ingests had listed nothing (as before listings were kept).
     rusqlite::Connection::open(fx.data.join("catalog.sqlite"))
         .unwrap()
         .execute("UPDATE files SET unit_rows_listed_above = NULL", [])
         .unwrap();
-    let counted = answers(false);
+    let counted = answers(false, "counted");
     assert_eq!(with_list, counted);
     let whole: f64 = cell(&with_list[0][0][0]);
     assert!(whole > 0.0);

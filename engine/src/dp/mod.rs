@@ -160,9 +160,9 @@ impl Prepared {
     /// which bounding a plan runs. Only in the test suite's build (a plan may name the patients
     /// the catalog lists, see `rewrite`).
     #[cfg(feature = "test-exact")]
-    pub fn physical_plans(&self) -> String {
-        let plans = self.plans.exact.iter().chain(self.plans.quantiles.iter().map(|(_, p)| p));
-        plans.map(|p| datafusion::physical_plan::displayable(p.as_ref()).indent(true).to_string()).collect::<Vec<_>>().join("\n")
+    pub fn physical_plans(&self) -> Vec<String> {
+        let plans = self.plans.exact.iter().map(|(_, p)| p).chain(self.plans.quantiles.iter().map(|(_, p)| p));
+        plans.map(|p| datafusion::physical_plan::displayable(p.as_ref()).indent(true).to_string()).collect()
     }
 
     /// Release given exact component values (in component order, in the released unit: e.g.
@@ -205,13 +205,19 @@ impl Prepared {
             (0..nkeys).map(|k| Ok(ScalarValue::try_from_array(batch.column(k), row)?)).collect()
         };
 
-        // Exact components over the bounded relation: integers (counts, fixed-point sums).
+        // Exact components over the bounded relation: integers (counts, fixed-point sums), added
+        // up over its parts with their signs where it is split (`rewrite::Split`).
         let mut exact: HashMap<Vec<ScalarValue>, Vec<i64>> = HashMap::new();
-        if let Some(plan) = &plans.exact {
+        for (sign, plan) in &plans.exact {
             for batch in session::collect(&self.ctx, plan.clone()).await? {
                 for row in 0..batch.num_rows() {
-                    let values = (0..plans.exact_comps.len()).map(|c| integer_at(batch.column(nkeys + c), row)).collect();
-                    exact.insert(key_of(&batch, row)?, values);
+                    let sums = exact.entry(key_of(&batch, row)?).or_insert_with(|| vec![0; plans.exact_comps.len()]);
+                    for (c, sum) in sums.iter_mut().enumerate() {
+                        // Within ±2^63 for fewer than 2^43 rows (see `release::fixed_point_sum`).
+                        *sum = sum
+                            .checked_add(sign * integer_at(batch.column(nkeys + c), row))
+                            .ok_or_else(|| Error::internal("an exact component overflowed"))?;
+                    }
                 }
             }
         }

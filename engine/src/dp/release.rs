@@ -35,7 +35,7 @@ use std::sync::Arc;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::execution::context::SessionContext;
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct, sum};
-use datafusion::logical_expr::{Expr, LogicalPlanBuilder, lit};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, lit};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::analyze::{AggKind, Analysis};
@@ -83,11 +83,32 @@ pub struct Component {
     pub rho: f64,
     /// The calibrated additive noise (counts and sums).
     laplace: Option<Additive>,
+    /// Whether the exact aggregate adds up over a disjoint union of rows (a count of rows or of
+    /// values, an integer sum; not a count of distinct patients): see [`rewrite::Split`].
+    additive: bool,
 }
 
 impl Component {
     fn new(agg: Option<usize>, what: What, label: &'static str, expr: Option<Expr>, sensitivity: f64, unit: f64, steps: i64) -> Component {
-        Component { agg, what, label, expr, sensitivity, unit, steps, l2_steps: steps as f64, epsilon: 0.0, rho: 0.0, laplace: None }
+        Component {
+            agg,
+            what,
+            label,
+            expr,
+            sensitivity,
+            unit,
+            steps,
+            l2_steps: steps as f64,
+            epsilon: 0.0,
+            rho: 0.0,
+            laplace: None,
+            additive: false,
+        }
+    }
+
+    /// The same component, its exact aggregate a count of rows or values or an integer sum.
+    fn additive(self) -> Component {
+        Component { additive: true, ..self }
     }
 
     /// The noise's name, for the report.
@@ -117,12 +138,12 @@ impl Component {
 /// `COUNT(*)`: each retained row adds 1 to one cell, so one patient's K rows move the vector of
 /// cells by at most K in L1.
 fn count_rows(j: usize, k: u32) -> Vec<Component> {
-    vec![Component::new(Some(j), What::Count, "rows", Some(count(lit(1i64))), k as f64, 1.0, k as i64)]
+    vec![Component::new(Some(j), What::Count, "rows", Some(count(lit(1i64))), k as f64, 1.0, k as i64).additive()]
 }
 
 /// `COUNT(x)`: as `COUNT(*)`, over the rows where x is not null: Δ₁ = K.
 fn count_values(j: usize, k: u32, v: Expr) -> Vec<Component> {
-    vec![Component::new(Some(j), What::Count, "values", Some(count(v)), k as f64, 1.0, k as i64)]
+    vec![Component::new(Some(j), What::Count, "values", Some(count(v)), k as f64, 1.0, k as i64).additive()]
 }
 
 /// `COUNT(DISTINCT person_id)`: a patient is counted once per group they have a retained row
@@ -143,7 +164,7 @@ fn count_patients(j: usize, groups: u32) -> Vec<Component> {
 fn fixed_point_sum(j: usize, label: &'static str, k: u32, v: Expr, centre: f64, m: f64, square: bool) -> Component {
     let unit = rewrite::fixed_point_unit(m);
     let expr = sum(rewrite::fixed_point(v, centre, unit, square));
-    Component::new(Some(j), What::Sum, label, Some(expr), k as f64 * m, unit, k as i64 * STEPS)
+    Component::new(Some(j), What::Sum, label, Some(expr), k as f64 * m, unit, k as i64 * STEPS).additive()
 }
 
 /// `SUM(x)`: K clamped values, each of magnitude at most max(|lo|, |hi|): Δ₁ = K·max(|lo|, |hi|).
@@ -206,9 +227,11 @@ pub struct Release {
 
 /// The data-reading plans of a release, made before the debit.
 pub struct Plans {
-    /// Components with an exact aggregate, in the order of the exact plan's columns.
+    /// Components with an exact aggregate, in the order of the exact plans' columns.
     pub exact_comps: Vec<usize>,
-    pub exact: Option<Arc<dyn ExecutionPlan>>,
+    /// The exact components are the sum of these plans' values, each times its sign: one plan
+    /// over the bounded relation, or three over its parts ([`rewrite::Split`]).
+    pub exact: Vec<(i64, Arc<dyn ExecutionPlan>)>,
     /// (component, plan of its group keys and values)
     pub quantiles: Vec<(usize, Arc<dyn ExecutionPlan>)>,
 }
@@ -331,18 +354,28 @@ impl Release {
     /// SQL, the schema and the catalog's file list only.
     pub async fn physical_plans(&self, ctx: &SessionContext, a: &Analysis, tables: &rewrite::Tables<'_>) -> Result<Plans> {
         let nkeys = a.keys.len();
-        let relation = rewrite::bounded_relation(a, tables, self.bound).map_err(session::plan_error)?;
+        let bounded = rewrite::bounded(a, tables, self.bound).map_err(session::plan_error)?;
+        let relation = bounded.relation;
         let exact_comps: Vec<usize> = (0..self.components.len()).filter(|i| self.components[*i].expr.is_some()).collect();
-        let exact = if exact_comps.is_empty() {
-            None
-        } else {
-            let group: Vec<Expr> = (0..nkeys).map(|i| Expr::Column(Column::from_name(key_col(i)))).collect();
-            let aggs: Vec<Expr> =
-                exact_comps.iter().filter_map(|i| self.components[*i].expr.clone().map(|e| e.alias(format!("__c{i}")))).collect();
-            let plan =
-                LogicalPlanBuilder::from(relation.clone()).aggregate(group, aggs).and_then(|b| b.build()).map_err(session::plan_error)?;
-            Some(session::physical(ctx, plan).await?)
+        let group: Vec<Expr> = (0..nkeys).map(|i| Expr::Column(Column::from_name(key_col(i)))).collect();
+        let aggs: Vec<Expr> =
+            exact_comps.iter().filter_map(|i| self.components[*i].expr.clone().map(|e| e.alias(format!("__c{i}")))).collect();
+        let aggregate = |over: &LogicalPlan| {
+            LogicalPlanBuilder::from(over.clone())
+                .aggregate(group.clone(), aggs.clone())
+                .and_then(|b| b.build())
+                .map_err(session::plan_error)
         };
+        let parts: Vec<(i64, &LogicalPlan)> = match &bounded.split {
+            _ if exact_comps.is_empty() => Vec::new(),
+            // Every exact aggregate adds up over disjoint rows: over the parts (see `Split`).
+            Some(s) if exact_comps.iter().all(|i| self.components[*i].additive) => vec![(1, &s.all), (-1, &s.listed), (1, &s.truncated)],
+            _ => vec![(1, &relation)],
+        };
+        let mut exact = Vec::with_capacity(parts.len());
+        for (sign, over) in parts {
+            exact.push((sign, session::physical(ctx, aggregate(over)?).await?));
+        }
         let mut quantiles = Vec::new();
         for (i, c) in self.components.iter().enumerate() {
             let Some(j) = c.agg.filter(|_| c.what == What::Quantile) else { continue };
