@@ -230,7 +230,7 @@ pub struct Plans {
     /// Components with an exact aggregate, in the order of the exact plans' columns.
     pub exact_comps: Vec<usize>,
     /// The exact components are the sum of these plans' values, each times its sign: one plan
-    /// over the bounded relation, or three over its parts ([`rewrite::Split`]).
+    /// over the bounded relation, or two over its parts ([`rewrite::Split`]).
     pub exact: Vec<(i64, Arc<dyn ExecutionPlan>)>,
     /// (component, plan of its group keys and values)
     pub quantiles: Vec<(usize, Arc<dyn ExecutionPlan>)>,
@@ -369,7 +369,7 @@ impl Release {
         let parts: Vec<(i64, &LogicalPlan)> = match &bounded.split {
             _ if exact_comps.is_empty() => Vec::new(),
             // Every exact aggregate adds up over disjoint rows: over the parts (see `Split`).
-            Some(s) if exact_comps.iter().all(|i| self.components[*i].additive) => vec![(1, &s.all), (-1, &s.listed), (1, &s.truncated)],
+            Some(s) if exact_comps.iter().all(|i| self.components[*i].additive) => vec![(1, &s.all), (-1, &s.dropped)],
             _ => vec![(1, &relation)],
         };
         let mut exact = Vec::with_capacity(parts.len());

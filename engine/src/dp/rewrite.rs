@@ -107,9 +107,14 @@ fn column(name: &str) -> Expr {
 /// Keep at most `k` rows per value of `unit`, chosen uniformly at random: a random row number
 /// within each patient's rows, kept up to `k`. This sorts its whole input.
 fn truncate_all(plan: LogicalPlan, unit: Expr, k: u32) -> datafusion::error::Result<LogicalPlan> {
+    ranked(plan, unit, |rn| rn.lt_eq(lit(k as i64)))
+}
+
+/// The rows of `plan` whose random row number within their patient's rows passes `keep`.
+fn ranked(plan: LogicalPlan, unit: Expr, keep: impl FnOnce(Expr) -> Expr) -> datafusion::error::Result<LogicalPlan> {
     let columns: Vec<Expr> = plan.schema().columns().into_iter().map(Expr::Column).collect();
     let rn = row_number().partition_by(vec![unit]).order_by(vec![random().sort(true, true)]).build()?.alias(RN);
-    LogicalPlanBuilder::from(plan).window(vec![rn])?.filter(column(RN).lt_eq(lit(k as i64)))?.project(columns)?.build()
+    LogicalPlanBuilder::from(plan).window(vec![rn])?.filter(keep(column(RN)))?.project(columns)?.build()
 }
 
 /// The same result as [`truncate_all`], without sorting everything: patients with at most `k`
@@ -456,21 +461,20 @@ pub struct Bounded {
 }
 
 /// The bounded relation of a single stored table whose patients over the bound are listed
-/// ([`truncate_listed`]), in three parts: `all` (the relation without truncation), `listed`
-/// (the rows of the listed patients) and `truncated` (those rows truncated, as in the relation).
+/// ([`truncate_listed`]), in two parts: `all`, the relation without truncation, and `dropped`,
+/// the rows of the listed patients that the truncation drops (a random row number within each
+/// listed patient's rows, beyond the bound: the complement of what [`truncate_all`] keeps).
 ///
-/// The bounded relation is `all` without `listed`, plus `truncated`: `all` is the disjoint union
-/// of the rows of the listed patients and of the others, which the relation keeps as they are.
-/// So for an aggregate that adds up over a disjoint union of rows (a count of rows or of values,
-/// an integer sum), its value over the bounded relation is exactly its value over `all`, minus
-/// over `listed`, plus over `truncated`: the same integers, hence the same release. It costs less:
-/// `all` does not read the privacy unit (a count over it comes from the catalog's row counts), and
-/// the listed patients' rows are found through the files' page statistics where they are close
-/// together.
+/// The bounded relation is `all` without `dropped`: the rows of patients not listed, all kept,
+/// and the listed patients' rows ranked within the bound. So for an aggregate that adds up over
+/// a disjoint union of rows (a count of rows or of values, an integer sum), its value over the
+/// bounded relation is exactly its value over `all` minus its value over `dropped`: the same
+/// integers, drawn with the same randomness, hence the same release. It costs less: `all` does not
+/// read the privacy unit (a count over it comes from the catalog's row counts), and the listed
+/// patients' rows are found through the files' page statistics where they are close together.
 pub struct Split {
     pub all: LogicalPlan,
-    pub listed: LogicalPlan,
-    pub truncated: LogicalPlan,
+    pub dropped: LogicalPlan,
 }
 
 /// The bounded relation: one row per retained source row, with columns `__pid`, `__k{i}` for
@@ -542,8 +546,8 @@ pub fn bounded(analysis: &Analysis, tables: &Tables<'_>, bound: u32) -> datafusi
     }
     let list: Vec<Expr> = heavy.iter().map(|p| lit(*p)).collect();
     let rows = LogicalPlanBuilder::from(projected.clone()).filter(Expr::Column(pid.clone()).in_list(list, false))?.build()?;
-    let truncated = truncate_all(rows.clone(), Expr::Column(pid), bound)?;
-    Ok(Bounded { relation, split: Some(Split { all: projected, listed: rows, truncated }) })
+    let dropped = ranked(rows, Expr::Column(pid), |rn| rn.gt(lit(bound as i64)))?;
+    Ok(Bounded { relation, split: Some(Split { all: projected, dropped }) })
 }
 
 #[cfg(test)]
