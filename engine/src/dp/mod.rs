@@ -161,7 +161,7 @@ impl Prepared {
     /// the catalog lists, see `rewrite`).
     #[cfg(feature = "test-exact")]
     pub fn physical_plans(&self) -> Vec<String> {
-        let plans = self.plans.exact.iter().map(|(_, p)| p).chain(self.plans.quantiles.iter().map(|(_, p)| p));
+        let plans = self.plans.exact.iter().chain(self.plans.quantiles.iter().map(|(_, p)| p));
         plans.map(|p| datafusion::physical_plan::displayable(p.as_ref()).indent(true).to_string()).collect()
     }
 
@@ -208,10 +208,12 @@ impl Prepared {
         // Exact components over the bounded relation: integers (counts, fixed-point sums), added
         // up over its parts with their signs where it is split (`rewrite::Split`).
         let mut exact: HashMap<Vec<ScalarValue>, Vec<i64>> = HashMap::new();
-        for (sign, plan) in &plans.exact {
+        let ncomps = plans.exact_comps.len();
+        if let Some(plan) = &plans.exact {
             for batch in session::collect(&self.ctx, plan.clone()).await? {
                 for row in 0..batch.num_rows() {
-                    let sums = exact.entry(key_of(&batch, row)?).or_insert_with(|| vec![0; plans.exact_comps.len()]);
+                    let sign = if plans.signed { integer_at(batch.column(nkeys + ncomps), row) } else { 1 };
+                    let sums = exact.entry(key_of(&batch, row)?).or_insert_with(|| vec![0; ncomps]);
                     for (c, sum) in sums.iter_mut().enumerate() {
                         // Within ±2^63 for fewer than 2^43 rows (see `release::fixed_point_sum`).
                         *sum = sum

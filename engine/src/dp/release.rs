@@ -229,9 +229,10 @@ pub struct Release {
 pub struct Plans {
     /// Components with an exact aggregate, in the order of the exact plans' columns.
     pub exact_comps: Vec<usize>,
-    /// The exact components are the sum of these plans' values, each times its sign: one plan
-    /// over the bounded relation, or two over its parts ([`rewrite::Split`]).
-    pub exact: Vec<(i64, Arc<dyn ExecutionPlan>)>,
+    pub exact: Option<Arc<dyn ExecutionPlan>>,
+    /// Whether the exact plan is over the parts of a split relation ([`rewrite::Split`]): each of
+    /// its rows then has a last column, the sign (1 or −1) its values are added up with.
+    pub signed: bool,
     /// (component, plan of its group keys and values)
     pub quantiles: Vec<(usize, Arc<dyn ExecutionPlan>)>,
 }
@@ -366,16 +367,26 @@ impl Release {
                 .and_then(|b| b.build())
                 .map_err(session::plan_error)
         };
-        let parts: Vec<(i64, &LogicalPlan)> = match &bounded.split {
-            _ if exact_comps.is_empty() => Vec::new(),
-            // Every exact aggregate adds up over disjoint rows: over the parts (see `Split`).
-            Some(s) if exact_comps.iter().all(|i| self.components[*i].additive) => vec![(1, &s.all), (-1, &s.dropped)],
-            _ => vec![(1, &relation)],
+        let signed = |over: &LogicalPlan, sign: i64| {
+            let aggregated = aggregate(over)?;
+            let mut columns: Vec<Expr> = aggregated.schema().columns().into_iter().map(Expr::Column).collect();
+            columns.push(lit(sign).alias("__sign"));
+            LogicalPlanBuilder::from(aggregated).project(columns).and_then(|b| b.build()).map_err(session::plan_error)
         };
-        let mut exact = Vec::with_capacity(parts.len());
-        for (sign, over) in parts {
-            exact.push((sign, session::physical(ctx, aggregate(over)?).await?));
-        }
+        let split = bounded.split.as_ref().filter(|_| exact_comps.iter().all(|i| self.components[*i].additive));
+        let exact = match split {
+            _ if exact_comps.is_empty() => None,
+            // Every exact aggregate adds up over disjoint rows: over all rows, minus over those the
+            // truncation drops (see `Split`), in one plan.
+            Some(s) => {
+                let parts = LogicalPlanBuilder::from(signed(&s.all, 1)?)
+                    .union(signed(&s.dropped, -1)?)
+                    .and_then(|b| b.build())
+                    .map_err(session::plan_error)?;
+                Some(session::physical(ctx, parts).await?)
+            }
+            None => Some(session::physical(ctx, aggregate(&relation)?).await?),
+        };
         let mut quantiles = Vec::new();
         for (i, c) in self.components.iter().enumerate() {
             let Some(j) = c.agg.filter(|_| c.what == What::Quantile) else { continue };
@@ -388,7 +399,7 @@ impl Release {
                 .map_err(session::plan_error)?;
             quantiles.push((i, session::physical(ctx, plan).await?));
         }
-        Ok(Plans { exact_comps, exact, quantiles })
+        Ok(Plans { exact_comps, exact, signed: split.is_some(), quantiles })
     }
 
     /// Noise every count and sum over the released keys (a key no row has is zero-filled before
