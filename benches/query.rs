@@ -9,7 +9,9 @@
 //! `cargo bench --bench query` (SECRETUM_BENCH_ROWS=1000000,10000000 by default: measurement
 //! rows; patients are a tenth of that, each with ten measurements and one person row).
 //! SECRETUM_BENCH_HEAVY=1000 gives one patient 1,000 of the measurement rows, over the table's
-//! bound: the cost of the per-query truncation on data where some patient exceeds it.
+//! bound: the cost of the per-query truncation on data where some patient exceeds it (the
+//! catalog lists that patient, and only their rows are truncated). In the small table of the
+//! fixed cost, that patient has every row.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -125,7 +127,7 @@ fn bench(c: &mut Criterion) {
     println!("\nDP path against plain DataFusion, same Parquet, same run (medians):");
     let heavy = common::heavy_rows();
     if heavy > 0 {
-        println!("(one patient has {heavy} of each size's measurement rows: the per-query truncation runs)");
+        println!("(one patient has {heavy} of each size's measurement rows: their rows are truncated per query)");
     }
     let fixed = |name: &str| measured.iter().find(|m| m.rows == 1_000 && m.name == name).map_or(0.0, |m| m.dp - m.plain);
     for m in &measured {

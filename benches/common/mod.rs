@@ -104,8 +104,8 @@ pub fn person_column(name: &str, start: usize, n: usize) -> Option<ArrayRef> {
 }
 
 /// Measurement rows given to one patient (`SECRETUM_BENCH_HEAVY=N`; none by default). Over the
-/// table's bound (100), the catalog no longer shows every patient within it, so every query over
-/// `measurement` pays the per-query truncation, as on data with a heavy patient.
+/// table's bound (100), the catalog lists that patient, and every query over `measurement`
+/// truncates their rows, as on data with a heavy patient.
 pub fn heavy_rows() -> usize {
     std::env::var("SECRETUM_BENCH_HEAVY").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
