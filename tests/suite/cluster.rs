@@ -54,6 +54,21 @@ fn queries_run_on_a_cluster_equal_local_ones_and_its_faults_spend_nothing_or_are
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("raw");
     secretum_engine::synth::generate(1500, 5, &raw, None).unwrap();
+    // One patient over measurement's bound: the catalog lists them, and every query over it
+    // truncates their rows (copies of one row, so that any of them give the same answer).
+    let m = raw.join("measurement.csv");
+    let text = std::fs::read_to_string(&m).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let id = header.iter().position(|h| *h == "measurement_id").unwrap();
+    let row: Vec<String> = text.lines().nth(1).unwrap().split(',').map(str::to_owned).collect();
+    let mut heavy = text.clone();
+    for i in 0..300 {
+        let mut r = row.clone();
+        r[id] = format!("{}", 800_000_000 + i);
+        heavy.push_str(&r.join(","));
+        heavy.push('\n');
+    }
+    std::fs::write(&m, heavy).unwrap();
     let data = dir.path().join("data");
     let store = garage.config("cluster");
     Warehouse::init_on(&data, Some(&dir.path().join("k")), None, Some(&store)).unwrap();
@@ -78,6 +93,17 @@ fn queries_run_on_a_cluster_equal_local_ones_and_its_faults_spend_nothing_or_are
         assert_eq!(local.report.executed_on, "this node");
         assert_eq!(remote.report.executed_on, format!("cluster {}", nodes.url()));
     }
+    // Among them, the heavy patient's rows truncated from the catalog's list: over a single
+    // table as all rows minus the rows dropped; before a join, by the list's filter (and again,
+    // counted, after the join, whose rows per patient the catalog does not know).
+    let plans = |sql: &str| {
+        let req = QueryRequest { actor: "test".into(), project: "here".into(), sql: sql.into(), epsilon: 0.5, ..Default::default() };
+        rt().block_on(dp::prepare(&here, &req)).unwrap().physical_plans().join("\n")
+    };
+    let single = plans(QUERIES[2]);
+    assert!(single.contains("__sign") && single.contains("__rn"), "{single}");
+    let joined = plans(QUERIES[5]);
+    assert!(joined.contains("__rn") && joined.contains("person_id@0 != "), "{joined}");
 
     // Through the service started with --cluster.
     let key = nodes.key_file.to_str().unwrap().to_owned();

@@ -107,13 +107,23 @@ fn column(name: &str) -> Expr {
 /// Keep at most `k` rows per value of `unit`, chosen uniformly at random: a random row number
 /// within each patient's rows, kept up to `k`. This sorts its whole input.
 fn truncate_all(plan: LogicalPlan, unit: Expr, k: u32) -> datafusion::error::Result<LogicalPlan> {
-    ranked(plan, unit, |rn| rn.lt_eq(lit(k as i64)))
+    ranked(plan, unit, false, |rn| rn.lt_eq(lit(k as i64)))
 }
 
 /// The rows of `plan` whose random row number within their patient's rows passes `keep`.
-fn ranked(plan: LogicalPlan, unit: Expr, keep: impl FnOnce(Expr) -> Expr) -> datafusion::error::Result<LogicalPlan> {
+///
+/// When the rows are those of one patient (`one`), the row number runs over all of them, in the
+/// order of the unit (one value) and then the random one. Partitioned by the unit, a filter that
+/// fixes it would let DataFusion sort by the random order alone, and a cluster's next stage would
+/// not know those rows to be one patient's; ordered by it, the unit stays a column of the plan.
+fn ranked(plan: LogicalPlan, unit: Expr, one: bool, keep: impl FnOnce(Expr) -> Expr) -> datafusion::error::Result<LogicalPlan> {
     let columns: Vec<Expr> = plan.schema().columns().into_iter().map(Expr::Column).collect();
-    let rn = row_number().partition_by(vec![unit]).order_by(vec![random().sort(true, true)]).build()?.alias(RN);
+    let random = random().sort(true, true);
+    let rn = match one {
+        true => row_number().order_by(vec![unit.sort(true, true), random]),
+        false => row_number().partition_by(vec![unit]).order_by(vec![random]),
+    };
+    let rn = rn.build()?.alias(RN);
     LogicalPlanBuilder::from(plan).window(vec![rn])?.filter(keep(column(RN)))?.project(columns)?.build()
 }
 
@@ -131,7 +141,8 @@ fn truncate(plan: LogicalPlan, unit: Column, k: u32) -> datafusion::error::Resul
     let keys = (vec![unit.clone()], vec![Column::from_name(OVER)]);
     let within = LogicalPlanBuilder::from(plan.clone()).join(over.clone(), JoinType::LeftAnti, keys.clone(), None)?.build()?;
     let beyond = LogicalPlanBuilder::from(plan).join(over, JoinType::LeftSemi, keys, None)?.build()?;
-    union_of(within, beyond, unit, k)
+    let relation = unit.relation.clone();
+    union_of(within, truncate_all(beyond, Expr::Column(unit), k)?, relation)
 }
 
 /// The same result as [`truncate_all`] on a relation where every patient not in `heavy` has at
@@ -145,13 +156,17 @@ fn truncate_listed(plan: LogicalPlan, unit: Column, k: u32, heavy: &[i64]) -> da
     let list: Vec<Expr> = heavy.iter().map(|p| lit(*p)).collect();
     let within = LogicalPlanBuilder::from(plan.clone()).filter(Expr::Column(unit.clone()).in_list(list.clone(), true))?.build()?;
     let beyond = LogicalPlanBuilder::from(plan).filter(Expr::Column(unit.clone()).in_list(list, false))?.build()?;
-    union_of(within, beyond, unit, k)
+    let truncated = ranked(beyond, Expr::Column(unit.clone()), heavy.len() == 1, |rn| rn.lt_eq(lit(k as i64)))?;
+    union_of(within, truncated, unit.relation)
 }
 
-/// The rows of the patients within the bound, and those of the others truncated to `k`.
-fn union_of(within: LogicalPlan, beyond: LogicalPlan, unit: Column, k: u32) -> datafusion::error::Result<LogicalPlan> {
-    let relation = unit.relation.clone();
-    let union = LogicalPlanBuilder::from(within).union(truncate_all(beyond, Expr::Column(unit), k)?)?;
+/// The rows of the patients within the bound, and those of the others truncated.
+fn union_of(
+    within: LogicalPlan,
+    truncated: LogicalPlan,
+    relation: Option<datafusion::common::TableReference>,
+) -> datafusion::error::Result<LogicalPlan> {
+    let union = LogicalPlanBuilder::from(within).union(truncated)?;
     // A union drops qualifiers: give the table its name back for the expressions above.
     match relation {
         Some(r) => union.alias(r)?.build(),
@@ -546,7 +561,7 @@ pub fn bounded(analysis: &Analysis, tables: &Tables<'_>, bound: u32) -> datafusi
     }
     let list: Vec<Expr> = heavy.iter().map(|p| lit(*p)).collect();
     let rows = LogicalPlanBuilder::from(projected.clone()).filter(Expr::Column(pid.clone()).in_list(list, false))?.build()?;
-    let dropped = ranked(rows, Expr::Column(pid), |rn| rn.gt(lit(bound as i64)))?;
+    let dropped = ranked(rows, Expr::Column(pid), heavy.len() == 1, |rn| rn.gt(lit(bound as i64)))?;
     Ok(Bounded { relation, split: Some(Split { all: projected, dropped }) })
 }
 
