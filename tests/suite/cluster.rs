@@ -54,21 +54,30 @@ fn queries_run_on_a_cluster_equal_local_ones_and_its_faults_spend_nothing_or_are
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("raw");
     secretum_engine::synth::generate(1500, 5, &raw, None).unwrap();
-    // One patient over measurement's bound: the catalog lists them, and every query over it
-    // truncates their rows (copies of one row, so that any of them give the same answer).
+    // Patients over measurement's bound: the catalog lists them, and every query over it
+    // truncates their rows (copies of one row, so that any of them give the same answer). One
+    // such patient, then two: their rows are ranked together, then per patient.
     let m = raw.join("measurement.csv");
     let text = std::fs::read_to_string(&m).unwrap();
     let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
-    let id = header.iter().position(|h| *h == "measurement_id").unwrap();
-    let row: Vec<String> = text.lines().nth(1).unwrap().split(',').map(str::to_owned).collect();
-    let mut heavy = text.clone();
-    for i in 0..300 {
-        let mut r = row.clone();
-        r[id] = format!("{}", 800_000_000 + i);
-        heavy.push_str(&r.join(","));
-        heavy.push('\n');
-    }
-    std::fs::write(&m, heavy).unwrap();
+    let (id, nir) = (header.iter().position(|h| *h == "measurement_id").unwrap(), header.iter().position(|h| *h == "nir").unwrap());
+    let rows: Vec<Vec<String>> = text.lines().skip(1).map(|l| l.split(',').map(str::to_owned).collect()).collect();
+    let other = rows.iter().find(|r| r[nir] != rows[0][nir]).unwrap();
+    let heavy = |patients: &[&Vec<String>]| {
+        let mut out = text.clone();
+        for (p, row) in patients.iter().enumerate() {
+            for i in 0..300 {
+                let mut r = (*row).clone();
+                r[id] = format!("{}", 800_000_000 + p * 1000 + i);
+                out.push_str(&r.join(","));
+                out.push('\n');
+            }
+        }
+        out
+    };
+    std::fs::write(&m, heavy(&[&rows[0]])).unwrap();
+    let two = dir.path().join("measurement-two.csv");
+    std::fs::write(&two, heavy(&[&rows[0], other])).unwrap();
     let data = dir.path().join("data");
     let store = garage.config("cluster");
     Warehouse::init_on(&data, Some(&dir.path().join("k")), None, Some(&store)).unwrap();
@@ -104,6 +113,18 @@ fn queries_run_on_a_cluster_equal_local_ones_and_its_faults_spend_nothing_or_are
     assert!(single.contains("__sign") && single.contains("__rn"), "{single}");
     let joined = plans(QUERIES[5]);
     assert!(joined.contains("__rn") && joined.contains("person_id@0 != "), "{joined}");
+    // Two listed patients: ranked per patient, on the cluster as here.
+    let mut wh = Warehouse::open(&data).unwrap();
+    let key = secretum_engine::pseudonym::Key::load(&dir.path().join("k")).unwrap();
+    ingest::ingest(&mut wh, &key, &IngestOptions { replace: true, ..IngestOptions::new("measurement", &two) }).unwrap();
+    let (here, mut there) = (Warehouse::open(&data).unwrap(), Warehouse::open(&data).unwrap());
+    there.cluster = Some(nodes.cluster().unwrap());
+    for sql in [QUERIES[0], QUERIES[2], QUERIES[5]] {
+        let local = ask(&here, "here", sql, Noise::Exact).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let remote = ask(&there, "there", sql, Noise::Exact).unwrap_or_else(|e| panic!("{sql}: {e}\n{}", nodes.logs()));
+        assert_eq!(remote.batch, local.batch, "{sql}");
+    }
+    assert!(plans(QUERIES[2]).contains("__rn"));
 
     // Through the service started with --cluster.
     let key = nodes.key_file.to_str().unwrap().to_owned();
