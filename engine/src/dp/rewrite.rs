@@ -483,8 +483,9 @@ pub struct Bounded {
 /// The bounded relation is `all` without `dropped`: the rows of patients not listed, all kept,
 /// and the listed patients' rows ranked within the bound. So for an aggregate that adds up over
 /// a disjoint union of rows (a count of rows or of values, an integer sum), its value over the
-/// bounded relation is exactly its value over `all` minus its value over `dropped`: the same
-/// integers, drawn with the same randomness, hence the same release. It costs less: `all` does not
+/// bounded relation is exactly its value over `all` minus its value over `dropped`, for the same
+/// random ranking: the exact values have the same distribution as over the truncated relation,
+/// and so does the release (the noise is drawn afterwards, as always). It costs less: `all` does not
 /// read the privacy unit (a count over it comes from the catalog's row counts), and the listed
 /// patients' rows are found through the files' page statistics where they are close together.
 pub struct Split {
