@@ -11,7 +11,8 @@
 //! SECRETUM_BENCH_HEAVY=1000 gives one patient 1,000 of the measurement rows, over the table's
 //! bound: the cost of the per-query truncation on data where some patient exceeds it (the
 //! catalog lists that patient, and only their rows are truncated). In the small table of the
-//! fixed cost, that patient has every row.
+//! fixed cost, that patient has every row. SECRETUM_BENCH_HEAVY_PATIENTS=N shares those rows
+//! among the first N patients, in turn.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -127,7 +128,8 @@ fn bench(c: &mut Criterion) {
     println!("\nDP path against plain DataFusion, same Parquet, same run (medians):");
     let heavy = common::heavy_rows();
     if heavy > 0 {
-        println!("(one patient has {heavy} of each size's measurement rows: their rows are truncated per query)");
+        let sharing = common::heavy_patients();
+        println!("({sharing} patient(s) share {heavy} of each size's measurement rows: their rows are truncated per query)");
     }
     let fixed = |name: &str| measured.iter().find(|m| m.rows == 1_000 && m.name == name).map_or(0.0, |m| m.dp - m.plain);
     for m in &measured {

@@ -103,19 +103,25 @@ pub fn person_column(name: &str, start: usize, n: usize) -> Option<ArrayRef> {
     })
 }
 
-/// Measurement rows given to one patient (`SECRETUM_BENCH_HEAVY=N`; none by default). Over the
-/// table's bound (100), the catalog lists that patient, and every query over `measurement`
-/// truncates their rows, as on data with a heavy patient.
+/// Measurement rows given to one patient, or shared by [`heavy_patients`] (`SECRETUM_BENCH_HEAVY=N`;
+/// none by default). Over the table's bound (100), the catalog lists those patients, and every
+/// query over `measurement` truncates their rows, as on data with heavy patients.
 pub fn heavy_rows() -> usize {
     std::env::var("SECRETUM_BENCH_HEAVY").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
+/// How many patients share the [`heavy_rows`] (`SECRETUM_BENCH_HEAVY_PATIENTS=N`, default 1),
+/// in turn: the first N patients.
+pub fn heavy_patients() -> usize {
+    std::env::var("SECRETUM_BENCH_HEAVY_PATIENTS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(1)
+}
+
 /// A warehouse of `rows` measurement rows and a tenth as many patients, with a project `bench`
 /// on it; its files on local disk, or in `store`. With [`heavy_rows`], the first of them all
-/// belong to the first patient.
+/// belong to the first patient (or, in turn, to the first [`heavy_patients`]).
 pub fn build(dir: &Path, rows: usize, store: Option<&StoreConfig>) -> std::path::PathBuf {
-    let heavy = heavy_rows();
-    let name = format!("{rows}-{}-{heavy}", if store.is_some() { "store" } else { "local" });
+    let (heavy, sharing) = (heavy_rows(), heavy_patients());
+    let name = format!("{rows}-{}-{heavy}-{sharing}", if store.is_some() { "store" } else { "local" });
     let data = dir.join(format!("wh-{name}"));
     Warehouse::init_on(&data, Some(&dir.join(format!("key-{name}"))), None, store).expect("init");
     let mut wh = Warehouse::open(&data).expect("open");
@@ -124,7 +130,10 @@ pub fn build(dir: &Path, rows: usize, store: Option<&StoreConfig>) -> std::path:
     write_table(&mut wh, "measurement", rows, |name, start, n| {
         Some(match name {
             "measurement_id" => ints(&|i| i as i64, start, n),
-            "person_id" => ints(&|i| if i < heavy { 13 } else { (i % patients) as i64 * 7919 + 13 }, start, n),
+            "person_id" => {
+                let patient = |i: usize| if i < heavy { i % sharing.min(patients) } else { i % patients };
+                ints(&|i| patient(i) as i64 * 7919 + 13, start, n)
+            }
             "measurement_concept_id" => ints(&|i| CONCEPTS[i % 5], start, n),
             "measurement_date" => Arc::new(Date32Array::from_iter_values((start..start + n).map(|i| 15_000 + (i % 5000) as i32))),
             "measurement_type_concept_id" => ints(&|_| 32817, start, n),
