@@ -43,6 +43,15 @@ fn per_ingest(files: &[FileEntry], value: impl Fn(&FileEntry) -> Option<u64>) ->
     Some((out, files.iter().all(|f| f.unit_disjoint)))
 }
 
+/// A patient's most rows in a table from its most rows in each ingest: their sum, or their
+/// largest when the ingests hold disjoint sets of patients (the patient is in one of them).
+fn over_ingests(per_ingest: impl Iterator<Item = u64>, disjoint: bool) -> u64 {
+    match disjoint {
+        true => per_ingest.max().unwrap_or(0),
+        false => per_ingest.fold(0u64, u64::saturating_add),
+    }
+}
+
 /// The most patients one ingest lists by their rows ([`listing`]).
 pub const LISTED_MAX: usize = 1024;
 
@@ -107,10 +116,7 @@ impl Heavy {
 /// the floor is the largest of the ingests' thresholds, and a listed patient has its listed rows.
 pub fn heavy(files: &[FileEntry], listed: &std::collections::BTreeMap<String, Vec<(i64, u64)>>) -> Option<Heavy> {
     let (unlisted, disjoint) = per_ingest(files, |f| Some(f.unit_rows_listed_above?.min(f.unit_rows_max?)))?;
-    let floor = match disjoint {
-        true => unlisted.values().copied().max().unwrap_or(0),
-        false => unlisted.values().fold(0u64, |acc, m| acc.saturating_add(*m)),
-    };
+    let floor = over_ingests(unlisted.values().copied(), disjoint);
     let mut most: std::collections::BTreeMap<i64, u64> = std::collections::BTreeMap::new();
     for (ingest, otherwise) in &unlisted {
         for (p, n) in listed.get(*ingest).map(Vec::as_slice).unwrap_or_default() {
@@ -132,10 +138,7 @@ pub fn heavy(files: &[FileEntry], listed: &std::collections::BTreeMap<String, Ve
 /// Computed from the file list a query reads, so the two always agree.
 pub fn unit_rows_bound(files: &[FileEntry]) -> Option<u64> {
     let (most, disjoint) = per_ingest(files, |f| f.unit_rows_max)?;
-    Some(match disjoint {
-        true => most.values().copied().max().unwrap_or(0),
-        false => most.values().fold(0u64, |acc, m| acc.saturating_add(*m)),
-    })
+    Some(over_ingests(most.values().copied(), disjoint))
 }
 
 /// One committed ingest.

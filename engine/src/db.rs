@@ -152,7 +152,7 @@ END;
 "#,
     r#"
 -- The patients with the most rows of each ingest, and their rows: every patient of the ingest
--- with more than `unit_rows_listed_above` rows (see catalog::Listing). Read only to plan the
+-- with more than `unit_rows_listed_above` rows (see catalog::listing). Read only to plan the
 -- truncation of a query (dp::rewrite), never shown.
 ALTER TABLE files ADD COLUMN unit_rows_listed_above INTEGER;
 -- 1 when the ingest that wrote the file holds no patient of the table's earlier ingests (`person`,

@@ -153,11 +153,26 @@ fn truncate_listed(plan: LogicalPlan, unit: Column, k: u32, heavy: &[i64]) -> da
     if heavy.is_empty() {
         return Ok(plan);
     }
-    let list: Vec<Expr> = heavy.iter().map(|p| lit(*p)).collect();
-    let within = LogicalPlanBuilder::from(plan.clone()).filter(Expr::Column(unit.clone()).in_list(list.clone(), true))?.build()?;
-    let beyond = LogicalPlanBuilder::from(plan).filter(Expr::Column(unit.clone()).in_list(list, false))?.build()?;
-    let truncated = ranked(beyond, Expr::Column(unit.clone()), heavy.len() == 1, |rn| rn.lt_eq(lit(k as i64)))?;
+    let within = listed_rows(plan.clone(), &unit, heavy, true)?;
+    let truncated = ranked_listed(plan, &unit, heavy, |rn| rn.lt_eq(lit(k as i64)))?;
     union_of(within, truncated, unit.relation)
+}
+
+/// The rows of the patients in `heavy` or, `negated`, of the others.
+fn listed_rows(plan: LogicalPlan, unit: &Column, heavy: &[i64], negated: bool) -> datafusion::error::Result<LogicalPlan> {
+    let list: Vec<Expr> = heavy.iter().map(|p| lit(*p)).collect();
+    LogicalPlanBuilder::from(plan).filter(Expr::Column(unit.clone()).in_list(list, negated))?.build()
+}
+
+/// The rows of the patients in `heavy` whose random row number within their patient's rows
+/// passes `keep`: the ranking of [`truncate_listed`], and of the rows a [`Split`] drops.
+fn ranked_listed(
+    plan: LogicalPlan,
+    unit: &Column,
+    heavy: &[i64],
+    keep: impl FnOnce(Expr) -> Expr,
+) -> datafusion::error::Result<LogicalPlan> {
+    ranked(listed_rows(plan, unit, heavy, false)?, Expr::Column(unit.clone()), heavy.len() == 1, keep)
 }
 
 /// The rows of the patients within the bound, and those of the others truncated.
@@ -560,9 +575,7 @@ pub fn bounded(analysis: &Analysis, tables: &Tables<'_>, bound: u32) -> datafusi
     if heavy.is_empty() {
         return Ok(Bounded { relation, split: None });
     }
-    let list: Vec<Expr> = heavy.iter().map(|p| lit(*p)).collect();
-    let rows = LogicalPlanBuilder::from(projected.clone()).filter(Expr::Column(pid.clone()).in_list(list, false))?.build()?;
-    let dropped = ranked(rows, Expr::Column(pid), heavy.len() == 1, |rn| rn.gt(lit(bound as i64)))?;
+    let dropped = ranked_listed(projected.clone(), &pid, &heavy, |rn| rn.gt(lit(bound as i64)))?;
     Ok(Bounded { relation, split: Some(Split { all: projected, dropped }) })
 }
 
